@@ -1,0 +1,35 @@
+"""Fixed-size token windows with overlap: the baseline every other strategy is compared with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from chunkers.base import check_size, make_chunks, token_windows
+from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
+from ragkit.types import Chunk, Document
+
+
+@dataclass(kw_only=True)
+class FixedChunker:
+    """Windows of ``chunk_size`` tokens; consecutive windows share ``overlap`` tokens.
+
+    Windows are cut only where a token and a grapheme cluster start, and lose their edge
+    whitespace, so a window may hold slightly fewer tokens than ``chunk_size``.
+    """
+
+    chunk_size: int = 256
+    overlap: int = 0
+    tokenizer: str = "cl100k"
+
+    def __post_init__(self) -> None:
+        check_size(self.chunk_size, self.overlap)
+        check_tokenizer_name(self.tokenizer)
+
+    @cached_property
+    def _tok(self) -> Tokenizer:
+        return load_tokenizer(self.tokenizer)
+
+    def chunk(self, doc: Document) -> list[Chunk]:
+        windows = token_windows(doc.text, 0, len(doc.text), self._tok, self.chunk_size, self.overlap)
+        return make_chunks(doc, [(s, e) for s, e, _ in windows], [n for *_, n in windows])

@@ -1,0 +1,1 @@
+"""ragkit generation: backends and chunk-KV reuse (arrives with the generation issue)."""
