@@ -49,12 +49,26 @@ def make_chunks(doc: Document, spans: Sequence[Span], tokens: Sequence[int]) -> 
 
 
 def trim(text: str, start: int, end: int) -> Span:
-    """``[start, end)`` without leading and trailing whitespace (empty spans collapse to start)."""
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
+    """``[start, end)`` without leading and trailing whitespace (an all-whitespace span collapses
+    to an empty one). ``start`` and ``end`` must be grapheme cluster boundaries; so are the
+    results: a whitespace character that shares a cluster with a non-space one (a space carrying
+    a combining mark, a space after a prepended mark) is kept rather than split off."""
+    s, e = start, end
+    while s < e and text[s].isspace():
+        s += 1
+    while e > s and text[e - 1].isspace():
+        e -= 1
+    if start < s < e and not text[s].isascii() and _cluster_end(text, s - 1, e) > s:
+        s -= 1  # text[s - 1] is whitespace and opens the cluster of text[s]
+    if s < e < end and not text[e - 1].isascii():
+        e = _cluster_end(text, e - 1, end)  # text[e - 1] may be a prefix of the space after it
+    return s, e
+
+
+def _cluster_end(text: str, pos: int, endpos: int) -> int:
+    import regex
+
+    return regex.match(r"\X", text, pos=pos, endpos=endpos).end()
 
 
 def grapheme_starts(text: str) -> np.ndarray | None:
@@ -64,6 +78,14 @@ def grapheme_starts(text: str) -> np.ndarray | None:
     import regex
 
     return np.fromiter((m.start() for m in regex.finditer(r"\X", text)), dtype=np.int64)
+
+
+def on_boundary(starts: np.ndarray | None, pos: int) -> bool:
+    """Whether ``pos`` starts a grapheme cluster, given ``grapheme_starts`` of the text."""
+    if starts is None:
+        return True
+    i = int(np.searchsorted(starts, pos))
+    return i == len(starts) or int(starts[i]) == pos
 
 
 def cut_points(text: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +121,7 @@ def token_windows(
     cuts, before = cut_points(sub, tokenizer)
     last = len(cuts) - 1
     out: list[tuple[int, int, int]] = []
+    prev_s, prev_e, prev_q = -1, -1, 0  # the last window kept (in ``sub``) and its end cut
     p = 0
     while p < last:
         q = int(np.searchsorted(before, before[p] + size, side="right")) - 1
@@ -109,15 +132,22 @@ def token_windows(
             if n <= size or q == p + 1:
                 break
             q -= 1
+        if s < e <= prev_e and p < prev_q:
+            # the overlap left this window nothing new: start it where the last one ended instead
+            p = prev_q
+            continue
         if e > s:
-            if n > size and (inner := _split_unit(sub, s, e, tokenizer, size)) is not None:
-                out.extend((lo + a, lo + b, m) for a, b, m in inner)
-            else:
+            inner = _split_unit(sub, s, e, tokenizer, size) if n > size else None
+            if inner is None:
                 out.append((lo + s, lo + e, n))
+            else:  # keep the parts not already inside the previous window
+                out.extend((lo + a, lo + b, m) for a, b, m in inner if b > prev_e)
+            prev_s, prev_e, prev_q = out[-1][0] - lo, out[-1][1] - lo, q
         if q == last:
             break
         nxt = int(np.searchsorted(before, before[q] - overlap, side="left"))
-        p = min(max(nxt, p + 1), q)
+        after_prev = int(np.searchsorted(cuts, prev_s, side="right"))  # starts must increase
+        p = min(max(nxt, after_prev, p + 1), q)
     return out
 
 
@@ -149,6 +179,8 @@ def pack(
     whole previous chunk. Every chunk is re-counted exactly; one that is over budget gives its last
     pieces back to the next chunk.
     """
+    # Trimmed, blank pieces dropped: then every chunk starts after and ends after the one before.
+    pieces = [(s, e, k) for a, b, k in pieces for s, e in [trim(text, a, b)] if e > s]
     out: list[tuple[int, int, int]] = []
     i, n = 0, len(pieces)
     carry: list[int] = []  # indices of the overlap pieces that open the next chunk

@@ -12,7 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from chunkers.base import check_size, make_chunks, pack, token_windows
+import numpy as np
+
+from chunkers.base import (
+    check_size,
+    grapheme_starts,
+    make_chunks,
+    on_boundary,
+    pack,
+    token_windows,
+)
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -46,33 +55,38 @@ class RecursiveChunker:
         text = doc.text
         if not text.strip():
             return []
-        pieces = self._split(text, 0, len(text), 0)
+        pieces = self._split(text, 0, len(text), 0, grapheme_starts(text))
         merged = pack(text, pieces, self.chunk_size, self._tok.count, overlap_tokens=self.overlap)
         return make_chunks(doc, [(s, e) for s, e, _ in merged], [n for *_, n in merged])
 
-    def _split(self, text: str, lo: int, hi: int, level: int) -> list[tuple[int, int, int]]:
+    def _split(
+        self, text: str, lo: int, hi: int, level: int, graphemes: np.ndarray | None
+    ) -> list[tuple[int, int, int]]:
         n = self._tok.count(text[lo:hi])
         if n <= self.chunk_size:
             return [(lo, hi, n)]
         while level < len(self.separators):
             sep = self.separators[level]
-            bounds = _after_each(text, lo, hi, sep)
+            bounds = _after_each(text, lo, hi, sep, graphemes)
             level += 1
             if len(bounds) > 2:
                 out: list[tuple[int, int, int]] = []
                 for a, b in zip(bounds, bounds[1:]):
-                    out.extend(self._split(text, a, b, level))
+                    out.extend(self._split(text, a, b, level, graphemes))
                 return out
         return token_windows(text, lo, hi, self._tok, self.chunk_size)
 
 
-def _after_each(text: str, lo: int, hi: int, sep: str) -> list[int]:
-    """Cut positions in ``[lo, hi]``: ``lo``, just after every ``sep``, and ``hi``."""
+def _after_each(
+    text: str, lo: int, hi: int, sep: str, graphemes: np.ndarray | None = None
+) -> list[int]:
+    """Cut positions in ``[lo, hi]``: ``lo``, just after every ``sep`` that ends a grapheme
+    cluster (a space carrying a combining mark is not a separator), and ``hi``."""
     bounds = [lo]
     pos = text.find(sep, lo, hi)
     while pos != -1:
         end = pos + len(sep)
-        if lo < end < hi:
+        if lo < end < hi and on_boundary(graphemes, end):
             bounds.append(end)
         pos = text.find(sep, end, hi)
     bounds.append(hi)

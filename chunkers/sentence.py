@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from chunkers.base import check_size, make_chunks, pack, token_windows
+from chunkers.base import check_size, grapheme_starts, make_chunks, on_boundary, pack, token_windows
 from ragkit._deps import require
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
@@ -64,7 +64,8 @@ def sentence_spans(text: str, language: str = "en", spacy_model: str | None = No
     starts: list[int] = []
     for offset, block in _blocks(text):
         starts.extend(offset + sent.start_char for sent in nlp(block).sents)
-    starts = sorted(set(starts) | {0})
+    graphemes = grapheme_starts(text)  # a sentence never starts inside a grapheme cluster
+    starts = sorted({s for s in starts if on_boundary(graphemes, s)} | {0})
     return list(zip(starts, starts[1:] + [len(text)]))
 
 
@@ -73,8 +74,12 @@ def _blocks(text: str) -> list[tuple[int, str]]:
     out, lo = [], 0
     while len(text) - lo > _BLOCK:
         hi = lo + _BLOCK
-        cut = max(text.rfind("\n\n", lo, hi), text.rfind("\n", lo, hi), text.rfind(" ", lo, hi))
-        cut = cut + 1 if cut > lo else hi
+        cut = hi
+        for sep in ("\n\n", "\n", " "):
+            pos = text.rfind(sep, lo, hi)
+            if pos > lo:
+                cut = pos + len(sep)
+                break
         out.append((lo, text[lo:cut]))
         lo = cut
     out.append((lo, text[lo:]))

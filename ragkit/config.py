@@ -119,7 +119,12 @@ def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}".replace("\n", " "), path=str(path)) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
+        context = getattr(exc, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise ConfigError(f"invalid YAML{where}: {detail}", path=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -181,9 +186,8 @@ def _adapter(tp: Any) -> Any:
 def _check_type(value: Any, tp: Any, where: str) -> Any:
     from pydantic import ValidationError
 
-    value = _tuples(value, tp)
     try:
-        return _adapter(tp).validate_python(value, strict=True)
+        return _adapter(tp).validate_python(_tuples(value, tp), strict=True)
     except ValidationError:
         raise ConfigError(
             f"expected {_describe(tp)}; got {value!r} ({type(value).__name__})", path=where
@@ -214,6 +218,8 @@ def _describe(tp: Any) -> str:
         parts = [_describe(a) for a in args if a is not type(None)]
         text = " or ".join(parts)
         return f"{text} or null" if type(None) in args else text
+    if origin in (tuple, list) and (len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis)):
+        return f"a list of {_describe(args[0])}"
     if origin is not None:
         inner = ", ".join("..." if a is Ellipsis else _describe(a) for a in args)
         name = getattr(origin, "__name__", str(origin))

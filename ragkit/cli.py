@@ -1,0 +1,243 @@
+"""``ragkit`` command line: chunk, index and query, configured by YAML plus dotted overrides.
+
+Exit codes: 0 success, 1 a runtime failure with a one-line message, 2 a bad config, a bad input
+file or bad arguments (nothing was done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ragkit.errors import ConfigError, DocumentError, RagkitError
+
+DEFAULT_INDEX = ".ragkit/index"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _log_to_stderr()
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        config = getattr(args, "config", None)
+        where = f"{config}: " if config and not str(exc).startswith(str(config)) else ""
+        print(f"ragkit: error: {where}{exc}", file=sys.stderr)
+        return 2
+    except DocumentError as exc:
+        print(f"ragkit: error: {exc}", file=sys.stderr)
+        return 2
+    except RagkitError as exc:
+        print(f"ragkit: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ragkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragkit", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", "-c", help="YAML config file (see configs/)")
+        sp.add_argument(
+            "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+            help="override a config key, e.g. -o chunker.chunk_size=256 (repeatable)",
+        )
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    def inputs(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("paths", nargs="+", help=".txt/.md/.jsonl files or folders of them")
+        sp.add_argument("--text-field", default="text", help="JSONL key holding the text")
+        sp.add_argument("--skip-bad-files", action="store_true",
+                        help="skip unreadable files with a warning instead of failing")
+
+    c = sub.add_parser("chunk", help="chunk files and print chunks or size statistics")
+    inputs(c)
+    common(c)
+    c.add_argument("--format", choices=("stats", "jsonl", "text"), default="stats",
+                   help="stats (default): counts and sizes; jsonl: one chunk per line; text: readable")
+    c.set_defaults(func=cmd_chunk)
+
+    i = sub.add_parser("index", help="chunk, embed and index files into a folder")
+    inputs(i)
+    common(i)
+    i.add_argument("--out", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    i.set_defaults(func=cmd_index)
+
+    q = sub.add_parser("query", help="retrieve the chunks that answer a question, with citations")
+    q.add_argument("question")
+    q.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    q.add_argument("-k", type=int, help="number of chunks (default: the config's k)")
+    q.add_argument("--json", action="store_true", help="print the answer as JSON")
+    q.set_defaults(func=cmd_query)
+    return p
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_chunk(args: argparse.Namespace) -> int:
+    from ragkit.config import build
+
+    config = _config(args)
+    chunker = build("chunker", config.get("chunker", DEFAULT_NAMES["chunker"]), path="chunker")
+    docs = _documents(args)
+    total_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
+    sizes: list[int] = []
+    chars: list[int] = []
+    n_docs = 0
+    t0 = time.perf_counter()
+    out = sys.stdout
+    for doc in _progress(docs, args, "chunking", unit="B", total=total_bytes,
+                         weight=lambda d: len(d.text.encode("utf-8"))):
+        n_docs += 1
+        for c in chunker.chunk(doc):
+            sizes.append(int(c.metadata.get("tokens", 0)))
+            chars.append(c.end - c.start)
+            if args.format == "jsonl":
+                out.write(json.dumps({"id": c.id, "doc_id": c.doc_id, "index": c.index,
+                                      "start": c.start, "end": c.end, "text": c.text,
+                                      "metadata": dict(c.metadata)}, ensure_ascii=False) + "\n")
+            elif args.format == "text":
+                out.write(f"--- {c.id} ({sizes[-1]} tokens)\n{c.text}\n")
+    seconds = time.perf_counter() - t0
+    if args.format == "stats":
+        from ragkit.config import to_config
+
+        spec = to_config(chunker, "chunker")
+        print(f"chunker    {json.dumps(spec, ensure_ascii=False)}")
+        print(f"documents  {n_docs}  ({total_bytes / 1e6:.2f} MB)")
+        print(f"chunks     {len(sizes)}")
+        if sizes:
+            tok_unit = getattr(chunker, "tokenizer", "tokens")
+            print(f"tokens     total {sum(sizes)}  ({tok_unit})")
+            print("size       " + _describe(sizes, "tokens"))
+            print("chars      " + _describe(chars, "chars"))
+        print(f"time       {seconds:.2f} s  ({total_bytes / 1e6 / max(seconds, 1e-9):.2f} MB/s)")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ragkit.pipeline import RAGPipeline
+
+    pipe = RAGPipeline.from_config(_config(args))  # validates everything before any work
+    docs = _documents(args)
+    report = pipe.add(_progress(docs, args, "indexing", unit="doc", total=len(docs)))
+    pipe.save(args.out)
+    print(
+        f"indexed {report.documents} documents -> {report.chunks} chunks ({report.tokens} tokens) "
+        f"in {report.seconds:.1f} s; saved to {args.out}"
+    )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from ragkit.pipeline import RAGPipeline
+
+    if args.k is not None and args.k < 1:
+        raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
+    pipe = RAGPipeline.load(args.index)
+    answer = pipe.answer(args.question, k=args.k)
+    if args.json:
+        print(json.dumps({
+            "query": answer.query,
+            "answer": answer.text,
+            "hits": [{"rank": h.rank, "score": h.score, "citation": h.citation, "chunk_id": h.chunk.id,
+                      "start": h.chunk.start, "end": h.chunk.end, "text": h.chunk.text}
+                     for h in answer.hits],
+        }, ensure_ascii=False, indent=2))
+        return 0
+    print(f"Q: {answer.query}")
+    if answer.text is not None:
+        print(f"A: {answer.text}")
+    else:
+        print("(no generator configured: the cited chunks are the answer)")
+    for h in answer.hits:
+        print(f"\n[{h.rank + 1}] {h.citation}  score={h.score:.3f}")
+        print("    " + h.chunk.text.strip().replace("\n", "\n    "))
+    return 0
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+DEFAULT_NAMES = {"chunker": "recursive", "embedder": "sentence-transformers", "index": "memory"}
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file (or an empty one) with the overrides applied. An override of a section the
+    file does not have (``-o chunker.chunk_size=64`` with no config) starts from the default
+    component of that section."""
+    from ragkit.config import apply_overrides, load_yaml
+
+    data = load_yaml(args.config) if args.config else {}
+    for item in args.override:
+        section = item.partition("=")[0].split(".")[0]
+        if section in DEFAULT_NAMES and "." in item.partition("=")[0] and section not in data:
+            data[section] = {"name": DEFAULT_NAMES[section]}
+    return apply_overrides(data, args.override)
+
+
+def _log_to_stderr() -> None:
+    """Library warnings (e.g. skipped files) go to the current stderr, once."""
+    fmt = logging.Formatter("ragkit: %(levelname)s: %(message)s")
+    for name in ("ragkit", "chunkers", "retrieval", "generation"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if getattr(h, "_ragkit_cli", False)]:
+            logger.removeHandler(handler)
+        handler = logging.StreamHandler(sys.stderr)
+        handler._ragkit_cli = True  # type: ignore[attr-defined]
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+def _documents(args: argparse.Namespace) -> list:
+    from ragkit.loaders import load_documents
+
+    problems: list = []
+    docs = load_documents(
+        args.paths, text_field=args.text_field,
+        on_error="skip" if args.skip_bad_files else "raise",
+        **({"problems": problems} if args.skip_bad_files else {}),
+    )
+    if args.skip_bad_files and problems:
+        print(f"ragkit: skipped {len(problems)} bad file(s) or line(s); see warnings above",
+              file=sys.stderr)
+    return docs
+
+
+def _progress(items: Sequence[Any], args: argparse.Namespace, desc: str, *, unit: str,
+              total: int, weight=None) -> Iterator[Any]:
+    if args.no_progress:
+        yield from items
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr,
+              disable=False) as bar:
+        for item in items:
+            yield item
+            bar.update(weight(item) if weight else 1)
+
+
+def _describe(values: Iterable[int], unit: str) -> str:
+    vals = sorted(values)
+    p95 = vals[min(len(vals) - 1, int(0.95 * len(vals)))]
+    return (f"min {vals[0]}  mean {statistics.fmean(vals):.1f}  median {statistics.median(vals):g}  "
+            f"p95 {p95}  max {vals[-1]}  ({unit})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

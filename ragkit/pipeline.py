@@ -1,0 +1,143 @@
+"""The RAG pipeline: chunk -> embed -> index -> retrieve (-> generate, with the generation issue).
+
+Its shape is fixed: ``add(docs)``, ``retrieve(query)``, ``answer(query)``. Its fields are its
+config, so a YAML file with ``chunker``, ``embedder``, ``index`` and ``k`` builds one::
+
+    pipe = RAGPipeline.from_config(load_yaml("configs/quickstart.yaml"))
+    pipe.add(load_documents("docs/"))
+    for hit in pipe.retrieve("how do I reset my password?"):
+        print(hit.citation, hit.chunk.text)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
+from ragkit.errors import ConfigError, RagkitError
+from ragkit.types import Answer, Chunk, Document, Hit
+
+CONFIG_FILE = "pipeline.yaml"
+INDEX_DIR = "index"
+
+
+@dataclass
+class AddReport:
+    """What ``RAGPipeline.add`` did."""
+
+    documents: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(kw_only=True)
+class RAGPipeline:
+    """Chunker, embedder and index, built from specs (dicts or names) or given as objects."""
+
+    chunker: Any = field(
+        default_factory=lambda: {"name": "recursive"}, metadata={COMPONENT_KIND: "chunker"}
+    )
+    embedder: Any = field(
+        default_factory=lambda: {"name": "sentence-transformers"},
+        metadata={COMPONENT_KIND: "embedder"},
+    )
+    index: Any = field(default_factory=lambda: {"name": "memory"}, metadata={COMPONENT_KIND: "index"})
+    k: int = 5
+    batch_size: int = 64  # chunks embedded per call
+
+    def __post_init__(self) -> None:
+        for name in ("chunker", "embedder", "index"):
+            setattr(self, name, build(name, getattr(self, name), path=name))
+        for name in ("k", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"must be an int >= 1; got {value!r}", path=name)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RAGPipeline:
+        """Validate a config mapping (e.g. from ``load_yaml``) and build the pipeline."""
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"a pipeline config must be a mapping; got {type(config).__name__}")
+        return build_dataclass(cls, config)
+
+    def to_config(self) -> dict[str, Any]:
+        return to_config(self)
+
+    # -- the three verbs ------------------------------------------------------------------------
+
+    def add(self, docs: Iterable[Document]) -> AddReport:
+        """Chunk, embed and index ``docs``; a document already indexed is replaced."""
+        report = AddReport()
+        t0 = time.perf_counter()
+        pending: list[Chunk] = []
+        for doc in docs:
+            if not isinstance(doc, Document):
+                raise TypeError(f"RAGPipeline.add takes Documents; got {type(doc).__name__}")
+            self.index.delete([doc.id])
+            chunks = self.chunker.chunk(doc)
+            report.documents += 1
+            report.chunks += len(chunks)
+            report.tokens += sum(int(c.metadata.get("tokens", 0)) for c in chunks)
+            pending.extend(chunks)
+            while len(pending) >= self.batch_size:
+                self._index(pending[: self.batch_size])
+                del pending[: self.batch_size]
+        if pending:
+            self._index(pending)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def retrieve(
+        self, query: str, k: int | None = None, filter: Mapping[str, Any] | None = None
+    ) -> list[Hit]:
+        """The ``k`` chunks nearest to ``query`` (default: the pipeline's ``k``), best first."""
+        if not isinstance(query, str) or not query.strip():
+            raise RagkitError(f"query must be a non-empty string; got {query!r}")
+        vec = self.embedder.embed([query])
+        return self.index.search(vec, k or self.k, filter=filter)[0]
+
+    def answer(self, query: str, k: int | None = None) -> Answer:
+        """The cited chunks for ``query``. Until a generator is configured (the generation
+        issue), ``Answer.text`` is ``None`` and the hits are the whole answer."""
+        t0 = time.perf_counter()
+        hits = self.retrieve(query, k)
+        return Answer(query, None, hits, {"retrieve_s": time.perf_counter() - t0})
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write the config and the index to folder ``path`` (the index must support ``save``)."""
+        import yaml
+
+        path = Path(path)
+        if not hasattr(self.index, "save"):
+            raise RagkitError(f"index {type(self.index).__name__} cannot be saved to a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        self.index.save(path / INDEX_DIR)
+        tmp = path / (CONFIG_FILE + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_config(), sort_keys=False), encoding="utf-8")
+        tmp.replace(path / CONFIG_FILE)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> RAGPipeline:
+        """The pipeline saved in folder ``path``; ``overrides`` may change query-time keys (k)."""
+        from ragkit.config import load_yaml
+
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise RagkitError(
+                f"{str(path)!r} is not a saved ragkit index (no {CONFIG_FILE}); "
+                "build one with `ragkit index`"
+            )
+        pipe = cls.from_config(load_yaml(path / CONFIG_FILE, overrides))
+        pipe.index = type(pipe.index).load(path / INDEX_DIR)
+        return pipe
+
+    def _index(self, chunks: list[Chunk]) -> None:
+        vecs = self.embedder.embed([c.text for c in chunks])
+        self.index.add(chunks, vecs)

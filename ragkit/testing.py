@@ -1,0 +1,87 @@
+"""Test doubles shipped with the library: fast, deterministic, no model and no download.
+
+``import ragkit`` does not import this module (it needs numpy); the registry reaches it by name
+(embedder ``"hash"``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ragkit.errors import ConfigError
+
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(kw_only=True)
+class HashEmbedder:
+    """A fake embedder for tests and quick runs: a bag of words of sha256-seeded random vectors.
+
+    Each lowercase word token (regex ``\\w+``) gets a fixed random vector drawn from a generator
+    seeded by the sha256 of the token; a text's vector is the L2-normalised sum of its tokens'
+    vectors. Texts that share words land close together, so retrieval tests behave sensibly, but
+    it knows nothing about meaning (``"car"`` and ``"automobile"`` are unrelated). A text with no
+    word gets the zero vector. Same input, same output, in every process and on every machine.
+    """
+
+    dim: int = 256
+
+    max_tokens = None  # no context limit (a class attribute, not a config field)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
+            raise ConfigError(f"dim must be an int >= 1; got {self.dim!r}", path="dim")
+
+    @cached_property
+    def _vocab(self) -> _TokenTable:
+        return _TokenTable(self.dim)  # lives in __dict__, so it never affects equality
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 ``(len(texts), dim)``; rows L2-normalised (zero for a text with no word)."""
+        if isinstance(texts, str):
+            raise TypeError("embed takes a sequence of texts, not a single str; wrap it in a list")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)  # (n, d)
+        for i, text in enumerate(texts):
+            ids = self._vocab.ids(_WORD.findall(text.lower()))  # (tokens,)
+            if len(ids):
+                self._vocab.table[ids].sum(axis=0, out=out[i])
+        norms = np.linalg.norm(out, axis=1, keepdims=True)  # (n, 1)
+        np.divide(out, norms, out=out, where=norms > 0)
+        return out
+
+
+class _TokenTable:
+    """token -> row of a growing float32 table of sha256-seeded random vectors."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.index: dict[str, int] = {}
+        self._table = np.empty((0, dim), dtype=np.float32)  # (capacity, d)
+
+    @property
+    def table(self) -> np.ndarray:
+        return self._table[: len(self.index)]  # (tokens seen, d)
+
+    def ids(self, tokens: list[str]) -> np.ndarray:
+        index = self.index
+        for token in tokens:
+            if token not in index:
+                self._append(token)
+        return np.fromiter((index[t] for t in tokens), np.intp, len(tokens))
+
+    def _append(self, token: str) -> None:
+        row = len(self.index)
+        if row == len(self._table):
+            grown = np.empty((max(1024, 2 * row), self.dim), dtype=np.float32)
+            grown[:row] = self._table[:row]
+            self._table = grown
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        rng = np.random.default_rng(int.from_bytes(digest, "little"))
+        self._table[row] = rng.standard_normal(self.dim)
+        self.index[token] = row

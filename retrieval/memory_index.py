@@ -1,0 +1,386 @@
+"""An exact in-memory vector index in numpy: brute-force scores, top-k by ``argpartition``.
+
+Saved as a folder of plain files, never a pickle::
+
+    meta.json       format, version, metric, dim, count and the sha256 of the two files below
+    vectors.npy     float32 (count, dim), rows aligned with chunks.jsonl
+    chunks.jsonl    one chunk per line: doc_id, start, end, text, index, metadata
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
+from ragkit.types import Chunk, Hit
+
+FORMAT = "ragkit.memory_index"
+VERSION = 1
+METRICS = ("cosine", "ip")
+_FILES = ("vectors.npy", "chunks.jsonl")
+
+
+class IndexFileError(RagkitError, ValueError):
+    """A saved index folder is missing, corrupted or inconsistent; the message names the path."""
+
+
+@dataclass(kw_only=True)
+class MemoryIndex:
+    """Exact nearest-neighbour search over chunk vectors held in memory.
+
+    ``metric="cosine"`` L2-normalises stored and query vectors (zero vectors score 0);
+    ``metric="ip"`` uses the raw inner product. Scores are higher-is-better, ties go to the
+    earlier-added chunk. Adding a chunk whose id is already present replaces its vector in place.
+    """
+
+    metric: Literal["cosine", "ip"] = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ConfigError(
+                f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}", path="metric"
+            )
+        # Contents are not config: plain attributes, outside the dataclass fields and equality.
+        self._vecs = np.zeros((0, 0), dtype=np.float32)  # (capacity, d); rows [:len] in use
+        self._chunks: list[Chunk] = []  # aligned with the rows of _vecs
+        self._row: dict[str, int] = {}  # chunk id -> row
+
+    # -- contents ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def dim(self) -> int | None:
+        """The vector dimension, or ``None`` while the index is empty."""
+        return self._vecs.shape[1] if self._chunks else None
+
+    def chunks(self) -> Iterator[Chunk]:
+        """The stored chunks in insertion order (a replaced chunk keeps its place)."""
+        return iter(list(self._chunks))
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The stored vectors, float32 ``(len, dim)`` aligned with ``chunks()`` (read-only view)."""
+        view = self._vecs[: len(self._chunks)]
+        view.flags.writeable = False
+        return view
+
+    def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
+        """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
+        chunks = list(chunks)
+        for c in chunks:
+            if not isinstance(c, Chunk):
+                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
+        vecs = self._check_vecs(vecs, what="vectors")
+        if vecs.shape[0] != len(chunks):
+            raise IndexMismatchError(
+                f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
+            )
+        if not chunks:
+            return
+        if self.metric == "cosine":
+            vecs = _normalise(vecs)
+        n = len(self._chunks)
+        if n == 0 and self._vecs.shape[1] != vecs.shape[1]:
+            self._vecs = np.zeros((0, vecs.shape[1]), dtype=np.float32)
+        rows = np.empty(len(chunks), dtype=np.intp)  # target row of each input
+        for i, chunk in enumerate(chunks):
+            row = self._row.get(chunk.id)
+            if row is None:
+                row = self._row[chunk.id] = len(self._chunks)
+                self._chunks.append(chunk)
+            else:
+                self._chunks[row] = chunk
+            rows[i] = row
+        self._reserve(len(self._chunks))
+        # A repeated id within one call: numpy keeps the last assignment to a row, like the dict.
+        _, last = np.unique(rows[::-1], return_index=True)
+        keep = len(rows) - 1 - last
+        self._vecs[rows[keep]] = vecs[keep]
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        """Remove every chunk of the given documents; returns how many chunks were removed."""
+        if isinstance(doc_ids, str):
+            raise TypeError("delete takes a sequence of document ids, not a single str")
+        gone = set(doc_ids)
+        keep = [i for i, c in enumerate(self._chunks) if c.doc_id not in gone]
+        removed = len(self._chunks) - len(keep)
+        if removed:
+            self._vecs = self._vecs[keep]  # fancy indexing copies: (len - removed, d)
+            self._chunks = [self._chunks[i] for i in keep]
+            self._row = {c.id: i for i, c in enumerate(self._chunks)}
+        return removed
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search(
+        self, query_vecs: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
+
+        ``filter`` keeps chunks whose ``metadata[key] == value`` for every item (``"doc_id"``
+        matches ``chunk.doc_id``; a list or tuple value means any of its values).
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+            raise ValueError(f"k must be an int >= 0; got {k!r}")
+        q = np.asarray(query_vecs)
+        q = q[None, :] if q.ndim == 1 else q  # (m, d)
+        q = self._check_vecs(q, what="query vectors")
+        if not self._chunks or k == 0:
+            return [[] for _ in range(q.shape[0])]
+        if self.metric == "cosine":
+            q = _normalise(q)
+        rows = self._filter_rows(filter)  # (r,) candidate rows, ascending
+        if rows is None:
+            scores = q @ self._vecs[: len(self._chunks)].T  # (m, n)
+        else:
+            scores = q @ self._vecs[rows].T  # (m, r)
+        return [self._top_k(s, k, rows) for s in scores]
+
+    def _top_k(self, scores: np.ndarray, k: int, rows: np.ndarray | None) -> list[Hit]:
+        n = scores.shape[0]
+        if k < n:
+            # argpartition finds the k-th best score in O(n); among scores tied with it the
+            # earliest rows win, so the result equals a stable full sort of -scores.
+            kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+            above = np.flatnonzero(scores > kth)
+            tied = np.flatnonzero(scores == kth)[: k - len(above)]
+            top = np.concatenate((above, tied))
+        else:
+            top = np.arange(n)
+        top = top[np.lexsort((top, -scores[top]))]  # by score descending, then row ascending
+        ids = top if rows is None else rows[top]
+        return [
+            Hit(chunk=self._chunks[row], score=float(scores[i]), rank=rank)
+            for rank, (i, row) in enumerate(zip(top.tolist(), ids.tolist()))
+        ]
+
+    def _filter_rows(self, filter: Mapping[str, Any] | None) -> np.ndarray | None:
+        if not filter:
+            return None
+        if not isinstance(filter, Mapping):
+            raise TypeError(f"filter must be a mapping of metadata key -> value; got {filter!r}")
+        wanted = {
+            key: (tuple(v) if isinstance(v, list | tuple | set | frozenset) else (v,))
+            for key, v in filter.items()
+        }
+
+        def matches(c: Chunk) -> bool:
+            for key, values in wanted.items():
+                if key == "doc_id":
+                    value = c.doc_id
+                elif key in c.metadata:
+                    value = c.metadata[key]
+                else:
+                    return False
+                if not any(value == v for v in values):
+                    return False
+            return True
+
+        return np.fromiter(
+            (i for i, c in enumerate(self._chunks) if matches(c)), dtype=np.intp
+        )
+
+    # -- save / load ---------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to folder ``path`` (replacing an index saved there before)."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise IndexFileError(f"{path}: exists and is not a folder; cannot save an index there")
+        if path.is_dir() and any(path.iterdir()) and not (path / "meta.json").exists():
+            raise IndexFileError(
+                f"{path}: folder is not empty and holds no saved index (no meta.json); "
+                "refusing to overwrite it"
+            )
+        lines = []
+        for c in self._chunks:
+            record = {"doc_id": c.doc_id, "start": c.start, "end": c.end, "text": c.text,
+                      "index": c.index, "metadata": dict(c.metadata)}
+            try:
+                lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise IndexFileError(
+                    f"{path}: chunk {c.id!r} cannot be saved: its metadata is not plain JSON "
+                    f"data ({exc})"
+                ) from None
+        chunks_bytes = "".join(line + "\n" for line in lines).encode("utf-8")
+        if self._chunks:
+            vecs = np.ascontiguousarray(self._vecs[: len(self._chunks)])  # (count, dim)
+        else:
+            vecs = np.zeros((0, 0), dtype=np.float32)  # dim is None: meta.json says null
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            np.save(tmp / "vectors.npy", vecs, allow_pickle=False)
+            (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
+            meta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "metric": self.metric,
+                "dim": self.dim,
+                "count": len(self._chunks),
+                "sha256": {name: _sha256(tmp / name) for name in _FILES},
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            _swap_in(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> MemoryIndex:
+        """Read an index saved by ``save``; raises ``IndexFileError`` naming ``path`` if it is
+        missing, corrupted or inconsistent."""
+        path = Path(path)
+        meta = _read_meta(path)
+        for name in _FILES:
+            if _sha256(path / name) != meta["sha256"][name]:
+                raise IndexFileError(
+                    f"{path / name}: checksum does not match meta.json; the file is corrupted or "
+                    "was changed after saving"
+                )
+        count, dim = meta["count"], meta["dim"]
+        try:
+            vecs = np.load(path / "vectors.npy", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise IndexFileError(
+                f"{path / 'vectors.npy'}: not a readable .npy array ({exc})"
+            ) from None
+        want = (count, dim if dim is not None else 0)
+        if vecs.dtype != np.float32 or vecs.shape != want:
+            raise IndexFileError(
+                f"{path / 'vectors.npy'}: expected float32 {want}, as meta.json says; "
+                f"got {vecs.dtype} {vecs.shape}"
+            )
+        chunks = _read_chunks(path / "chunks.jsonl")
+        if len(chunks) != count:
+            raise IndexFileError(
+                f"{path / 'chunks.jsonl'}: meta.json says {count} chunks; "
+                f"the file has {len(chunks)}"
+            )
+        index = cls(metric=meta["metric"])
+        index._vecs = vecs
+        index._chunks = chunks
+        index._row = {c.id: i for i, c in enumerate(chunks)}
+        if len(index._row) != count:
+            raise IndexFileError(f"{path / 'chunks.jsonl'}: the same chunk id appears twice")
+        return index
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_vecs(self, vecs: Any, *, what: str) -> np.ndarray:
+        vecs = np.asarray(vecs)
+        if vecs.ndim != 2:
+            raise IndexMismatchError(f"{what} must be a 2-D (n, dim) array; got shape {vecs.shape}")
+        if not (np.issubdtype(vecs.dtype, np.floating) or np.issubdtype(vecs.dtype, np.integer)):
+            raise IndexMismatchError(f"{what} must be numeric; got dtype {vecs.dtype}")
+        if self.dim is not None and vecs.shape[1] != self.dim:
+            raise IndexMismatchError(
+                f"{what} have dim {vecs.shape[1]} but the index holds dim {self.dim} vectors; "
+                "embed with the same model the index was built with"
+            )
+        vecs = vecs.astype(np.float32, copy=False)
+        if not np.isfinite(vecs).all():
+            raise IndexMismatchError(f"{what} contain NaN or infinite values")
+        return vecs
+
+    def _reserve(self, n: int) -> None:
+        if n > self._vecs.shape[0]:
+            grown = np.zeros((max(n, 2 * self._vecs.shape[0], 64), self._vecs.shape[1]), np.float32)
+            grown[: self._vecs.shape[0]] = self._vecs
+            self._vecs = grown
+
+
+def _normalise(vecs: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)  # (n, 1)
+    return np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise IndexFileError(f"{path}: cannot read ({exc.strerror})") from None
+    return digest.hexdigest()
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Put folder ``tmp`` at ``path``; an index already there is replaced only once ``tmp`` is
+    complete, so a failed save never leaves a half-written index behind."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.replace(path, old / path.name)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old / path.name, path)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    file = path / "meta.json"
+    if not path.is_dir():
+        raise IndexFileError(f"{path}: no saved index here (not a folder)")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise IndexFileError(f"{file}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise IndexFileError(f"{file}: not a {FORMAT} meta file")
+    if meta.get("version") != VERSION:
+        raise IndexFileError(
+            f"{file}: format version {meta.get('version')!r}; this ragkit reads version {VERSION}"
+        )
+    if meta.get("metric") not in METRICS:
+        raise IndexFileError(f"{file}: unknown metric {meta.get('metric')!r}")
+    count, dim = meta.get("count"), meta.get("dim")
+    if not isinstance(count, int) or count < 0:
+        raise IndexFileError(f"{file}: count must be an int >= 0; got {count!r}")
+    if not (dim is None and count == 0) and not (isinstance(dim, int) and dim >= 1):
+        raise IndexFileError(f"{file}: dim must be an int >= 1; got {dim!r}")
+    sums = meta.get("sha256")
+    if not isinstance(sums, dict) or not all(isinstance(sums.get(n), str) for n in _FILES):
+        raise IndexFileError(f"{file}: missing sha256 checksums of {', '.join(_FILES)}")
+    return meta
+
+
+def _read_chunks(file: Path) -> list[Chunk]:
+    chunks = []
+    try:
+        # Split on "\n" only: texts may hold U+2028 and friends, which str.splitlines splits on.
+        lines = file.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IndexFileError(f"{file}: cannot read ({exc})") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    for lineno, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line)
+            chunks.append(
+                Chunk(r["doc_id"], r["start"], r["end"], r["text"], r["index"], r["metadata"])
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IndexFileError(f"{file}:{lineno}: not a valid chunk record ({exc})") from None
+    return chunks

@@ -1,0 +1,105 @@
+"""The CLI as users run it: chunk stats with a progress bar, index then query."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragkit.cli import main
+
+ROOT = Path(__file__).parents[1]
+CORPUS = ROOT / "ragkit" / "data" / "corpus"
+
+
+def test_chunk_stats(capsys):
+    code = main(["chunk", str(CORPUS), "-o", "chunker.name=fixed", "-o", "chunker.chunk_size=50",
+                 "-o", "chunker.tokenizer=whitespace", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "documents  6" in out
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert int(lines["chunks"]) > 6
+    assert lines["size"].startswith("min ") and "max " in lines["size"]
+    max_size = int(lines["size"].split("max ")[1].split()[0])
+    assert max_size <= 50
+
+
+def test_chunk_jsonl_round_trips_offsets(capsys):
+    assert main(["chunk", str(CORPUS / "tcp.md"), "--format", "jsonl", "--no-progress",
+                 "-o", "chunker.chunk_size=30", "-o", "chunker.tokenizer=whitespace"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    text = (CORPUS / "tcp.md").read_text(encoding="utf-8")
+    assert len(rows) > 3
+    assert all(text[r["start"]:r["end"]] == r["text"] for r in rows)
+    assert [r["index"] for r in rows] == list(range(len(rows)))
+
+
+def test_index_then_query_with_hash_config(tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert main(["index", str(CORPUS), "--config", str(ROOT / "configs" / "hash.yaml"),
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "indexed 6 documents" in capsys.readouterr().out
+    assert main(["query", "Gutenberg movable type printing press", "--index", str(out), "-k", "2",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["hits"]) == 2
+    assert result["hits"][0]["citation"].startswith("printing-press.md:")
+
+
+def test_bad_input_file_is_exit_2_naming_it(tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9 latin-1")
+    code = main(["chunk", str(bad), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "bad.txt" in err and "UTF-8" in err
+
+
+def test_skip_bad_files_goes_on(tmp_path, capsys):
+    (tmp_path / "bad.txt").write_bytes(b"\x00\x01binary")
+    (tmp_path / "good.txt").write_text("fine words here", encoding="utf-8")
+    code = main(["chunk", str(tmp_path), "--skip-bad-files", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "documents  1" in captured.out
+    assert "bad.txt" in captured.err
+
+
+def test_query_missing_index_is_one_line_error(tmp_path, capsys):
+    assert main(["query", "anything", "--index", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ragkit: error: ") and "not a saved ragkit index" in err
+
+
+@pytest.mark.slow
+def test_chunk_5mb_folder_shows_progress_and_stats(tmp_path):
+    """The issue's acceptance check: `ragkit chunk` on a 5 MB folder, run as a user runs it."""
+    corpora = ROOT.parent / "shared" / "data" / "chunking_eval" / "corpora"
+    if not corpora.is_dir():
+        pytest.skip(f"evaluation corpora not found at {corpora}")
+    texts = [p.read_text(encoding="utf-8") for p in sorted(corpora.glob("*.md"))]
+    folder = tmp_path / "five_mb"
+    folder.mkdir()
+    size, i = 0, 0
+    while size < 5_000_000:
+        text = texts[i % len(texts)]
+        (folder / f"doc{i:03d}.md").write_text(text, encoding="utf-8")
+        size += len(text.encode("utf-8"))
+        i += 1
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ragkit.cli", "chunk", str(folder), "-o", "chunker.chunk_size=256"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "chunking: 100%" in proc.stderr  # the progress bar reached the end
+    assert "5." in proc.stderr.split("chunking: 100%")[1].split("\n")[0]  # ~5 MB total
+    lines = dict(line.split(None, 1) for line in proc.stdout.splitlines())
+    assert int(lines["documents"].split()[0]) == i
+    assert int(lines["chunks"]) > 1000
+    assert int(lines["size"].split("max ")[1].split()[0]) <= 256

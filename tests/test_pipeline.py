@@ -1,0 +1,86 @@
+"""The pipeline end to end with the hash embedder, and once with the real MiniLM model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragkit import Document, RAGPipeline, load_documents
+from ragkit.errors import RagkitError
+
+CORPUS = Path(__file__).parents[1] / "ragkit" / "data" / "corpus"
+
+
+def _hash_pipe(**kw):
+    return RAGPipeline(
+        chunker={"name": "recursive", "chunk_size": 40, "tokenizer": "whitespace"},
+        embedder={"name": "hash", "dim": 128},
+        index={"name": "memory"},
+        **kw,
+    )
+
+
+def test_add_retrieve_answer_cites_the_right_document():
+    pipe = _hash_pipe(k=3)
+    docs = load_documents(CORPUS)
+    report = pipe.add(docs)
+    assert report.documents == len(docs) == 6
+    assert report.chunks == len(pipe.index) > report.documents
+    hits = pipe.retrieve("waggle dance of honeybees foragers")
+    assert len(hits) == 3
+    assert hits[0].chunk.doc_id == "honeybees.md"
+    assert [h.rank for h in hits] == [0, 1, 2]
+    assert hits[0].score >= hits[1].score >= hits[2].score
+    doc = next(d for d in docs if d.id == hits[0].chunk.doc_id)
+    assert doc.text[hits[0].chunk.start:hits[0].chunk.end] == hits[0].chunk.text
+    assert hits[0].citation == f"honeybees.md:{hits[0].chunk.start}-{hits[0].chunk.end}"
+    answer = pipe.answer("waggle dance of honeybees foragers")
+    assert answer.text is None and list(answer.hits) == hits
+
+
+def test_re_adding_a_document_replaces_its_chunks():
+    pipe = _hash_pipe()
+    pipe.add([Document("a", "alpha beta gamma. " * 30)])
+    before = len(pipe.index)
+    pipe.add([Document("a", "delta only")])
+    assert len(pipe.index) == 1 < before
+    assert pipe.retrieve("alpha")[0].chunk.text == "delta only"
+
+
+def test_save_load_gives_identical_results(tmp_path):
+    pipe = _hash_pipe()
+    pipe.add(load_documents(CORPUS))
+    pipe.save(tmp_path / "idx")
+    again = RAGPipeline.load(tmp_path / "idx")
+    assert again == pipe
+    q = "three-way handshake SYN"
+    assert [(h.chunk, round(h.score, 6)) for h in again.retrieve(q)] == [
+        (h.chunk, round(h.score, 6)) for h in pipe.retrieve(q)
+    ]
+
+
+def test_load_of_a_folder_that_is_no_index_says_so(tmp_path):
+    with pytest.raises(RagkitError, match="is not a saved ragkit index"):
+        RAGPipeline.load(tmp_path)
+
+
+def test_empty_query_is_refused():
+    with pytest.raises(RagkitError, match="query must be a non-empty string"):
+        _hash_pipe().retrieve("   ")
+
+
+@pytest.mark.slow
+def test_quickstart_config_answers_with_minilm():
+    from ragkit import load_yaml
+
+    pipe = RAGPipeline.from_config(load_yaml(Path(__file__).parents[1] / "configs" / "quickstart.yaml"))
+    pipe.add(load_documents(CORPUS))
+    hits = pipe.retrieve("When was the Eiffel Tower completed?")
+    assert {h.chunk.doc_id for h in hits} == {"eiffel-tower.md"}
+    assert any("completed on 31 March 1889" in h.chunk.text for h in hits)
+    # every chunk fits the embedder's window: counted in its own tokenizer
+    assert max(c.metadata["tokens"] for c in pipe.index.chunks()) <= 96
+    hits = pipe.retrieve("How do bees tell each other where flowers are?")
+    assert {h.chunk.doc_id for h in hits} == {"honeybees.md"}
+    assert any("waggle dance" in h.chunk.text for h in hits)

