@@ -42,7 +42,7 @@ def build(kind: str, spec: Any, *, path: str | None = None) -> Any:
         )
     if "name" not in spec:
         raise ConfigError(
-            f"missing 'name'; choose one of {', '.join(registry.names(kind))}", path=path
+            f"missing 'name'; choose one of {', '.join(registry.names(kind, peers=True))}", path=path
         )
     name = spec["name"]
     if not isinstance(name, str):

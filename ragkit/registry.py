@@ -16,6 +16,9 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "fixed": "chunkers.fixed:FixedChunker",
         "recursive": "chunkers.recursive:RecursiveChunker",
         "sentence": "chunkers.sentence:SentenceChunker",
+        # peers, wrapped so they can be measured side by side with ragkit's own chunkers
+        "langchain-recursive": "chunkers.langchain:LangChainRecursiveChunker",
+        "langchain-token": "chunkers.langchain:LangChainTokenChunker",
     },
     "embedder": {
         "sentence-transformers": "retrieval.embedders:SentenceTransformerEmbedder",
@@ -31,11 +34,16 @@ def kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def names(kind: str) -> list[str]:
-    """Registered names of a kind, in registration order."""
+# Components that wrap another library for side-by-side measurement. They keep that library's
+# behaviour, so ragkit's contracts (size budget, exact coverage) are not promised for them.
+PEERS = frozenset({"langchain-recursive", "langchain-token"})
+
+
+def names(kind: str, *, peers: bool = False) -> list[str]:
+    """Registered names of a kind, in registration order; ``peers=True`` adds the peer wrappers."""
     if kind not in _REGISTRY:
         raise ConfigError(f"unknown component kind {kind!r}; choose one of {', '.join(kinds())}")
-    return list(_REGISTRY[kind])
+    return [n for n in _REGISTRY[kind] if peers or n not in PEERS]
 
 
 def import_path(kind: str, name: str) -> str:

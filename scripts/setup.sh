@@ -29,7 +29,7 @@ rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 pip_q=(-q --disable-pip-version-check)
 "$VENV/bin/pip" install "${pip_q[@]}" "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-"$VENV/bin/python" -c 'import torch' || { echo "ragkit setup: torch failed to install" >&2; exit 1; }
+"$VENV/bin/python" -W ignore -c 'import torch' || { echo "ragkit setup: torch failed to install" >&2; exit 1; }
 "$VENV/bin/pip" install "${pip_q[@]}" -e ".[all,dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -c 'import ragkit, chunkers, retrieval, sentence_transformers, spacy, tiktoken' \
   || { echo "ragkit setup: installing ragkit failed (see pip's output above)" >&2; exit 1; }

@@ -1,0 +1,1 @@
+"""Measuring instruments: the chunking evaluation (Chroma's metrics) and its report."""

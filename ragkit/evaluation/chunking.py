@@ -1,0 +1,253 @@
+"""``ragkit eval chunking``: score chunkers by what retrieval over their chunks recovers.
+
+All chunks of all corpora go into one exact cosine index; each question retrieves ``k`` chunks
+(``k="min"``: as many as meet its excerpts, capped at 20) and is scored with Chroma's metrics
+(``ragkit.evaluation.metrics``). Means and population standard deviations are reported x100,
+overall and per corpus.
+
+Two modes:
+
+- ``exact`` (default): chunk spans are the chunker's own offsets; a chunk meets an excerpt only
+  if they share a character.
+- ``chroma-compat``: reproduces the reference code of Chroma's report, which places each chunk
+  string at its first occurrence in the corpus after dropping a trailing ``.``, and counts a
+  chunk that ends where an excerpt starts as meeting it.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ragkit.config import COMPONENT_KIND, build
+from ragkit.errors import ConfigError, RagkitError
+from ragkit.evaluation.data import EvalDataset
+from ragkit.evaluation.metrics import omega, retrieval_scores
+
+Span = tuple[int, int]
+Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
+METRICS = ("recall", "precision", "precision_omega", "iou")
+MIN_CAP = 20
+
+
+@dataclass(kw_only=True)
+class ChunkingEval:
+    """The evaluation config: which chunkers, which embedder, which ``k`` and conventions."""
+
+    chunkers: dict[str, Any]
+    embedder: Any = field(
+        default_factory=lambda: {"name": "sentence-transformers"},
+        metadata={COMPONENT_KIND: "embedder"},
+    )
+    ks: tuple[int | str, ...] = ("min", 5, 10)
+    mode: Literal["exact", "chroma-compat"] = "exact"
+    unit: Literal["char", "token"] = "char"
+    unit_tokenizer: str = "cl100k"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chunkers, Mapping) or not self.chunkers:
+            raise ConfigError(
+                "must map labels to chunker specs, e.g. {fixed-256: {name: fixed, chunk_size: 256}}",
+                path="chunkers",
+            )
+        self.chunkers = {
+            str(label): build("chunker", spec, path=f"chunkers.{label}")
+            for label, spec in self.chunkers.items()
+        }
+        self.embedder = build("embedder", self.embedder, path="embedder")
+        ks = []
+        for k in self.ks:
+            if k == "min" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+                ks.append(k if k == "min" else int(k))
+            elif isinstance(k, str) and k.isdigit() and int(k) >= 1:
+                ks.append(int(k))
+            else:
+                raise ConfigError(f"each k must be 'min' or an int >= 1; got {k!r}", path="ks")
+        self.ks = tuple(ks)
+
+
+@dataclass
+class ChunkerResult:
+    label: str
+    config: dict[str, Any]
+    n_chunks: int
+    mean_chunk_chars: float
+    mean_chunk_tokens: float | None  # in the chunker's own tokenizer, where it reports one
+    mean_chunk_units: float  # in the evaluation unit (chars or unit tokens)
+    # results[k][metric] = {"mean", "std"}; results[k]["per_corpus"][corpus][metric] = {...}
+    results: dict[str, Any]
+    per_question: dict[str, dict[str, list[float]]]  # k -> metric -> one value per question
+    seconds: dict[str, float]
+
+
+def evaluate_chunking(
+    dataset: EvalDataset,
+    config: ChunkingEval,
+    *,
+    cache: Any = None,
+    progress: Progress | None = None,
+) -> list[ChunkerResult]:
+    """Run every chunker of ``config`` on ``dataset``; see the module docstring."""
+    import time
+
+    from retrieval.cache import embed_with_cache
+
+    touching = config.mode == "chroma-compat"
+    corpus_ids = list(dataset.corpora)
+    unit_map = _unit_maps(dataset, config) if config.unit == "token" else None
+    q_vecs = _normalise(
+        embed_with_cache(config.embedder, [q.text for q in dataset.questions], cache,
+                         progress=progress, desc="embedding questions")
+    )
+    out: list[ChunkerResult] = []
+    for label, chunker in config.chunkers.items():
+        t0 = time.perf_counter()
+        spans: list[Span] = []
+        owners: list[str] = []
+        texts: list[str] = []
+        tokens: list[int] = []
+        for cid in corpus_ids:
+            doc = dataset.corpora[cid]
+            for c in chunker.chunk(doc):
+                span = _locate_compat(doc.text, c.text, cid, label) if touching else (c.start, c.end)
+                spans.append(span)
+                owners.append(cid)
+                texts.append(c.text)
+                if "tokens" in c.metadata:
+                    tokens.append(int(c.metadata["tokens"]))
+        t_chunk = time.perf_counter() - t0
+        if not spans:
+            raise RagkitError(f"chunker {label!r} produced no chunks for the dataset")
+        vecs = _normalise(embed_with_cache(config.embedder, texts, cache, progress=progress,
+                                           desc=f"embedding {label}"))
+        t_embed = time.perf_counter() - t0 - t_chunk
+        if unit_map is not None:
+            spans = [_to_units(unit_map[o], s) for o, s in zip(owners, spans)]
+            refs_of = [tuple(_to_units(unit_map[q.corpus_id], r) for r in q.references)
+                       for q in dataset.questions]
+        else:
+            refs_of = [q.references for q in dataset.questions]
+        per_q = _score(dataset, config, spans, owners, vecs, q_vecs, refs_of, touching)
+        out.append(ChunkerResult(
+            label=label,
+            config=_spec(chunker),
+            n_chunks=len(spans),
+            mean_chunk_chars=statistics.fmean(len(t) for t in texts),
+            mean_chunk_tokens=statistics.fmean(tokens) if len(tokens) == len(texts) else None,
+            mean_chunk_units=statistics.fmean(e - s for s, e in spans),
+            results=_aggregate(per_q, [q.corpus_id for q in dataset.questions]),
+            per_question=per_q,
+            seconds={"chunk": t_chunk, "embed": t_embed,
+                     "score": time.perf_counter() - t0 - t_chunk - t_embed},
+        ))
+    return out
+
+
+# -- scoring --------------------------------------------------------------------------------------
+
+
+def _score(dataset, config, spans, owners, vecs, q_vecs, refs_of, touching):
+    by_corpus: dict[str, list[int]] = {}
+    for i, o in enumerate(owners):
+        by_corpus.setdefault(o, []).append(i)
+    sizes = np.array([e - s for s, e in spans])
+    omegas, n_meet = [], []
+    for q, refs in zip(dataset.questions, refs_of):
+        w, n = omega(refs, [spans[i] for i in _near(spans, by_corpus.get(q.corpus_id, []), refs)],
+                     touching)
+        omegas.append(w)
+        n_meet.append(n)
+    need = max(min(MIN_CAP, max(n_meet)) if "min" in config.ks else 0,
+               max((k for k in config.ks if k != "min"), default=0))
+    need = min(need, len(spans))
+    sims = q_vecs @ vecs.T  # (questions, chunks)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :need]
+    per_q: dict[str, dict[str, list[float]]] = {}
+    cap = min(MIN_CAP, max(n_meet))
+    for k in config.ks:
+        vals: dict[str, list[float]] = {m: [] for m in METRICS}
+        for qi, (q, refs) in enumerate(zip(dataset.questions, refs_of)):
+            n = min(n_meet[qi], cap) if k == "min" else k
+            got = top[qi, :n]
+            own = [spans[i] for i in got if owners[i] == q.corpus_id]
+            r, p, iou = retrieval_scores(refs, own, sizes[got].tolist(), touching)
+            vals["recall"].append(r)
+            vals["precision"].append(p)
+            vals["iou"].append(iou)
+            vals["precision_omega"].append(omegas[qi])
+        per_q[str(k)] = vals
+    return per_q
+
+
+def _near(spans: Sequence[Span], idx: list[int], refs: Sequence[Span]) -> list[int]:
+    """The chunks of a corpus that could meet an excerpt (a cheap prefilter)."""
+    lo = min(s for s, _ in refs)
+    hi = max(e for _, e in refs)
+    return [i for i in idx if spans[i][1] >= lo and spans[i][0] <= hi]
+
+
+def _aggregate(per_q: dict[str, dict[str, list[float]]], corpus_of: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    corpora = sorted(set(corpus_of))
+    for k, vals in per_q.items():
+        entry: dict[str, Any] = {m: _stats(vals[m]) for m in METRICS}
+        entry["per_corpus"] = {
+            c: {m: _stats([v for v, o in zip(vals[m], corpus_of) if o == c]) for m in METRICS}
+            for c in corpora
+        }
+        out[k] = entry
+    return out
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64) * 100
+    return {"mean": float(arr.mean()), "std": float(arr.std())}
+
+
+# -- spans ----------------------------------------------------------------------------------------
+
+
+def _locate_compat(corpus: str, chunk_text: str, corpus_id: str, label: str) -> Span:
+    """The reference code's placement: first occurrence after dropping one trailing '.', else a
+    whitespace-insensitive, case-insensitive match."""
+    target = chunk_text[:-1] if chunk_text.endswith(".") else chunk_text
+    pos = corpus.find(target)
+    if pos != -1:
+        return pos, pos + len(target)
+    words = re.sub(r"\s+", " ", target).strip().split()
+    match = re.compile(r"\s*".join(re.escape(w) for w in words), re.IGNORECASE).search(corpus)
+    if match is None:
+        raise RagkitError(
+            f"chroma-compat: chunk of {label!r} not found in corpus {corpus_id!r}: {chunk_text[:60]!r}"
+        )
+    return match.span()
+
+
+def _unit_maps(dataset: EvalDataset, config: ChunkingEval) -> dict[str, np.ndarray]:
+    from ragkit.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(config.unit_tokenizer)
+    return {cid: np.asarray(tok.token_starts(doc.text)) for cid, doc in dataset.corpora.items()}
+
+
+def _to_units(starts: np.ndarray, span: Span) -> Span:
+    """A char span as token indices: the tokens that start inside it (at least one token)."""
+    s = int(np.searchsorted(starts, span[0], side="right")) - 1
+    e = int(np.searchsorted(starts, span[1], side="left"))
+    return max(s, 0), max(e, max(s, 0) + 1)
+
+
+def _normalise(vecs: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs / np.where(norms == 0, 1, norms)
+
+
+def _spec(chunker: Any) -> dict[str, Any]:
+    from ragkit.config import to_config
+
+    return to_config(chunker, "chunker")
