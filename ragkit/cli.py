@@ -80,6 +80,20 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("-k", type=int, help="number of chunks (default: the config's k)")
     q.add_argument("--json", action="store_true", help="print the answer as JSON")
     q.set_defaults(func=cmd_query)
+
+    e = sub.add_parser("eval", help="measure chunkers (and later whole retrieve paths)")
+    esub = e.add_subparsers(dest="what", required=True)
+    ec = esub.add_parser("chunking", help="Chroma's chunking metrics for several chunkers in one run")
+    ec.add_argument("data", help="dataset folder: corpora/ and questions.csv or questions.jsonl")
+    common(ec)
+    ec.add_argument("--mode", choices=("exact", "chroma-compat"), help="overrides the config's mode")
+    ec.add_argument("--unit", choices=("char", "token"), help="overrides the config's unit")
+    ec.add_argument("--out", default="runs/eval", help="folder for results.md/.json and the plot")
+    ec.add_argument("--subset", type=int, metavar="N", help="only the first N questions per corpus")
+    ec.add_argument("--cache", help="embedding cache file (default ~/.cache/ragkit/embeddings.sqlite)")
+    ec.add_argument("--no-cache", action="store_true", help="embed everything again")
+    ec.add_argument("--no-plot", action="store_true", help="skip the plot")
+    ec.set_defaults(func=cmd_eval_chunking)
     return p
 
 
@@ -166,6 +180,45 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"\n[{h.rank + 1}] {h.citation}  score={h.score:.3f}")
         print("    " + h.chunk.text.strip().replace("\n", "\n    "))
     return 0
+
+
+def cmd_eval_chunking(args: argparse.Namespace) -> int:
+    from ragkit.config import build_dataclass
+    from ragkit.evaluation import report
+    from ragkit.evaluation.chunking import ChunkingEval, evaluate_chunking
+    from ragkit.evaluation.data import load_dataset
+
+    data = _config(args)
+    if not args.config and "chunkers" not in data:
+        data["chunkers"] = {"recursive": {"name": "recursive"}}
+    for key in ("mode", "unit"):
+        if getattr(args, key):
+            data[key] = getattr(args, key)
+    config = build_dataclass(ChunkingEval, data)  # validates every chunker before any work
+    if args.subset is not None and args.subset < 1:
+        raise ConfigError(f"must be an int >= 1; got {args.subset}", path="--subset")
+    dataset = load_dataset(args.data)
+    if args.subset:
+        dataset = dataset.subset(args.subset)
+    cache = None
+    if not args.no_cache:
+        from retrieval.cache import EmbeddingCache
+
+        cache = EmbeddingCache(args.cache)
+    progress = None if args.no_progress else _bar
+    results = evaluate_chunking(dataset, config, cache=cache, progress=progress)
+    paths = report.write(results, config, args.out, dataset, with_plot=not args.no_plot)
+    print(report.markdown(results, config))
+    if cache is not None:
+        print(f"embedding cache: {cache.hits} hits, {cache.misses} computed ({cache.path})")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _bar(items: Iterable[Any], desc: str, total: int) -> Iterator[Any]:
+    from tqdm import tqdm
+
+    yield from tqdm(items, desc=desc, total=total, file=sys.stderr)
 
 
 # -- helpers --------------------------------------------------------------------------------------
