@@ -81,11 +81,11 @@ def grapheme_starts(text: str) -> np.ndarray | None:
 
 
 def on_boundary(starts: np.ndarray | None, pos: int) -> bool:
-    """Whether ``pos`` starts a grapheme cluster, given ``grapheme_starts`` of the text."""
+    """Whether ``pos`` (``< len(text)``) starts a grapheme cluster, given ``grapheme_starts``."""
     if starts is None:
         return True
     i = int(np.searchsorted(starts, pos))
-    return i == len(starts) or int(starts[i]) == pos
+    return i < len(starts) and int(starts[i]) == pos
 
 
 def cut_points(text: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:

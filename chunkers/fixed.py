@@ -31,5 +31,6 @@ class FixedChunker:
         return load_tokenizer(self.tokenizer)
 
     def chunk(self, doc: Document) -> list[Chunk]:
-        windows = token_windows(doc.text, 0, len(doc.text), self._tok, self.chunk_size, self.overlap)
+        text = doc.text
+        windows = token_windows(text, 0, len(text), self._tok, self.chunk_size, self.overlap)
         return make_chunks(doc, [(s, e) for s, e, _ in windows], [n for *_, n in windows])

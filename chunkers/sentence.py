@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from chunkers.base import check_size, grapheme_starts, make_chunks, on_boundary, pack, token_windows
+from chunkers.base import (
+    check_size,
+    grapheme_starts,
+    make_chunks,
+    on_boundary,
+    pack,
+    token_windows,
+)
 from ragkit._deps import require
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
@@ -37,7 +44,9 @@ class SentenceChunker:
         check_size(self.chunk_size, self.overlap, overlap_unit="sentences")
         check_tokenizer_name(self.tokenizer)
         if not isinstance(self.language, str) or not self.language:
-            raise ConfigError(f"must be a spaCy language code; got {self.language!r}", path="language")
+            raise ConfigError(
+                f"must be a spaCy language code; got {self.language!r}", path="language"
+            )
 
     @cached_property
     def _tok(self) -> Tokenizer:
@@ -58,7 +67,9 @@ class SentenceChunker:
         return make_chunks(doc, [(s, e) for s, e, _ in merged], [n for *_, n in merged])
 
 
-def sentence_spans(text: str, language: str = "en", spacy_model: str | None = None) -> list[tuple[int, int]]:
+def sentence_spans(
+    text: str, language: str = "en", spacy_model: str | None = None
+) -> list[tuple[int, int]]:
     """Sentence spans that tile ``text``: each runs to where the next sentence starts."""
     nlp = _pipeline(language, spacy_model)
     starts: list[int] = []

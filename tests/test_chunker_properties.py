@@ -4,7 +4,8 @@ Every registered chunker runs with every fast tokenizer on generated text (any c
 lone surrogates, with CJK, emoji and ZWJ sequences, combining marks, prepended marks, every kind
 of whitespace and "<|endoftext|>" over-represented) and on generated prose (words, sentences,
 paragraphs); the invariants are the ones of tests/test_contracts.py and must hold with zero
-violations. Set CI=1 for a derandomized, repeatable run.
+violations. Set CI=1 for a derandomized, repeatable run, and RAGKIT_HYPOTHESIS_EXAMPLES=5000
+for a longer search.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.test_contracts import contract_violations, make_chunker
 
 settings.register_profile(
     "chunker-properties",
-    max_examples=120,
+    max_examples=int(os.environ.get("RAGKIT_HYPOTHESIS_EXAMPLES", 300)),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -32,7 +33,9 @@ settings.register_profile(
     derandomize=True,
     database=None,
 )
-PROFILE = settings.get_profile("chunker-properties-ci" if os.environ.get("CI") else "chunker-properties")
+PROFILE = settings.get_profile(
+    "chunker-properties-ci" if os.environ.get("CI") else "chunker-properties"
+)
 
 CHUNKERS = registry.names("chunker")
 FAST_TOKENIZERS = ("cl100k", "whitespace", "character", "all-MiniLM-L6-v2")
@@ -61,7 +64,8 @@ any_char = st.characters(exclude_categories=("Cs",))
 unicode_text = st.lists(st.one_of(any_char, st.sampled_from(TRICKY)), max_size=120).map("".join)
 
 word = st.one_of(
-    st.text(st.characters(categories=("Ll", "Lu", "Lo", "Mn", "Nd", "So")), min_size=1, max_size=12),
+    st.text(st.characters(categories=("Ll", "Lu", "Lo", "Mn", "Nd", "So")), min_size=1,
+            max_size=12),
     st.sampled_from(["the", "a", "Dr.", "U.S.", "3.14", "e\u0301te\u0301", "日本語", "👨\u200d👩\u200d👧",
                      "<|endoftext|>", "x" * 300]),
 )

@@ -26,7 +26,8 @@ def chunk(spec: dict, text: str, **meta):
 
 
 def test_fixed_windows_share_exactly_overlap_words():
-    chunks = chunk({"name": "fixed", "chunk_size": 10, "overlap": 3, "tokenizer": "whitespace"}, WORDS)
+    spec = {"name": "fixed", "chunk_size": 10, "overlap": 3, "tokenizer": "whitespace"}
+    chunks = chunk(spec, WORDS)
     words = [c.text.split() for c in chunks]
     assert words[0] == [f"w{i}" for i in range(10)]
     for prev, nxt in zip(words, words[1:]):

@@ -48,7 +48,8 @@ SAMPLES = {
     "long-run": "a" * 20_000,
     "special-tokens": "Hello <|endoftext|> world <|fim_prefix|><|fim_middle|> x <|endofprompt|> "
     * 10,
-    "unicode-spaces": "a\u00a0b\u2003c\td\u3000e\u2028f\u2029g\x0bh\x0ci\x1cj\x85k\u200bl\ufeffm " * 10,
+    "unicode-spaces": "a\u00a0b\u2003c\td\u3000e\u2028f\u2029g\x0bh\x0ci\x1cj\x85k\u200bl\ufeffm "
+    * 10,
     "controls": "nul\x00 bell\x07 esc\x1b del\x7f repl\ufffd end " * 10,
     "hangul-jamo": "\u1100\u1161\u11a8 \u1100\u1161 " * 20,
 }
@@ -186,9 +187,10 @@ def test_defaults_keep_the_contract(name):
     chunker = build("chunker", name)
     tokenizer = getattr(chunker, "tokenizer", "cl100k")
     size = getattr(chunker, "chunk_size", None)
-    for sample in ("corpus:state_of_the_union", "emoji"):
+    overlap = getattr(chunker, "overlap", 0)
+    for sample in ("emoji", "corpus:state_of_the_union"):
         text = sample_text(sample)
-        assert_contract(chunker, Document(sample, text), tokenizer, size, 1)
+        assert_contract(chunker, Document(sample, text), tokenizer, size, overlap)
 
 
 @pytest.mark.parametrize("tokenizer", TOKENIZERS)

@@ -11,7 +11,8 @@ from ragkit.errors import ConfigError
 from ragkit.tokenizers import BUILTIN, Tokenizer, check_tokenizer_name, load_tokenizer
 
 TEXTS = {
-    "ascii": "The quick brown fox jumps over the lazy dog. It's 3.14159, isn't it?\n\n  Tabs\tand  spaces ",
+    "ascii": "The quick brown fox jumps over the lazy dog. It's 3.14159, isn't it?\n\n  Tabs\tand "
+    " spaces ",
     "cjk": "日本語のテキストです。中文文本，没有空格。한국어 문장입니다.",
     "emoji": "Family 👨‍👩‍👧 and 👍🏽 thumbs, 🇫🇷 flag, 🤷🏽‍♀️ shrug",
     "combining": "Cafe\u0301 re\u0301sume\u0301 a\u0301\u0302\u0303",
@@ -168,3 +169,9 @@ def test_check_tokenizer_name_uses_the_field_path():
     with pytest.raises(ConfigError) as info:
         check_tokenizer_name("nope", field="embedder.tokenizer")
     assert info.value.path == "embedder.tokenizer"
+
+
+def test_hf_starts_are_code_point_offsets():
+    text = "👍🏽 日本 𝔘x 語"  # astral characters before the CJK ones
+    starts = load_tokenizer("all-MiniLM-L6-v2").token_starts(text).tolist()
+    assert [text[s] for s in starts] == ["👍", "日", "本", "𝔘", "語"]
