@@ -107,6 +107,15 @@ def to_config(obj: Any, kind: str | None = None) -> dict[str, Any]:
     return out
 
 
+def model_spec(embedder: Any) -> dict[str, Any]:
+    """An embedder's config without the fields that never change a vector (its
+    ``cache_key_ignores``): equal specs embed a text to the same vector."""
+    spec = to_config(embedder, "embedder")
+    for name in getattr(embedder, "cache_key_ignores", ()):
+        spec.pop(name, None)
+    return spec
+
+
 def load_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a YAML config file and apply dotted overrides such as ``chunker.chunk_size=256``."""
     import yaml

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
+from ragkit.config import COMPONENT_KIND, build, build_dataclass, model_spec, to_config
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.types import Answer, Chunk, Document, Hit
 
@@ -57,6 +57,14 @@ class RAGPipeline:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"must be an int >= 1; got {value!r}", path=name)
+        own = getattr(self.chunker, "embedder", None)
+        if hasattr(self.chunker, "chunk_and_embed") and own is not None:
+            if model_spec(own) != model_spec(self.embedder):
+                raise ConfigError(
+                    f"the chunker embeds chunks with {model_spec(own)} but queries would be "
+                    f"embedded with {model_spec(self.embedder)}; give both the same model",
+                    path="chunker.embedder",
+                )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RAGPipeline:
@@ -79,6 +87,14 @@ class RAGPipeline:
             if not isinstance(doc, Document):
                 raise TypeError(f"RAGPipeline.add takes Documents; got {type(doc).__name__}")
             self.index.delete([doc.id])
+            if hasattr(self.chunker, "chunk_and_embed"):  # e.g. late chunking: its own vectors
+                chunks, vecs = self.chunker.chunk_and_embed(doc)
+                if chunks:
+                    self.index.add(chunks, vecs)
+                report.documents += 1
+                report.chunks += len(chunks)
+                report.tokens += sum(int(c.metadata.get("tokens", 0)) for c in chunks)
+                continue
             chunks = self.chunker.chunk(doc)
             report.documents += 1
             report.chunks += len(chunks)
@@ -141,3 +157,4 @@ class RAGPipeline:
     def _index(self, chunks: list[Chunk]) -> None:
         vecs = self.embedder.embed([c.text for c in chunks])
         self.index.add(chunks, vecs)
+

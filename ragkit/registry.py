@@ -16,6 +16,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "fixed": "chunkers.fixed:FixedChunker",
         "recursive": "chunkers.recursive:RecursiveChunker",
         "sentence": "chunkers.sentence:SentenceChunker",
+        "late": "chunkers.late:LateChunker",
         # peers, wrapped so they can be measured side by side with ragkit's own chunkers
         "langchain-recursive": "chunkers.langchain:LangChainRecursiveChunker",
         "langchain-token": "chunkers.langchain:LangChainTokenChunker",

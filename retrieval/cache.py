@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ragkit.config import to_config
+from ragkit.config import model_spec
 
 
 def default_cache_path() -> Path:
@@ -26,9 +26,7 @@ def default_cache_path() -> Path:
 
 def embedder_key(embedder: Any) -> str:
     """A stable key for an embedder: the hash of its config (name and parameters)."""
-    spec = to_config(embedder, "embedder")
-    for name in getattr(embedder, "cache_key_ignores", ()):
-        spec.pop(name, None)
+    spec = model_spec(embedder)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -50,7 +50,11 @@ def test_shipped_configs_validate(path):
 @pytest.mark.parametrize("name", registry.names("chunker"))
 def test_chunker_round_trip_with_non_default_values(name):
     cls = registry.resolve("chunker", name)
-    obj = cls(chunk_size=77, overlap=1, tokenizer="whitespace")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if not {"chunk_size", "tokenizer"} <= fields:
+        pytest.skip(f"{name} has no budget of its own (its round trip is tested with it)")
+    obj = cls(**{k: v for k, v in {"chunk_size": 77, "overlap": 1, "tokenizer": "whitespace"}.items()
+                 if k in fields})
     spec = to_config(obj, "chunker")
     assert spec["name"] == name and spec["chunk_size"] == 77
     assert build("chunker", spec) == obj

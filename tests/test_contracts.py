@@ -185,9 +185,10 @@ def test_builds_with_defaults_and_round_trips(name):
 @pytest.mark.parametrize("name", CHUNKERS)
 def test_defaults_keep_the_contract(name):
     chunker = build("chunker", name)
-    tokenizer = getattr(chunker, "tokenizer", "cl100k")
-    size = getattr(chunker, "chunk_size", None)
-    overlap = getattr(chunker, "overlap", 0)
+    owner = getattr(chunker, "boundary", chunker)  # late chunking: the boundary chunker's budget
+    tokenizer = getattr(owner, "tokenizer", "cl100k")
+    size = getattr(owner, "chunk_size", None)
+    overlap = getattr(owner, "overlap", 0)
     for sample in ("emoji", "corpus:state_of_the_union"):
         text = sample_text(sample)
         assert_contract(chunker, Document(sample, text), tokenizer, size, overlap)

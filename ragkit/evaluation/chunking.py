@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ragkit.config import COMPONENT_KIND, build
+from ragkit.config import COMPONENT_KIND, build, model_spec
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.evaluation.data import EvalDataset
 from ragkit.evaluation.metrics import omega, retrieval_scores
@@ -60,6 +60,15 @@ class ChunkingEval:
             for label, spec in self.chunkers.items()
         }
         self.embedder = build("embedder", self.embedder, path="embedder")
+        for label, chunker in self.chunkers.items():
+            own = getattr(chunker, "embedder", None)
+            if hasattr(chunker, "chunk_and_embed") and own is not None:
+                if model_spec(own) != model_spec(self.embedder):
+                    raise ConfigError(
+                        f"embeds chunks with {model_spec(own)} but questions are embedded with "
+                        f"{model_spec(self.embedder)}; give both the same model",
+                        path=f"chunkers.{label}.embedder",
+                    )
         ks = []
         for k in self.ks:
             if k == "min" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
@@ -111,9 +120,15 @@ def evaluate_chunking(
         owners: list[str] = []
         texts: list[str] = []
         tokens: list[int] = []
+        own_vecs: list[np.ndarray] = []  # from chunkers that embed their own chunks (late)
         for cid in corpus_ids:
             doc = dataset.corpora[cid]
-            for c in chunker.chunk(doc):
+            if hasattr(chunker, "chunk_and_embed"):
+                chunks, v = chunker.chunk_and_embed(doc)
+                own_vecs.append(np.asarray(v, dtype=np.float32))
+            else:
+                chunks = chunker.chunk(doc)
+            for c in chunks:
                 span = _locate_compat(doc.text, c.text, cid, label) if touching else (c.start, c.end)
                 spans.append(span)
                 owners.append(cid)
@@ -123,8 +138,11 @@ def evaluate_chunking(
         t_chunk = time.perf_counter() - t0
         if not spans:
             raise RagkitError(f"chunker {label!r} produced no chunks for the dataset")
-        vecs = _normalise(embed_with_cache(config.embedder, texts, cache, progress=progress,
-                                           desc=f"embedding {label}"))
+        if hasattr(chunker, "chunk_and_embed"):
+            vecs = _normalise(np.concatenate(own_vecs))
+        else:
+            vecs = _normalise(embed_with_cache(config.embedder, texts, cache, progress=progress,
+                                               desc=f"embedding {label}"))
         t_embed = time.perf_counter() - t0 - t_chunk
         if unit_map is not None:
             spans = [_to_units(unit_map[o], s) for o, s in zip(owners, spans)]
