@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ragkit.config import COMPONENT_KIND, build, build_dataclass, model_spec, to_config
-from ragkit.errors import ConfigError, RagkitError
+from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.types import Answer, Chunk, Document, Hit
 
 CONFIG_FILE = "pipeline.yaml"
@@ -30,6 +30,7 @@ class AddReport:
     """What ``RAGPipeline.add`` did."""
 
     documents: int = 0
+    unchanged: int = 0  # documents skipped: already indexed with the same text
     chunks: int = 0
     tokens: int = 0
     seconds: float = 0.0
@@ -79,23 +80,30 @@ class RAGPipeline:
     # -- the three verbs ------------------------------------------------------------------------
 
     def add(self, docs: Iterable[Document]) -> AddReport:
-        """Chunk, embed and index ``docs``; a document already indexed is replaced."""
+        """Chunk, embed and index ``docs``. A document already indexed with the same text is
+        skipped (content hash); one whose text changed has its old chunks replaced."""
         report = AddReport()
         t0 = time.perf_counter()
+        self._bind_index()
         pending: list[Chunk] = []
         for doc in docs:
             if not isinstance(doc, Document):
                 raise TypeError(f"RAGPipeline.add takes Documents; got {type(doc).__name__}")
+            digest = doc.content_hash
+            if hasattr(self.index, "doc_hash") and self.index.doc_hash(doc.id) == digest:
+                report.unchanged += 1
+                continue
             self.index.delete([doc.id])
             if hasattr(self.chunker, "chunk_and_embed"):  # e.g. late chunking: its own vectors
                 chunks, vecs = self.chunker.chunk_and_embed(doc)
+                chunks = _stamp(chunks, digest)
                 if chunks:
                     self.index.add(chunks, vecs)
                 report.documents += 1
                 report.chunks += len(chunks)
                 report.tokens += sum(int(c.metadata.get("tokens", 0)) for c in chunks)
                 continue
-            chunks = self.chunker.chunk(doc)
+            chunks = _stamp(self.chunker.chunk(doc), digest)
             report.documents += 1
             report.chunks += len(chunks)
             report.tokens += sum(int(c.metadata.get("tokens", 0)) for c in chunks)
@@ -114,6 +122,7 @@ class RAGPipeline:
         """The ``k`` chunks nearest to ``query`` (default: the pipeline's ``k``), best first."""
         if not isinstance(query, str) or not query.strip():
             raise RagkitError(f"query must be a non-empty string; got {query!r}")
+        self._check_built_with("embedder", model_spec(self.embedder))
         vec = self.embedder.embed([query])
         return self.index.search(vec, k or self.k, filter=filter)[0]
 
@@ -154,7 +163,32 @@ class RAGPipeline:
         pipe.index = type(pipe.index).load(path / INDEX_DIR)
         return pipe
 
+    def _bind_index(self) -> None:
+        """Record what the index is built with, or refuse a pipeline that differs from it."""
+        info = getattr(self.index, "info", None)
+        if info is None:
+            return
+        want = {"embedder": model_spec(self.embedder), "chunker": to_config(self.chunker, "chunker")}
+        if not info and len(self.index) == 0:
+            info.update(want)
+            return
+        for key, spec in want.items():
+            self._check_built_with(key, spec)
+
+    def _check_built_with(self, key: str, spec: dict[str, Any]) -> None:
+        built = (getattr(self.index, "info", None) or {}).get(key)
+        if built is not None and built != spec:
+            raise IndexMismatchError(
+                f"the index was built with {key} {built}, but this pipeline uses {spec}; "
+                f"use the same {key} (or build a new index) so vectors stay comparable"
+            )
+
     def _index(self, chunks: list[Chunk]) -> None:
         vecs = self.embedder.embed([c.text for c in chunks])
         self.index.add(chunks, vecs)
 
+
+
+def _stamp(chunks: list[Chunk], digest: str) -> list[Chunk]:
+    """The chunks with their document's content hash in metadata (``doc_hash``)."""
+    return [replace(c, metadata={**c.metadata, "doc_hash": digest}) for c in chunks]

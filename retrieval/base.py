@@ -22,7 +22,17 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class Index(Protocol):
-    """Stores chunk vectors and returns the nearest chunks to query vectors."""
+    """Stores chunk vectors and returns the nearest chunks to query vectors.
+
+    Beyond the methods below, ragkit's indexes also have (and the pipeline uses when present):
+
+    - ``info: dict``: what the index was built with (the pipeline records the embedder's and the
+      chunker's config there and refuses a pipeline that differs); saved with the index;
+    - ``doc_hash(doc_id) -> str | None``: the ``doc_hash`` metadata stored with a document's
+      chunks, so re-adding an unchanged document is a no-op;
+    - ``save(path)`` and a classmethod ``load(path)``, or persistence by a path in their config;
+    - ``search(..., queries=[...])``: the query texts, for indexes that score text (BM25, hybrid).
+    """
 
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None: ...
 

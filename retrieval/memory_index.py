@@ -54,6 +54,8 @@ class MemoryIndex:
         self._vecs = np.zeros((0, 0), dtype=np.float32)  # (capacity, d); rows [:len] in use
         self._chunks: list[Chunk] = []  # aligned with the rows of _vecs
         self._row: dict[str, int] = {}  # chunk id -> row
+        self.info: dict[str, Any] = {}  # what the index was built with (set by the pipeline)
+        self._docs: dict[str, str | None] = {}  # doc id -> its doc_hash metadata
 
     # -- contents ------------------------------------------------------------------------------
 
@@ -102,12 +104,17 @@ class MemoryIndex:
                 self._chunks.append(chunk)
             else:
                 self._chunks[row] = chunk
+            self._docs[chunk.doc_id] = chunk.metadata.get("doc_hash")
             rows[i] = row
         self._reserve(len(self._chunks))
         # A repeated id within one call: numpy keeps the last assignment to a row, like the dict.
         _, last = np.unique(rows[::-1], return_index=True)
         keep = len(rows) - 1 - last
         self._vecs[rows[keep]] = vecs[keep]
+
+    def doc_hash(self, doc_id: str) -> str | None:
+        """The ``doc_hash`` metadata stored with the document's chunks, if it is indexed."""
+        return self._docs.get(doc_id)
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove every chunk of the given documents; returns how many chunks were removed."""
@@ -120,6 +127,8 @@ class MemoryIndex:
             self._vecs = self._vecs[keep]  # fancy indexing copies: (len - removed, d)
             self._chunks = [self._chunks[i] for i in keep]
             self._row = {c.id: i for i, c in enumerate(self._chunks)}
+            for doc_id in gone:
+                self._docs.pop(doc_id, None)
         return removed
 
     # -- search --------------------------------------------------------------------------------
@@ -232,6 +241,7 @@ class MemoryIndex:
                 "metric": self.metric,
                 "dim": self.dim,
                 "count": len(self._chunks),
+                "info": self.info,
                 "sha256": {name: _sha256(tmp / name) for name in _FILES},
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -272,9 +282,11 @@ class MemoryIndex:
                 f"the file has {len(chunks)}"
             )
         index = cls(metric=meta["metric"])
+        index.info = dict(meta.get("info") or {})
         index._vecs = vecs
         index._chunks = chunks
         index._row = {c.id: i for i, c in enumerate(chunks)}
+        index._docs = {c.doc_id: c.metadata.get("doc_hash") for c in chunks}
         if len(index._row) != count:
             raise IndexFileError(f"{path / 'chunks.jsonl'}: the same chunk id appears twice")
         return index

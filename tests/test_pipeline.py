@@ -84,3 +84,33 @@ def test_quickstart_config_answers_with_minilm():
     hits = pipe.retrieve("How do bees tell each other where flowers are?")
     assert {h.chunk.doc_id for h in hits} == {"honeybees.md"}
     assert any("waggle dance" in h.chunk.text for h in hits)
+
+
+def test_unchanged_document_is_a_no_op_and_changed_one_is_replaced():
+    pipe = _hash_pipe()
+    first = pipe.add([Document("a", "alpha beta. " * 40), Document("b", "gamma delta")])
+    assert first.documents == 2 and first.unchanged == 0
+    n = len(pipe.index)
+    again = pipe.add([Document("a", "alpha beta. " * 40), Document("b", "gamma delta")])
+    assert again.unchanged == 2 and again.documents == 0 and len(pipe.index) == n
+    changed = pipe.add([Document("b", "epsilon zeta")])
+    assert changed.documents == 1 and len(pipe.index) == n
+    assert pipe.retrieve("epsilon", k=1)[0].chunk.text == "epsilon zeta"
+    assert all("doc_hash" in c.metadata for c in pipe.index.chunks())
+
+
+def test_index_refuses_a_pipeline_with_another_embedder_or_chunker(tmp_path):
+    from ragkit.errors import IndexMismatchError
+
+    pipe = _hash_pipe()
+    pipe.add([Document("a", "alpha beta gamma")])
+    pipe.save(tmp_path / "idx")
+    other = RAGPipeline.load(tmp_path / "idx", ["embedder.dim=64"])
+    assert other.index.info["embedder"] == {"name": "hash", "dim": 128}
+    with pytest.raises(IndexMismatchError, match=r"the index was built with embedder \{'name': 'hash', 'dim': 128\}"):
+        other.retrieve("alpha")
+    rechunked = RAGPipeline.load(tmp_path / "idx", ["chunker.chunk_size=7"])
+    rechunked.retrieve("alpha")  # querying is fine: same embedder
+    with pytest.raises(IndexMismatchError, match="the index was built with chunker"):
+        rechunked.add([Document("b", "new text")])
+    assert len(rechunked.index) == 1  # nothing stored was lost
