@@ -48,12 +48,24 @@ class RAGPipeline:
         metadata={COMPONENT_KIND: "embedder"},
     )
     index: Any = field(default_factory=lambda: {"name": "memory"}, metadata={COMPONENT_KIND: "index"})
+    reranker: Any = field(default=None, metadata={COMPONENT_KIND: "reranker"})
+    selector: Any = field(default=None, metadata={COMPONENT_KIND: "selector"})
     k: int = 5
+    candidates: int | None = None  # hits fetched before reranking/selection (default: k, or 4k)
     batch_size: int = 64  # chunks embedded per call
 
     def __post_init__(self) -> None:
         for name in ("chunker", "embedder", "index"):
             setattr(self, name, build(name, getattr(self, name), path=name))
+        for name in ("reranker", "selector"):
+            if getattr(self, name) is not None:
+                setattr(self, name, build(name, getattr(self, name), path=name))
+        if self.candidates is not None and (
+            isinstance(self.candidates, bool) or not isinstance(self.candidates, int)
+            or self.candidates < 1
+        ):
+            raise ConfigError(f"must be an int >= 1 or null; got {self.candidates!r}",
+                              path="candidates")
         for name in ("k", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -119,12 +131,25 @@ class RAGPipeline:
     def retrieve(
         self, query: str, k: int | None = None, filter: Mapping[str, Any] | None = None
     ) -> list[Hit]:
-        """The ``k`` chunks nearest to ``query`` (default: the pipeline's ``k``), best first."""
+        """The hits for ``query``, best first: ``candidates`` from the index, reranked if a
+        reranker is configured, then ``k`` of them (default: the pipeline's ``k``) chosen by the
+        selector (default: the first ``k``)."""
         if not isinstance(query, str) or not query.strip():
             raise RagkitError(f"query must be a non-empty string; got {query!r}")
         self._check_built_with("embedder", model_spec(self.embedder))
+        k = k or self.k
+        refine = self.reranker is not None or self.selector is not None
+        n = self.candidates or (4 * k if refine else k)
         vec = self.embedder.embed([query])
-        return self.index.search(vec, k or self.k, filter=filter)[0]
+        hits = self.index.search(vec, max(n, k), filter=filter, queries=[query])[0]
+        if self.reranker is not None:
+            hits = self.reranker.rerank(query, hits)
+        if self.selector is None:
+            return list(hits[:k])
+        from retrieval.base import SelectionContext
+
+        context = SelectionContext(query_vec=vec[0], embed=self.embedder.embed, index=self.index)
+        return self.selector.select(query, hits, context)[:k]
 
     def answer(self, query: str, k: int | None = None) -> Answer:
         """The cited chunks for ``query``. Until a generator is configured (the generation

@@ -27,6 +27,21 @@ _REGISTRY: dict[str, dict[str, str]] = {
     },
     "index": {
         "memory": "retrieval.memory_index:MemoryIndex",
+        "faiss": "retrieval.faiss_index:FaissIndex",
+        "chroma": "retrieval.chroma_index:ChromaIndex",
+        "bm25": "retrieval.bm25_index:BM25Index",
+        "hybrid": "retrieval.hybrid:HybridIndex",
+    },
+    "reranker": {
+        "cross-encoder": "retrieval.rerankers:CrossEncoderReranker",
+        "llm": "retrieval.rerankers:LLMReranker",
+    },
+    "selector": {
+        "top-k": "retrieval.selectors:TopK",
+        "score-gap": "retrieval.selectors:ScoreGap",
+        "mmr": "retrieval.selectors:MMR",
+        "token-budget": "retrieval.selectors:TokenBudget",
+        "neighbours": "retrieval.selectors:Neighbours",
     },
 }
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -31,7 +32,8 @@ class Index(Protocol):
     - ``doc_hash(doc_id) -> str | None``: the ``doc_hash`` metadata stored with a document's
       chunks, so re-adding an unchanged document is a no-op;
     - ``save(path)`` and a classmethod ``load(path)``, or persistence by a path in their config;
-    - ``search(..., queries=[...])``: the query texts, for indexes that score text (BM25, hybrid).
+    - ``search(..., queries=[...])``: the query texts, for indexes that score text (BM25, hybrid);
+    - ``doc_chunks(doc_id) -> list[Chunk]``: a document's chunks in order (neighbour expansion).
     """
 
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None: ...
@@ -43,3 +45,27 @@ class Index(Protocol):
     def delete(self, doc_ids: Sequence[str]) -> int: ...
 
     def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Re-scores hits for a query; returns them best first with new scores and ranks."""
+
+    def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]: ...
+
+
+@dataclass
+class SelectionContext:
+    """What a selector may use besides the hits: the query's vector, the pipeline's embedder
+    (``embed(texts) -> (n, d)``) and the index (``doc_chunks(doc_id)`` for neighbours)."""
+
+    query_vec: np.ndarray | None = None
+    embed: Callable[[Sequence[str]], np.ndarray] | None = None
+    index: Any = None
+
+
+@runtime_checkable
+class Selector(Protocol):
+    """Decides how many and which hits reach the generator."""
+
+    def select(self, query: str, hits: Sequence[Hit], context: SelectionContext) -> list[Hit]: ...

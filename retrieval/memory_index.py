@@ -112,6 +112,10 @@ class MemoryIndex:
         keep = len(rows) - 1 - last
         self._vecs[rows[keep]] = vecs[keep]
 
+    def doc_chunks(self, doc_id: str) -> list[Chunk]:
+        """The stored chunks of one document, in document order."""
+        return sorted((c for c in self._chunks if c.doc_id == doc_id), key=lambda c: (c.start, c.end))
+
     def doc_hash(self, doc_id: str) -> str | None:
         """The ``doc_hash`` metadata stored with the document's chunks, if it is indexed."""
         return self._docs.get(doc_id)
@@ -134,7 +138,11 @@ class MemoryIndex:
     # -- search --------------------------------------------------------------------------------
 
     def search(
-        self, query_vecs: np.ndarray, k: int, filter: Mapping[str, Any] | None = None
+        self,
+        query_vecs: np.ndarray,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        queries: Sequence[str] | None = None,  # unused: dense search needs only the vectors
     ) -> list[list[Hit]]:
         """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
 
