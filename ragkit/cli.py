@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     ec.add_argument("--no-cache", action="store_true", help="embed everything again")
     ec.add_argument("--no-plot", action="store_true", help="skip the plot")
     ec.set_defaults(func=cmd_eval_chunking)
+
+    er = esub.add_parser("retrieval", help="score whole retrieve paths (chunker to selector)")
+    er.add_argument("data", help="dataset folder: corpora/ and questions.csv or questions.jsonl")
+    common(er)
+    er.add_argument("--out", default="runs/eval-retrieval", help="folder for results.md/.json")
+    er.add_argument("--subset", type=int, metavar="N", help="only the first N questions per corpus")
+    er.set_defaults(func=cmd_eval_retrieval)
     return p
 
 
@@ -212,6 +219,36 @@ def cmd_eval_chunking(args: argparse.Namespace) -> int:
     if cache is not None:
         print(f"embedding cache: {cache.hits} hits, {cache.misses} computed ({cache.path})")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ragkit.config import build_dataclass
+    from ragkit.evaluation.data import load_dataset
+    from ragkit.evaluation.retrieval import RetrievalEval, evaluate_retrieval, markdown
+
+    if not args.config:
+        raise ConfigError("needs --config FILE with `paths:` (label -> pipeline config) and `ks:`",
+                          path="--config")
+    config = build_dataclass(RetrievalEval, _config(args))  # builds every path before any work
+    if args.subset is not None and args.subset < 1:
+        raise ConfigError(f"must be an int >= 1; got {args.subset}", path="--subset")
+    dataset = load_dataset(args.data)
+    if args.subset:
+        dataset = dataset.subset(args.subset)
+    results = evaluate_retrieval(dataset, config, progress=None if args.no_progress else _bar)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(results, config)
+    (out / "results.md").write_text(table + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({
+        "dataset": dataset.name, "ks": list(config.ks),
+        "questions": [{"question": q.text, "corpus_id": q.corpus_id} for q in dataset.questions],
+        "runs": [asdict(r) for r in results]}, indent=1) + "\n", encoding="utf-8")
+    print(table)
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}")
     return 0
 
 

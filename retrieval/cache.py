@@ -36,7 +36,7 @@ def text_key(text: str) -> str:
 
 class EmbeddingCache:
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else default_cache_path()
+        self.path = Path(path).expanduser() if path is not None else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=60)
         self._db.execute(

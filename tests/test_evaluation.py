@@ -223,3 +223,31 @@ def test_chroma_compat_reproduces_reference_json(tmp_path):
                         vals[m]["mean"], abs=tol), (run["chunker"], k, corpus, m)
                     checked += 1
     assert checked == 6 * 3 * 4 * 4
+
+
+# -- retrieval paths ------------------------------------------------------------------------------
+
+
+def test_eval_retrieval_scores_paths_like_the_chunking_eval(tmp_path):
+    from ragkit.evaluation.retrieval import RetrievalEval, evaluate_retrieval
+
+    ds = load_dataset(_tiny(tmp_path))
+    path = {"chunker": {"name": "sentence", "chunk_size": 4, "tokenizer": "whitespace"},
+            "embedder": {"name": "hash", "dim": 64}, "index": {"name": "memory"}}
+    cfg = RetrievalEval(paths={"dense": path}, ks=(1, 6))
+    (res,) = evaluate_retrieval(ds, cfg)
+    # the same numbers as the chunking evaluation of the same chunker and embedder
+    (ref,) = evaluate_chunking(ds, ChunkingEval(chunkers={"s": path["chunker"]},
+                                                embedder=path["embedder"], ks=(1, 6)))
+    for k in ("1", "6"):
+        for m in ("recall", "precision", "iou", "precision_omega"):
+            assert res.per_question[k][m] == pytest.approx(ref.per_question[k][m]), (k, m)
+    assert res.mean_hits == {"1": 1.0, "6": 6.0}
+
+
+def test_eval_retrieval_config_errors_name_the_path():
+    from ragkit.evaluation.retrieval import RetrievalEval
+
+    with pytest.raises(ConfigError, match=r"^paths.bad.index.name: unknown index 'nope'"):
+        RetrievalEval(paths={"bad": {"chunker": "fixed", "embedder": "hash",
+                                     "index": {"name": "nope"}}})
