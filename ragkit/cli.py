@@ -81,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print the answer as JSON")
     q.set_defaults(func=cmd_query)
 
+    a = sub.add_parser("ask", help="answer a question from an index with a generator, citing chunks")
+    a.add_argument("question")
+    a.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    a.add_argument("-k", type=int, help="number of chunks (default: the config's k)")
+    common(a)
+    a.set_defaults(func=cmd_ask)
+
+    cw = sub.add_parser("cache", help="chunk-KV cache commands").add_subparsers(dest="what", required=True)
+    w = cw.add_parser("warm", help="precompute the KV cache of every chunk of an index")
+    w.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    common(w)
+    w.set_defaults(func=cmd_cache_warm)
+
     e = sub.add_parser("eval", help="measure chunkers (and later whole retrieve paths)")
     esub = e.add_subparsers(dest="what", required=True)
     ec = esub.add_parser("chunking", help="Chroma's chunking metrics for several chunkers in one run")
@@ -258,10 +271,67 @@ def _bar(items: Iterable[Any], desc: str, total: int) -> Iterator[Any]:
     yield from tqdm(items, desc=desc, total=total, file=sys.stderr)
 
 
+DEFAULT_GENERATOR = {"name": "transformers"}
+
+
+def _pipeline_with_generator(args: argparse.Namespace):
+    """The saved pipeline; a generator from --config / -o generator.* replaces or adds one."""
+    from ragkit.config import build
+    from ragkit.pipeline import RAGPipeline
+
+    pipe = RAGPipeline.load(args.index)
+    extra = _config(args)
+    spec = extra.get("generator") or (
+        to_plain(pipe.generator) if pipe.generator is not None else DEFAULT_GENERATOR)
+    pipe.generator = build("generator", spec, path="generator")
+    return pipe
+
+
+def to_plain(component: Any) -> dict[str, Any]:
+    from ragkit.config import to_config
+
+    return to_config(component, "generator")
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    if args.k is not None and args.k < 1:
+        raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
+    pipe = _pipeline_with_generator(args)
+    print(f"Q: {args.question}\nA: ", end="", flush=True)
+    answer = pipe.answer(args.question, k=args.k,
+                         stream=lambda piece: print(piece, end="", flush=True))
+    print("\n\nSources:")
+    for h in answer.hits:
+        print(f"  [{h.rank + 1}] {h.citation}  score={h.score:.3f}")
+    t = answer.timings
+    keys = ("retrieve_s", "ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused")
+    print("timings: " + "  ".join(f"{k}={t[k]:.3g}" if isinstance(t[k], float) else f"{k}={t[k]}"
+                                  for k in keys if k in t))
+    return 0
+
+
+def cmd_cache_warm(args: argparse.Namespace) -> int:
+    pipe = _pipeline_with_generator(args)
+    chunks = list(pipe.index.chunks())
+    if args.no_progress:
+        stats = pipe.generator.warm(chunks)
+    else:
+        from tqdm import tqdm
+
+        with tqdm(total=len(chunks), desc="warming chunk KVs", unit="chunk", file=sys.stderr) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.update(done - bar.n)
+
+            stats = pipe.generator.warm(chunks, progress=progress)
+    print(f"chunk KVs: {stats}")
+    return 0
+
+
 # -- helpers --------------------------------------------------------------------------------------
 
 
-DEFAULT_NAMES = {"chunker": "recursive", "embedder": "sentence-transformers", "index": "memory"}
+DEFAULT_NAMES = {"chunker": "recursive", "embedder": "sentence-transformers", "index": "memory",
+                 "generator": "transformers"}
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:

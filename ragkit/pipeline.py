@@ -50,6 +50,7 @@ class RAGPipeline:
     index: Any = field(default_factory=lambda: {"name": "memory"}, metadata={COMPONENT_KIND: "index"})
     reranker: Any = field(default=None, metadata={COMPONENT_KIND: "reranker"})
     selector: Any = field(default=None, metadata={COMPONENT_KIND: "selector"})
+    generator: Any = field(default=None, metadata={COMPONENT_KIND: "generator"})
     k: int = 5
     candidates: int | None = None  # hits fetched before reranking/selection (default: k, or 4k)
     batch_size: int = 64  # chunks embedded per call
@@ -57,7 +58,7 @@ class RAGPipeline:
     def __post_init__(self) -> None:
         for name in ("chunker", "embedder", "index"):
             setattr(self, name, build(name, getattr(self, name), path=name))
-        for name in ("reranker", "selector"):
+        for name in ("reranker", "selector", "generator"):
             if getattr(self, name) is not None:
                 setattr(self, name, build(name, getattr(self, name), path=name))
         if self.candidates is not None and (
@@ -151,12 +152,17 @@ class RAGPipeline:
         context = SelectionContext(query_vec=vec[0], embed=self.embedder.embed, index=self.index)
         return self.selector.select(query, hits, context)[:k]
 
-    def answer(self, query: str, k: int | None = None) -> Answer:
-        """The cited chunks for ``query``. Until a generator is configured (the generation
-        issue), ``Answer.text`` is ``None`` and the hits are the whole answer."""
+    def answer(self, query: str, k: int | None = None, stream: Any = None) -> Answer:
+        """Retrieve, then generate an answer from the hits (its citations). Without a
+        generator, ``Answer.text`` is ``None`` and the cited hits are the whole answer.
+        ``stream(piece)`` is called with each generated piece of text as it comes."""
         t0 = time.perf_counter()
         hits = self.retrieve(query, k)
-        return Answer(query, None, hits, {"retrieve_s": time.perf_counter() - t0})
+        retrieve_s = time.perf_counter() - t0
+        if self.generator is None:
+            return Answer(query, None, hits, {"retrieve_s": retrieve_s})
+        answer = self.generator.generate(query, hits, stream=stream)
+        return replace(answer, timings={"retrieve_s": retrieve_s, **answer.timings})
 
     # -- persistence ----------------------------------------------------------------------------
 

@@ -32,6 +32,14 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "bm25": "retrieval.bm25_index:BM25Index",
         "hybrid": "retrieval.hybrid:HybridIndex",
     },
+    "generator": {
+        "transformers": "generation.transformers_backend:TransformersGenerator",
+    },
+    "kv_store": {
+        "tiered": "generation.kv_store:TieredKVStore",
+        "memory": "generation.kv_store:MemoryKVStore",
+        "disk": "generation.kv_store:DiskKVStore",
+    },
     "reranker": {
         "cross-encoder": "retrieval.rerankers:CrossEncoderReranker",
         "llm": "retrieval.rerankers:LLMReranker",

