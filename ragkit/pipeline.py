@@ -150,7 +150,7 @@ class RAGPipeline:
         from retrieval.base import SelectionContext
 
         context = SelectionContext(query_vec=vec[0], embed=self.embedder.embed, index=self.index)
-        return self.selector.select(query, hits, context)[:k]
+        return self.selector.select(query, hits, context)  # the selector decides how many
 
     def answer(self, query: str, k: int | None = None, stream: Any = None) -> Answer:
         """Retrieve, then generate an answer from the hits (its citations). Without a

@@ -85,3 +85,43 @@ class _TokenTable:
         rng = np.random.default_rng(int.from_bytes(digest, "little"))
         self._table[row] = rng.standard_normal(self.dim)
         self.index[token] = row
+
+
+# -- a scripted LLM (appended; its imports stay here to leave the module above untouched) --------
+
+from collections.abc import Callable  # noqa: E402
+
+from ragkit.errors import RagkitError  # noqa: E402
+
+
+@dataclass(kw_only=True)
+class ScriptedLLM:
+    """A fake LLM for tests: answers ``complete(prompt)`` from a script and records the prompts.
+
+    ``answers`` is a list of answers given in turn (a prompt past its end is an error naming how
+    many answers there were), or a callable ``prompt -> answer``. ``prompts`` holds every prompt
+    received, in order. It has only ``complete`` (the ``retrieval.rerankers.LLM`` protocol).
+    """
+
+    answers: Sequence[str] | Callable[[str], str] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.answers, str) or not (
+            callable(self.answers) or isinstance(self.answers, Sequence)
+        ):
+            raise ConfigError(
+                f"must be a list of answers or a callable prompt -> answer; got {self.answers!r}",
+                path="answers",
+            )
+        self.prompts: list[str] = []
+
+    def complete(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        if callable(self.answers):
+            return self.answers(prompt)
+        if len(self.prompts) > len(self.answers):
+            raise RagkitError(
+                f"ScriptedLLM has {len(self.answers)} scripted answers but got prompt number "
+                f"{len(self.prompts)}: {prompt[:80]!r}"
+            )
+        return self.answers[len(self.prompts) - 1]

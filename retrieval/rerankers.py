@@ -1,0 +1,301 @@
+"""Rerankers: re-score a query's hits with a stronger (slower) model and sort them again.
+
+``Hit`` is frozen, so a reranker returns new hits: same chunks, the reranker's scores, ranks
+0..n-1 in the new order. The first-stage score is not kept on the hit; callers that want both
+use ``scores(query, hits)``, which returns the new scores aligned with the hits as given.
+
+- ``CrossEncoderReranker``: a sentence-transformers ``CrossEncoder`` reads each (query, chunk
+  text) pair. No cross-encoder ships its weights on PyPI, so ``model`` must name a local folder
+  (or a hub id already in the local Hugging Face cache).
+- ``LLMReranker``: pointwise; asks an LLM for a 0-10 relevance grade per hit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from ragkit._deps import require
+from ragkit.config import COMPONENT_KIND, build
+from ragkit.errors import ConfigError
+from ragkit.types import Hit
+
+log = logging.getLogger(__name__)
+
+
+def _sorted_hits(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
+    """Hits in order of ``scores`` descending; ties keep their given (first-stage) order."""
+    order = sorted(range(len(hits)), key=lambda i: -scores[i])
+    return [Hit(chunk=hits[i].chunk, score=float(scores[i]), rank=r) for r, i in enumerate(order)]
+
+
+def _check_int(value: Any, name: str, *, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        tail = " or null" if optional else ""
+        raise ConfigError(f"must be an int >= {minimum}{tail}; got {value!r}", path=name)
+
+
+# -- cross-encoder --------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class CrossEncoderReranker:
+    """Scores (query, chunk text) pairs with a sentence-transformers ``CrossEncoder`` loaded on
+    first use from ``model`` (a local cross-encoder folder). ``max_length`` caps the pair's
+    tokens (default: the model's own limit); longer pairs are truncated by the model.
+    The model must give one score per pair (``num_labels=1``); its default activation
+    (a sigmoid) is applied, so scores are in (0, 1)."""
+
+    model: str | None = None
+    batch_size: int = 32
+    device: str = "cpu"
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError(
+                f"a cross-encoder model is required; got {self.model!r}. No cross-encoder ships "
+                "its weights on PyPI, so give the path of a local cross-encoder folder (one saved "
+                "with CrossEncoder.save_pretrained, e.g. a copy of "
+                "cross-encoder/ms-marco-MiniLM-L6-v2) or a hub id already in the local Hugging "
+                "Face cache",
+                path="model",
+            )
+        _check_int(self.batch_size, "batch_size", minimum=1)
+        _check_int(self.max_length, "max_length", minimum=2, optional=True)
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(
+                f"expected a torch device such as 'cpu' or 'cuda:0'; got {self.device!r}",
+                path="device",
+            )
+
+    @cached_property
+    def _model(self) -> Any:
+        from retrieval.embedders import _first_line, _no_load_progress_bars
+
+        st = require("sentence_transformers", extra="embed", component="reranker 'cross-encoder'")
+        local = Path(self.model).expanduser()
+        where = str(local.resolve()) if local.exists() else self.model
+        log.info("loading cross-encoder %s on %s", where, self.device)
+        try:
+            with _no_load_progress_bars():
+                model = st.CrossEncoder(where, device=self.device, max_length=self.max_length)
+        except Exception as exc:  # OSError, ValueError, ... from transformers / huggingface_hub
+            raise ConfigError(
+                f"cannot load cross-encoder {self.model!r} ({type(exc).__name__}: "
+                f"{_first_line(exc)}); no model hub is reachable offline, so give the path of a "
+                "local cross-encoder folder",
+                path="model",
+            ) from exc
+        if model.num_labels != 1:
+            raise ConfigError(
+                f"cross-encoder {self.model!r} gives {model.num_labels} scores per pair; a "
+                "reranker needs a model with one relevance score (num_labels=1)",
+                path="model",
+            )
+        return model
+
+    def scores(self, query: str, hits: Sequence[Hit]) -> np.ndarray:
+        """The cross-encoder's score of each hit, float32 ``(len(hits),)``, in the given order."""
+        if not hits:
+            return np.zeros(0, dtype=np.float32)
+        pairs = [(query, h.chunk.text) for h in hits]
+        out = self._model.predict(
+            pairs, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True
+        )
+        return np.asarray(out, dtype=np.float32).reshape(len(hits))  # (n,)
+
+    def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]:
+        """The hits sorted by the cross-encoder's score (ties keep their first-stage order)."""
+        hits = list(hits)
+        return _sorted_hits(hits, self.scores(query, hits).tolist())
+
+
+# -- LLM ------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """The text-completion interface ragkit's generation backends implement for components that
+    prompt a model (rerankers, LLM chunkers, judges): the model's answer to ``prompt``."""
+
+    def complete(self, prompt: str) -> str: ...
+
+
+@runtime_checkable
+class ScoringLLM(Protocol):
+    """An optional ability of an LLM backend: the natural-log probability of each of ``options``
+    as the continuation of ``prompt`` (all of an option's tokens). Missing options count as
+    impossible."""
+
+    def score(self, prompt: str, options: Sequence[str]) -> dict[str, float]: ...
+
+
+DEFAULT_TEMPLATE = (
+    "Rate how relevant the passage is to the query, from 0 (unrelated) to 10 (answers it "
+    "fully).\n\nQuery: {query}\n\nPassage: {text}\n\nAnswer with a single integer from 0 to 10."
+    "\nRelevance:"
+)
+GRADES = tuple(str(i) for i in range(11))
+
+# scale phrases an answer may echo ("8/10", "on a scale of 0 to 10"): not the grade itself
+_SCALE = re.compile(
+    r"\b0\s*(?:-|–|—|to)\s*10\b|(?:/|\bout\s+of)\s*10\b(?![.,]\d)|\bscale\s+of\s+10\b", re.I
+)
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[.,]\d+)?(?![\w]|[.,]\d)")
+
+
+def parse_grade(answer: str) -> float | None:
+    """The first number from 0 to 10 in a sloppy answer, ignoring echoes of the scale;
+    ``None`` if there is none.
+
+    >>> parse_grade("**8**/10 - the passage answers it"), parse_grade("On a scale of 0-10: 7.5")
+    (8.0, 7.5)
+    """
+    if not isinstance(answer, str):
+        return None
+    for match in _NUMBER.finditer(_SCALE.sub(" ", answer)):
+        value = float(match.group().replace(",", "."))
+        if 0 <= value <= 10:
+            return value
+    return None
+
+
+@dataclass(kw_only=True)
+class LLMReranker:
+    """Pointwise LLM reranking: each hit is graded 0-10 by ``llm`` with ``template`` (which must
+    hold ``{query}`` and ``{text}``; write a literal brace as ``{{``), and the hits are sorted by
+    grade, ties keeping their first-stage order. The new scores are the grades (0.0-10.0).
+
+    ``llm`` is an object with ``complete(prompt) -> str`` (``LLM``) or
+    ``score(prompt, options) -> {option: logprob}`` (``ScoringLLM``), or the spec of one, built
+    as a ``generator`` component (the generation backends are to implement ``LLM``; until they
+    do, a spec naming one is refused for lacking ``complete``; an import path such as
+    ``ragkit.testing:ScriptedLLM`` works).
+    ``mode="auto"`` uses ``score`` when the LLM has it: the grade is then the expected value of
+    the options "0".."10" under the model's probabilities, a finer signal than one sampled number.
+
+    An answer with no number from 0 to 10 (or a ``score`` dict with no finite option) is not
+    guessed at: that hit keeps its first-stage position, the others are sorted by grade around
+    it, and its score copies the hit before it (the next one's if it comes first); if no answer
+    parses, the hits come back in the given order with their first-stage scores. Each such answer is logged as a warning and
+    counted in ``stats["unparsed"]`` (``stats["graded"]`` counts the answers read).
+    """
+
+    llm: Any = field(default=None, metadata={COMPONENT_KIND: "generator"})
+    template: str = DEFAULT_TEMPLATE
+    mode: Literal["auto", "complete", "score"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.llm is None:
+            raise ConfigError(
+                "an LLM is required: an object with complete(prompt) -> str or score(prompt, "
+                "options) -> dict, such as a generation backend (or ragkit.testing.ScriptedLLM "
+                "in tests)",
+                path="llm",
+            )
+        if isinstance(self.llm, str | Mapping):
+            self.llm = build("generator", self.llm, path="llm")
+        if self.mode not in ("auto", "complete", "score"):
+            raise ConfigError(
+                f"unknown mode {self.mode!r}; choose one of auto, complete, score", path="mode"
+            )
+        can_complete = callable(getattr(self.llm, "complete", None))
+        can_score = callable(getattr(self.llm, "score", None))
+        need = {"auto": can_complete or can_score, "complete": can_complete, "score": can_score}
+        if not need[self.mode]:
+            what = {"auto": "complete(prompt) or score(prompt, options)",
+                    "complete": "complete(prompt)", "score": "score(prompt, options)"}[self.mode]
+            raise ConfigError(
+                f"{type(self.llm).__name__} has no {what} method (mode={self.mode!r})", path="llm"
+            )
+        self._check_template()
+        self.stats: dict[str, int] = {"graded": 0, "unparsed": 0}
+
+    def _check_template(self) -> None:
+        if not isinstance(self.template, str):
+            raise ConfigError(f"must be a str; got {self.template!r}", path="template")
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+        except ValueError as exc:
+            raise ConfigError(f"not a valid format string ({exc}); write a literal brace as "
+                              "'{{' or '}}'", path="template") from None
+        if names != {"query", "text"}:
+            raise ConfigError(
+                f"must contain the placeholders {{query}} and {{text}} and no others; got "
+                f"{sorted(names)}",
+                path="template",
+            )
+
+    @property
+    def _scores_options(self) -> bool:
+        return self.mode == "score" or (
+            self.mode == "auto" and callable(getattr(self.llm, "score", None))
+        )
+
+    def grade(self, query: str, text: str) -> tuple[float | None, str]:
+        """The grade of one passage (``None`` if the answer cannot be read) and the raw answer."""
+        prompt = self.template.format(query=query, text=text)
+        if self._scores_options:
+            logprobs = self.llm.score(prompt, GRADES)
+            return _expected_grade(logprobs), repr(logprobs)
+        answer = self.llm.complete(prompt)
+        return parse_grade(answer), answer
+
+    def scores(self, query: str, hits: Sequence[Hit]) -> list[float | None]:
+        """The grade of each hit in the given order; ``None`` where the answer did not parse."""
+        grades: list[float | None] = []
+        for hit in hits:
+            value, answer = self.grade(query, hit.chunk.text)
+            self.stats["graded"] += 1
+            if value is None:
+                self.stats["unparsed"] += 1
+                log.warning(
+                    "LLM reranker: no grade from 0 to 10 in the answer %.80r for chunk %s; it "
+                    "keeps its first-stage position", answer, hit.chunk.id,
+                )
+            grades.append(value)
+        return grades
+
+    def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]:
+        """The hits sorted by grade; unparsed ones keep their first-stage position."""
+        hits = list(hits)
+        grades = self.scores(query, hits)
+        graded = [i for i, g in enumerate(grades) if g is not None]
+        if not graded:
+            return [Hit(chunk=h.chunk, score=h.score, rank=r) for r, h in enumerate(hits)]
+        placed: list[int] = list(range(len(hits)))  # slot -> index into hits
+        for slot, i in zip(graded, sorted(graded, key=lambda i: -grades[i])):
+            placed[slot] = i
+        out_scores = [grades[i] for i in placed]
+        for slot in range(len(placed)):  # an unparsed hit copies its neighbour's grade
+            if out_scores[slot] is None:
+                before = [s for s in out_scores[:slot] if s is not None]
+                out_scores[slot] = before[-1] if before else next(
+                    s for s in out_scores[slot:] if s is not None)
+        return [Hit(chunk=hits[i].chunk, score=float(s), rank=r)
+                for r, (i, s) in enumerate(zip(placed, out_scores))]
+
+
+def _expected_grade(logprobs: Any) -> float | None:
+    if not isinstance(logprobs, Mapping):
+        return None
+    pairs = [(float(opt), float(lp)) for opt, lp in logprobs.items()
+             if opt in GRADES and isinstance(lp, int | float) and math.isfinite(lp)]
+    if not pairs:
+        return None
+    values = np.array([v for v, _ in pairs])  # (options,)
+    lp = np.array([p for _, p in pairs])
+    weights = np.exp(lp - lp.max())  # softmax over the offered options
+    return float(values @ weights / weights.sum())

