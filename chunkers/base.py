@@ -10,6 +10,8 @@ marks, a ZWJ emoji sequence) that no cut may split.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -53,6 +55,8 @@ def trim(text: str, start: int, end: int) -> Span:
     to an empty one). ``start`` and ``end`` must be grapheme cluster boundaries; so are the
     results: a whitespace character that shares a cluster with a non-space one (a space carrying
     a combining mark, a space after a prepended mark) is kept rather than split off."""
+    if start < end and not text[start].isspace() and not text[end - 1].isspace():
+        return start, end  # the common case, nothing to trim
     s, e = start, end
     while s < e and text[s].isspace():
         s += 1
@@ -72,12 +76,11 @@ def _cluster_end(text: str, pos: int, endpos: int) -> int:
 
 
 def grapheme_starts(text: str) -> np.ndarray | None:
-    """Char offsets where grapheme clusters start, or ``None`` when every offset is one (ASCII)."""
-    if text.isascii() and "\r\n" not in text:
+    """Char offsets where grapheme clusters start, or ``None`` when every offset is one."""
+    inside = _inside_clusters(text)
+    if len(inside) == 0:
         return None
-    import regex
-
-    return np.fromiter((m.start() for m in regex.finditer(r"\X", text)), dtype=np.int64)
+    return np.setdiff1d(np.arange(len(text), dtype=np.int64), inside, assume_unique=True)
 
 
 def on_boundary(starts: np.ndarray | None, pos: int) -> bool:
@@ -88,6 +91,66 @@ def on_boundary(starts: np.ndarray | None, pos: int) -> bool:
     return i < len(starts) and int(starts[i]) == pos
 
 
+# Characters that can join the character before or after them into one grapheme cluster: every
+# rule of UAX #29 that forbids a break has one of these on a side of it (CR LF; Hangul L, V, T,
+# LV, LVT; Extend, ZWJ and SpacingMark after; Prepend before; regional indicator pairs; and the
+# emoji ZWJ and Indic conjunct sequences, whose joiners are ZWJ and Extend). Between two other
+# characters there is always a boundary, so only the neighbourhood of these needs ``\X``.
+_GLUE = (
+    r"[\r\p{GCB=Extend}\p{GCB=ZWJ}\p{GCB=SpacingMark}\p{GCB=Prepend}\p{GCB=Regional_Indicator}"
+    r"\p{GCB=L}\p{GCB=V}\p{GCB=T}\p{GCB=LV}\p{GCB=LVT}]"
+)
+# Where glue other than CR lives: from U+0300 (the first combining mark) through the SMP, and the
+# tags and variation selectors of plane 14 (tests/test_chunker_base.py checks all of Unicode).
+_GLUE_PLANES = ((0x300, 0x20000), (0xE0000, 0xE1000))
+_NO_INSIDE = np.zeros(0, dtype=np.int64)
+
+
+@functools.cache
+def _glue_ranges() -> tuple[np.ndarray, np.ndarray]:
+    """Glue code points as sorted half-open ranges ``[lo[i], hi[i])``, read off ``regex`` once."""
+    import regex
+
+    los: list[int] = []
+    his: list[int] = []
+    for first, stop in _GLUE_PLANES:
+        chars = "".join(map(chr, range(first, stop)))
+        for m in regex.finditer(_GLUE + "+", chars):
+            los.append(first + m.start())
+            his.append(first + m.end())
+    return np.asarray(los, dtype=np.int64), np.asarray(his, dtype=np.int64)
+
+
+def _inside_clusters(text: str) -> np.ndarray:
+    """Sorted char offsets that fall inside a grapheme cluster (not at its start): the offsets
+    ``grapheme_starts`` leaves out, found without walking the whole text cluster by cluster."""
+    if text.isascii():
+        if "\r\n" not in text:
+            return _NO_INSIDE
+        data = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        return np.flatnonzero((data[:-1] == 13) & (data[1:] == 10)).astype(np.int64) + 1
+    import regex
+
+    code = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    maybe = np.flatnonzero((code >= _GLUE_PLANES[0][0]) | (code == 13))
+    lo, hi = _glue_ranges()
+    cp = code[maybe].astype(np.int64)
+    k = np.searchsorted(lo, cp, side="right") - 1
+    glue = maybe[(cp == 13) | ((k >= 0) & (cp < hi[np.maximum(k, 0)]))]
+    if len(glue) == 0:
+        return _NO_INSIDE
+    # Regions bounded by sure boundaries: from the char before a run of glue to the char after
+    # it, merged when they overlap (glue at most one char apart).
+    first = np.flatnonzero(np.diff(glue, prepend=-3) > 2)
+    region_lo = np.maximum(glue[first] - 1, 0)
+    region_hi = np.minimum(glue[np.append(first[1:], len(glue)) - 1] + 2, len(text))
+    inside: list[int] = []
+    for a, b in zip(region_lo.tolist(), region_hi.tolist()):
+        for m in regex.finditer(r"\X", text, pos=a, endpos=b):
+            inside.extend(range(m.start() + 1, m.end()))
+    return np.asarray(inside, dtype=np.int64) if inside else _NO_INSIDE
+
+
 def cut_points(text: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """Where ``text`` may be cut, and how many tokens lie before each cut.
 
@@ -95,16 +158,100 @@ def cut_points(text: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]
     ``len(text)``, each the start of a token and of a grapheme cluster; ``before[i]`` counts the
     tokens that start before ``cuts[i]``.
     """
-    starts = np.asarray(tokenizer.token_starts(text), dtype=np.int64)
-    cuts = np.unique(starts)
-    graphemes = grapheme_starts(text)
-    if graphemes is not None:
-        cuts = np.intersect1d(cuts, graphemes, assume_unique=True)
-    cuts = cuts[(cuts > 0) & (cuts < len(text))]
-    cuts = np.concatenate(([0], cuts, [len(text)])).astype(np.int64)
-    before = np.searchsorted(starts, cuts, side="left")
-    before[-1] = len(starts)
-    return cuts, before
+    index = TokenIndex(text, tokenizer)
+    return index.cuts, index.before
+
+
+# A word end: an ASCII letter or digit followed by ASCII whitespace (see ragkit.tokenizers).
+_WORD_END = re.compile(r"[A-Za-z0-9](?=[\t\n\x0b\x0c\r ])")
+_LAST_WORD_END = re.compile(r".*[A-Za-z0-9](?=[\t\n\x0b\x0c\r ])", re.DOTALL)
+_SHORT = 128  # chars: a span this short is simply tokenized
+
+
+class TokenIndex:
+    """``text`` tokenized once: where it may be cut, and the token count of any span of it.
+
+    ``cuts`` and ``before`` are those of ``cut_points``. ``count(start, end)`` is the size of
+    ``text[start:end]`` tokenized on its own, which is what a chunk's size means. When the
+    tokenizer ``splits_at_word_ends`` it is assembled from this one tokenization: the whole
+    text's tokens between the span's first and last word end, plus the two short edges outside
+    them tokenized alone. Otherwise the span is tokenized again.
+    """
+
+    def __init__(self, text: str, tokenizer: Tokenizer) -> None:
+        self.text = text
+        self.tokenizer = tokenizer
+        self.starts = starts = np.asarray(tokenizer.token_starts(text), dtype=np.int64)
+        self.inside = _inside_clusters(text)
+        self._additive = getattr(tokenizer, "splits_at_word_ends", False) is True
+        n = len(text)
+        if len(starts):  # the first token starting at each distinct offset (starts ascend)
+            first = np.flatnonzero(np.concatenate(([True], starts[1:] != starts[:-1])))
+            at = starts[first]
+            keep = (at > 0) & (at < n)
+            if len(self.inside):
+                keep &= ~np.isin(at, self.inside, assume_unique=True)
+            cuts, before = at[keep], first[keep]
+        else:
+            cuts = before = _NO_INSIDE
+        self.cuts = np.concatenate(([0], cuts, [n])).astype(np.int64)
+        self.before = np.concatenate(([0], before, [len(starts)])).astype(np.int64)
+
+    def on_boundary(self, pos: int) -> bool:
+        """Whether ``pos`` starts a grapheme cluster (or is the end of the text)."""
+        if len(self.inside) == 0:
+            return True
+        i = int(np.searchsorted(self.inside, pos))
+        return i == len(self.inside) or int(self.inside[i]) != pos
+
+    def tokens_between(self, start: int, end: int) -> int:
+        """Tokens of the whole text that start in ``[start, end)``: the span's size in context."""
+        return int(self.starts.searchsorted(end)) - int(self.starts.searchsorted(start))
+
+    def count(self, start: int, end: int) -> int:
+        """Tokens of ``text[start:end]`` tokenized on its own."""
+        if end <= start:
+            return 0
+        a, b = self._word_ends(start, end)
+        if a < 0:
+            return self.tokenizer.count(self.text[start:end])
+        return self._edge(start, a) + self.tokens_between(a, b) + self._edge(b, end)
+
+    def at_most(self, start: int, end: int, size: int) -> bool:
+        """Whether ``count(start, end) <= size``, deciding from cheap bounds when they agree (a
+        token holds at least one byte, a char at most four)."""
+        if end <= start or (self._additive and 4 * (end - start) <= size):
+            return True
+        a, b = self._word_ends(start, end)
+        if a < 0:
+            return self.tokenizer.count(self.text[start:end]) <= size
+        inner = self.tokens_between(a, b)
+        if inner + 4 * ((a - start) + (end - b)) <= size:
+            return True
+        if inner > size:
+            return False
+        return inner + self._edge(start, a) + self._edge(b, end) <= size
+
+    def _edge(self, start: int, end: int) -> int:
+        return self.tokenizer.count(self.text[start:end]) if end > start else 0
+
+    def _word_ends(self, start: int, end: int) -> tuple[int, int]:
+        """The first and last word ends ``a <= b`` in ``[start, end]`` where the whole text splits
+        as the span does; ``(-1, -1)`` when there are none or counting by them does not apply."""
+        if not self._additive or end - start < _SHORT:
+            return -1, -1
+        text, n = self.text, len(self.text)
+        if start == 0:
+            a = 0
+        else:
+            m = _WORD_END.search(text, start, end + 1)  # the lookahead may read text[end]
+            if m is None:
+                return -1, -1
+            a = m.end()
+        if end == n:
+            return a, n
+        m = _LAST_WORD_END.match(text, a, end + 1)  # backtracks from the end: cheap near it
+        return a, (m.end() if m is not None else a)
 
 
 def token_windows(
@@ -113,22 +260,26 @@ def token_windows(
     """Windows of at most ``size`` tokens over ``text[lo:hi]``, consecutive windows sharing up to
     ``overlap`` tokens. Returns trimmed, non-empty ``(start, end, tokens)`` triples in doc offsets.
 
-    Each window is re-counted on its own text (BPE can count a cut-out piece differently) and
+    Each window is counted as its own text (BPE can count a cut-out piece differently) and
     shrunk until it fits; a single unit larger than ``size`` is split further where its own
     tokenization allows, else returned whole (the documented exception).
     """
     sub = text[lo:hi]
-    cuts, before = cut_points(sub, tokenizer)
+    return [(lo + s, lo + e, n) for s, e, n in _windows(TokenIndex(sub, tokenizer), size, overlap)]
+
+
+def _windows(index: TokenIndex, size: int, overlap: int) -> list[tuple[int, int, int]]:
+    sub, cuts, before = index.text, index.cuts, index.before
     last = len(cuts) - 1
     out: list[tuple[int, int, int]] = []
-    prev_s, prev_e, prev_q = -1, -1, 0  # the last window kept (in ``sub``) and its end cut
+    prev_s, prev_e, prev_q = -1, -1, 0  # the last window kept and its end cut
     p = 0
     while p < last:
-        q = int(np.searchsorted(before, before[p] + size, side="right")) - 1
+        q = int(before.searchsorted(before[p] + size, side="right")) - 1
         q = min(max(q, p + 1), last)
         while True:
             s, e = trim(sub, int(cuts[p]), int(cuts[q]))
-            n = tokenizer.count(sub[s:e]) if e > s else 0
+            n = index.count(s, e)
             if n <= size or q == p + 1:
                 break
             q -= 1
@@ -137,16 +288,16 @@ def token_windows(
             p = prev_q
             continue
         if e > s:
-            inner = _split_unit(sub, s, e, tokenizer, size) if n > size else None
+            inner = _split_unit(sub, s, e, index.tokenizer, size) if n > size else None
             if inner is None:
-                out.append((lo + s, lo + e, n))
+                out.append((s, e, n))
             else:  # keep the parts not already inside the previous window
-                out.extend((lo + a, lo + b, m) for a, b, m in inner if b > prev_e)
-            prev_s, prev_e, prev_q = out[-1][0] - lo, out[-1][1] - lo, q
+                out.extend((a, b, m) for a, b, m in inner if b > prev_e)
+            prev_s, prev_e, prev_q = out[-1][0], out[-1][1], q
         if q == last:
             break
-        nxt = int(np.searchsorted(before, before[q] - overlap, side="left"))
-        after_prev = int(np.searchsorted(cuts, prev_s, side="right"))  # starts must increase
+        nxt = int(before.searchsorted(before[q] - overlap, side="left"))
+        after_prev = int(cuts.searchsorted(prev_s, side="right"))  # starts must increase
         p = min(max(nxt, after_prev, p + 1), q)
     return out
 
@@ -156,10 +307,10 @@ def _split_unit(
 ) -> list[tuple[int, int, int]] | None:
     """An over-budget unit, tokenized on its own, may have cut points it lacked in context."""
     piece = sub[s:e]
-    cuts, _ = cut_points(piece, tokenizer)
-    if len(cuts) <= 2:
+    index = TokenIndex(piece, tokenizer)
+    if len(index.cuts) <= 2:
         return None
-    return [(s + a, s + b, n) for a, b, n in token_windows(piece, 0, len(piece), tokenizer, size)]
+    return [(s + a, s + b, n) for a, b, n in _windows(index, size, 0)]
 
 
 def pack(
@@ -179,8 +330,33 @@ def pack(
     whole previous chunk. Every chunk is re-counted exactly; one that is over budget gives its last
     pieces back to the next chunk.
     """
-    # Trimmed, blank pieces dropped: then every chunk starts after and ends after the one before.
-    pieces = [(s, e, k) for a, b, k in pieces for s, e in [trim(text, a, b)] if e > s]
+    return _pack(
+        text, pieces, size, lambda s, e: count(text[s:e]), overlap_tokens, overlap_pieces
+    )
+
+
+def pack_indexed(
+    index: TokenIndex,
+    pieces: Sequence[tuple[int, int, int]],
+    size: int,
+    *,
+    overlap_tokens: int = 0,
+    overlap_pieces: int = 0,
+) -> list[tuple[int, int, int]]:
+    """``pack`` over ``index.text``, counting each chunk with ``index.count``."""
+    return _pack(index.text, pieces, size, index.count, overlap_tokens, overlap_pieces)
+
+
+def _pack(
+    text: str,
+    pieces: Sequence[tuple[int, int, int]],
+    size: int,
+    count: Callable[[int, int], int],
+    overlap_tokens: int,
+    overlap_pieces: int,
+) -> list[tuple[int, int, int]]:
+    # Blank pieces dropped: then every chunk (trimmed) starts after and ends after the one before.
+    pieces = [p for p in pieces if p[1] > p[0] and not text[p[0] : p[1]].isspace()]
     out: list[tuple[int, int, int]] = []
     i, n = 0, len(pieces)
     carry: list[int] = []  # indices of the overlap pieces that open the next chunk
@@ -196,7 +372,7 @@ def pack(
             i += 1
         while True:
             s, e = trim(text, pieces[members[0]][0], pieces[members[-1]][1])
-            exact = count(text[s:e]) if e > s else 0
+            exact = count(s, e) if e > s else 0
             if exact <= size:
                 break
             if members[-1] > first_new:  # give the last new piece back

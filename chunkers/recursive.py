@@ -14,14 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from chunkers.base import (
-    check_size,
-    grapheme_starts,
-    make_chunks,
-    on_boundary,
-    pack,
-    token_windows,
-)
+from chunkers.base import TokenIndex, check_size, make_chunks, pack_indexed, token_windows
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -55,30 +48,33 @@ class RecursiveChunker:
         text = doc.text
         if not text.strip():
             return []
-        pieces = self._split(text, 0, len(text), 0, grapheme_starts(text))
-        merged = pack(text, pieces, self.chunk_size, self._tok.count, overlap_tokens=self.overlap)
+        index = TokenIndex(text, self._tok)  # tokenized once; spans are counted from it
+        spans = np.asarray(self._split(index, 0, len(text), 0), dtype=np.int64).reshape(-1, 2)
+        # each piece's size in context, which pack only uses to choose: it counts chunks exactly
+        sizes = np.diff(index.starts.searchsorted(spans), axis=1)[:, 0]
+        pieces = list(zip(spans[:, 0].tolist(), spans[:, 1].tolist(), sizes.tolist()))
+        merged = pack_indexed(index, pieces, self.chunk_size, overlap_tokens=self.overlap)
         return make_chunks(doc, [(s, e) for s, e, _ in merged], [n for *_, n in merged])
 
-    def _split(
-        self, text: str, lo: int, hi: int, level: int, graphemes: np.ndarray | None
-    ) -> list[tuple[int, int, int]]:
-        n = self._tok.count(text[lo:hi])
-        if n <= self.chunk_size:
-            return [(lo, hi, n)]
+    def _split(self, index: TokenIndex, lo: int, hi: int, level: int) -> list[tuple[int, int]]:
+        """Spans tiling ``[lo, hi)``, each within the budget."""
+        if index.at_most(lo, hi, self.chunk_size):
+            return [(lo, hi)]
+        text = index.text
         while level < len(self.separators):
             sep = self.separators[level]
-            bounds = _after_each(text, lo, hi, sep, graphemes)
+            bounds = _after_each(text, lo, hi, sep, index)
             level += 1
             if len(bounds) > 2:
-                out: list[tuple[int, int, int]] = []
+                out: list[tuple[int, int]] = []
                 for a, b in zip(bounds, bounds[1:]):
-                    out.extend(self._split(text, a, b, level, graphemes))
+                    out.extend(self._split(index, a, b, level))
                 return out
-        return token_windows(text, lo, hi, self._tok, self.chunk_size)
+        return [(s, e) for s, e, _ in token_windows(text, lo, hi, self._tok, self.chunk_size)]
 
 
 def _after_each(
-    text: str, lo: int, hi: int, sep: str, graphemes: np.ndarray | None = None
+    text: str, lo: int, hi: int, sep: str, index: TokenIndex | None = None
 ) -> list[int]:
     """Cut positions in ``[lo, hi]``: ``lo``, just after every ``sep`` that ends a grapheme
     cluster (a space carrying a combining mark is not a separator), and ``hi``."""
@@ -86,7 +82,7 @@ def _after_each(
     pos = text.find(sep, lo, hi)
     while pos != -1:
         end = pos + len(sep)
-        if lo < end < hi and on_boundary(graphemes, end):
+        if lo < end < hi and (index is None or index.on_boundary(end)):
             bounds.append(end)
         pos = text.find(sep, end, hi)
     bounds.append(hi)

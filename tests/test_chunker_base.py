@@ -1,0 +1,108 @@
+"""The span machinery of chunkers/base.py against the slow, obvious computation.
+
+``TokenIndex`` counts a span from one tokenization of the whole text, and ``_inside_clusters``
+finds grapheme clusters without walking every one: both must agree exactly with tokenizing the
+span again and with ``regex``'s ``\\X``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chunkers.base import (
+    _GLUE,
+    TokenIndex,
+    _glue_ranges,
+    _inside_clusters,
+    cut_points,
+    grapheme_starts,
+)
+from ragkit.tokenizers import load_tokenizer
+from tests.test_chunker_properties import PROFILE, prose, unicode_text
+from tests.test_contracts import SAMPLES
+
+WORD_END = re.compile(r"[A-Za-z0-9](?=[\t\n\x0b\x0c\r ])")
+# long enough that spans take the counting-from-the-index path (spans under 128 chars do not)
+long_text = st.lists(st.one_of(unicode_text, prose), min_size=1, max_size=4).map("".join)
+FEWER = settings(PROFILE, max_examples=max(PROFILE.max_examples // 4, 25))  # long inputs are slow
+
+
+def reference_inside(text: str) -> list[int]:
+    starts = {m.start() for m in regex.finditer(r"\X", text)}
+    return [i for i in range(len(text)) if i not in starts]
+
+
+@pytest.mark.parametrize("key", SAMPLES)
+def test_inside_clusters_on_the_samples(key):
+    text = SAMPLES[key]
+    assert _inside_clusters(text).tolist() == reference_inside(text)
+
+
+@FEWER
+@given(text=long_text)
+def test_inside_clusters_and_grapheme_starts(text):
+    inside = reference_inside(text)
+    assert _inside_clusters(text).tolist() == inside
+    starts = grapheme_starts(text)
+    if not inside:
+        assert starts is None
+    else:
+        assert starts.tolist() == [m.start() for m in regex.finditer(r"\X", text)]
+
+
+def test_glue_is_looked_for_everywhere_it_lives():
+    every = "".join(map(chr, range(0x110000)))
+    found = [(m.start(), m.end()) for m in regex.finditer(_GLUE + "+", every)]
+    lo, hi = _glue_ranges()
+    assert found == [(13, 14), *zip(lo.tolist(), hi.tolist())]  # CR, then the planes searched
+
+
+@FEWER
+@given(text=long_text, tokenizer=st.sampled_from(["cl100k", "whitespace", "character"]))
+def test_cut_points_match_their_definition(text, tokenizer):
+    tok = load_tokenizer(tokenizer)
+    starts = tok.token_starts(text)
+    clusters = {m.start() for m in regex.finditer(r"\X", text)}
+    inner = sorted(p for p in set(starts.tolist()) if 0 < p < len(text) and p in clusters)
+    cuts, before = cut_points(text, tok)
+    assert cuts.tolist() == [0, *inner, len(text)]
+    assert before.tolist() == [*np.searchsorted(starts, [0, *inner]).tolist(), len(starts)]
+
+
+@pytest.mark.parametrize("name", ["cl100k", "whitespace", "character"])
+@FEWER
+@given(text=long_text, data=st.data())
+def test_span_counts_are_exact(name, text, data):
+    tok = load_tokenizer(name)
+    index = TokenIndex(text, tok)
+    for _ in range(8):
+        start = data.draw(st.integers(0, len(text)))
+        end = data.draw(st.integers(start, len(text)))
+        n = tok.count(text[start:end])
+        assert index.count(start, end) == n
+        size = data.draw(st.integers(1, max(2 * n, 1)))
+        assert index.at_most(start, end, size) == (n <= size)
+
+
+@FEWER
+@given(text=long_text, data=st.data())
+def test_cl100k_splits_at_word_ends(text, data):
+    # the property ragkit.tokenizers declares for cl100k, which TokenIndex relies on
+    enc = load_tokenizer("cl100k")._enc
+    ends = [m.end() for m in WORD_END.finditer(text)]
+    if not ends:
+        return
+    whole = enc.encode_ordinary(text)
+    for p in data.draw(st.lists(st.sampled_from(ends), max_size=6, unique=True)):
+        assert enc.encode_ordinary(text[:p]) + enc.encode_ordinary(text[p:]) == whole
+
+
+def test_only_checked_tokenizers_split_at_word_ends():
+    assert load_tokenizer("cl100k").splits_at_word_ends is True
+    assert getattr(load_tokenizer("all-MiniLM-L6-v2"), "splits_at_word_ends", False) is False
