@@ -1,0 +1,650 @@
+"""A Chroma vector index: embedded (in memory or persistent at ``path``) or a Chroma server.
+
+``path=None, host=None``: an in-memory ``EphemeralClient``; ``path="dir"``: a ``PersistentClient``
+writing to ``dir`` (several processes may open it one after another); ``host="127.0.0.1"``: an
+``HttpClient`` to a server started with ``chroma run --path DIR --host HOST --port PORT``, which
+lets several processes or machines write one index at the same time.
+
+Vectors always come from ragkit: collections are made with ``embedding_function=None``, so Chroma
+never loads (or downloads) a model of its own.
+
+What is stored per chunk: the id is ``chunk.id``, the document is ``chunk.text``, and the Chroma
+metadata holds the chunk's fields under ``ragkit:doc_id``, ``ragkit:start``, ``ragkit:end``,
+``ragkit:index`` plus the chunk's own metadata, flattened: a str, bool, finite float or 64-bit
+int value is stored as is under its key (so Chroma filters on it natively); any other value (a
+list, a dict, ``None``, a huge int) or a key Chroma refuses (empty, or starting with ``$``, ``#``
+or ``ragkit``) is stored JSON-encoded under ``ragkit.json:<key>`` and decoded back on the way out.
+
+Filters have ``MemoryIndex``'s semantics (key -> value or list of values, ``"doc_id"`` matching the
+chunk's document) and become a Chroma ``where``: ``$in`` per key, ``$and`` across keys. One
+difference: Chroma tells ``True`` from ``1``, Python's ``==`` does not.
+
+Scores are higher-is-better: Chroma's cosine distance is ``1 - cos`` and its ``ip`` distance is
+``1 - q.v``, so the score is ``1 - distance`` in both spaces (the plain cosine / inner product).
+Search is Chroma's HNSW: approximate, like faiss ``hnsw``.
+
+The collection's metadata holds ragkit's format version, the vector dim (fixed once set: Chroma
+keeps a collection's dimension even when it is emptied) and ``info`` as a JSON string, so every
+process that opens the collection sees what it was built with.
+
+``save(path)`` writes ``path/chroma.json``, a pointer: for a server, its host, port and collection
+(the server keeps the data); for an embedded index whose data already lives under ``path`` (it was
+loaded from there), only the pointer is rewritten; otherwise (in memory, or persistent elsewhere)
+the collection is copied into a new ``PersistentClient`` at ``path/data``, swapped in whole like
+``MemoryIndex`` does. ``load(path)`` opens what the pointer names.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ragkit._deps import require
+from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError, RagkitError
+from ragkit.types import Chunk, Hit
+from retrieval.memory_index import IndexFileError, _normalise, _swap_in
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ragkit.chroma_index"
+VERSION = 1
+METRICS = ("cosine", "ip")
+POINTER = "chroma.json"  # save(path) writes path/chroma.json ...
+DATA = "data"  # ... and, when it copies, a PersistentClient folder path/data
+
+_FIELD = "ragkit:"  # chunk fields in Chroma metadata: ragkit:doc_id, ragkit:start, ...
+_JSON = "ragkit.json:"  # metadata Chroma cannot hold as is, JSON-encoded
+_INT64 = (-(2**63), 2**63 - 1)
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{1,478}[a-zA-Z0-9]")
+_NOTHING = object()  # a filter that no chunk can match
+_ephemeral = itertools.count()  # in-memory collections get a process-unique name
+_open: dict[str, int] = {}  # persistent folders held open by ChromaIndex objects, by abspath
+
+
+class ChromaConnectionError(RagkitError, ConnectionError):
+    """The Chroma server named by ``host`` and ``port`` cannot be reached."""
+
+
+@dataclass(kw_only=True)
+class ChromaIndex:
+    """Nearest-neighbour search over chunk vectors stored in Chroma; see the module docstring.
+
+    ``metric="cosine"`` L2-normalises stored and query vectors (Chroma space ``cosine``);
+    ``"ip"`` uses the raw inner product (space ``ip``). Adding a chunk whose id is present
+    replaces it, metadata included. The client connects on first use, not when built.
+    """
+
+    path: str | None = None  # PersistentClient folder; None (and no host): in memory
+    host: str | None = None  # Chroma server (exclusive with path)
+    port: int = 8000
+    collection: str = "ragkit"
+    metric: Literal["cosine", "ip"] = "cosine"
+    batch_size: int = 1000  # records per Chroma call (capped by the client's max batch size)
+
+    def __post_init__(self) -> None:
+        if self.path is not None and self.host is not None:
+            raise ConfigError(
+                f"path={self.path!r} (an embedded PersistentClient) and host={self.host!r} (a "
+                "Chroma server) exclude each other; set one of them, or neither for an "
+                "in-memory index", path="host",
+            )
+        for name in ("path", "host"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"must be a non-empty str or null; got {value!r}", path=name)
+        if self.metric not in METRICS:
+            raise ConfigError(
+                f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}", path="metric"
+            )
+        if not isinstance(self.collection, str) or not _NAME.fullmatch(self.collection):
+            raise ConfigError(
+                f"must be 3-480 characters from [a-zA-Z0-9._-], starting and ending with a letter "
+                f"or digit (Chroma's rule); got {self.collection!r}", path="collection",
+            )
+        for name, low, high in (("port", 1, 65535), ("batch_size", 1, None)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, int) or value < low
+                    or (high is not None and value > high)):
+                bound = f"in [{low}, {high}]" if high else f">= {low}"
+                raise ConfigError(f"must be an int {bound}; got {value!r}", path=name)
+        if importlib.util.find_spec("chromadb") is None:
+            raise MissingDependencyError(
+                "index 'chroma' needs the Python module 'chromadb'; "
+                "install it with: pip install 'ragkit[chroma]'"
+            )
+        # Connection state is not config: plain attributes, outside the fields and equality.
+        self._client: Any = None
+        self._col: Any = None
+        self._close: Any = None  # weakref.finalize that closes the client
+        self._dim: int | None = None
+        self._info: dict[str, Any] = {}
+        self._info_saved = "{}"  # the info JSON last read from or written to the collection
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _connect(self, *, create: bool = True) -> Any:
+        if self._col is not None:
+            return self._col
+        chromadb = require("chromadb", extra="chroma", component="index 'chroma'")
+        errors = require("chromadb.errors", extra="chroma", component="index 'chroma'")
+        where = self._where_text()
+        held = None
+        if self.host is not None:
+            try:
+                client = chromadb.HttpClient(host=self.host, port=self.port)
+            except Exception as exc:  # httpx / chroma raise several types for "not there"
+                raise ChromaConnectionError(
+                    f"index 'chroma': no Chroma server answers at {where} ({exc}); start one with "
+                    f"`chroma run --path DIR --host {self.host} --port {self.port}`"
+                ) from None
+            name = self.collection
+        elif self.path is not None:
+            held = os.path.abspath(self.path)  # one client per folder, however it is spelled
+            client = chromadb.PersistentClient(path=held)
+            name = self.collection
+        else:
+            client = chromadb.EphemeralClient()  # shared by the process: a name of our own
+            name = f"{self.collection[:400]}-mem{next(_ephemeral)}"
+        drop = name if self.path is None and self.host is None else None
+        if held is not None:
+            _open[held] = _open.get(held, 0) + 1
+        self._close = weakref.finalize(self, _release, client, held, drop)
+        try:
+            if create:
+                col = client.get_or_create_collection(
+                    name, embedding_function=None,
+                    configuration={"hnsw": {"space": self.metric}},
+                    metadata={"ragkit:format": FORMAT, "ragkit:version": VERSION,
+                              "ragkit:info": "{}"},
+                )
+            else:
+                try:
+                    col = client.get_collection(name, embedding_function=None)
+                except errors.NotFoundError:
+                    raise IndexFileError(
+                        f"{where}: holds no Chroma collection {self.collection!r}"
+                    ) from None
+            meta = dict(col.metadata or {})
+            if meta.get("ragkit:format") != FORMAT:
+                raise IndexMismatchError(
+                    f"{where}: collection {self.collection!r} was not made by ragkit's chroma "
+                    "index (no ragkit:format metadata); choose another collection name"
+                )
+            if meta.get("ragkit:version") != VERSION:
+                raise IndexMismatchError(
+                    f"{where}: collection {self.collection!r} has format version "
+                    f"{meta.get('ragkit:version')!r}; this ragkit reads version {VERSION}"
+                )
+            space = _space(col)
+            if space != self.metric:
+                raise IndexMismatchError(
+                    f"{where}: collection {self.collection!r} uses metric {space!r}; this index "
+                    f"is configured with metric {self.metric!r}"
+                )
+        except BaseException:
+            self._close()
+            raise
+        self._client, self._col = client, col
+        self._read_meta(meta)
+        return col
+
+    def close(self) -> None:
+        """Release the Chroma client (an in-memory collection is dropped); using the index again
+        reconnects."""
+        if self._close is not None:
+            self._close()
+        self._client = self._col = self._close = None
+
+    def _where_text(self) -> str:
+        if self.host is not None:
+            return f"http://{self.host}:{self.port}"
+        return self.path if self.path is not None else "(in memory)"
+
+    def _read_meta(self, meta: Mapping[str, Any]) -> None:
+        dim = meta.get("ragkit:dim")
+        self._dim = dim if isinstance(dim, int) else None
+        raw = meta.get("ragkit:info") or "{}"
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            info = None
+        if not isinstance(info, dict):
+            raise IndexMismatchError(
+                f"{self._where_text()}: collection {self.collection!r} has invalid ragkit:info "
+                f"metadata {raw[:80]!r}"
+            )
+        self._info, self._info_saved = info, json.dumps(info, sort_keys=True)
+
+    def _refresh_dim(self) -> None:
+        """Before the first add seen by this client: another client may have set the dim."""
+        if self._dim is None:
+            meta = self._client.get_collection(self._col.name, embedding_function=None).metadata
+            dim = (meta or {}).get("ragkit:dim")
+            self._dim = dim if isinstance(dim, int) else None
+
+    def _write_meta(self, **changes: Any) -> None:
+        """Update the collection metadata, starting from the server's current copy (another
+        client may have written it since this one connected)."""
+        fresh = self._client.get_collection(self._col.name, embedding_function=None)
+        meta = dict(fresh.metadata or {})
+        meta.update(changes)
+        self._col.modify(metadata=meta)
+
+    def _sync_info(self) -> None:
+        text = json.dumps(self._info, sort_keys=True)
+        if text != self._info_saved:
+            self._write_meta(**{"ragkit:info": text})
+            self._info_saved = text
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the index was built with (set by the pipeline), kept as JSON in the collection's
+        metadata: written on the next ``add``, ``delete`` or ``save``; re-read from the
+        collection on access while this client has no unwritten change (another process may
+        have written it)."""
+        self._connect()
+        if json.dumps(self._info, sort_keys=True) == self._info_saved:
+            self._read_meta(self._client.get_collection(self._col.name,
+                                                        embedding_function=None).metadata or {})
+        return self._info
+
+    @info.setter
+    def info(self, value: dict[str, Any]) -> None:
+        self._connect()
+        self._info = dict(value)
+
+    # -- contents ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._connect().count()
+
+    @property
+    def dim(self) -> int | None:
+        """The collection's vector dimension, or ``None`` before the first add. Chroma keeps it
+        once set, even when every chunk is deleted."""
+        self._connect()
+        return self._dim
+
+    def chunks(self) -> Iterator[Chunk]:
+        """The stored chunks in Chroma's order (insertion order, for the embedded clients),
+        fetched a page of ``batch_size`` at a time."""
+        col = self._connect()
+        offset, size = 0, self._batch()
+        while True:
+            got = col.get(limit=size, offset=offset, include=["documents", "metadatas"])
+            for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"]):
+                yield _decode(cid, text, meta)
+            if len(got["ids"]) < size:
+                return
+            offset += size
+
+    def doc_chunks(self, doc_id: str) -> list[Chunk]:
+        """The stored chunks of one document, in document order."""
+        got = self._connect().get(where={_FIELD + "doc_id": doc_id},
+                                  include=["documents", "metadatas"])
+        chunks = [_decode(*r) for r in zip(got["ids"], got["documents"], got["metadatas"])]
+        return sorted(chunks, key=lambda c: (c.start, c.end))
+
+    def doc_hash(self, doc_id: str) -> str | None:
+        """The ``doc_hash`` metadata stored with the document's chunks, if it is indexed."""
+        got = self._connect().get(where={_FIELD + "doc_id": doc_id}, limit=1,
+                                  include=["metadatas"])
+        if not got["ids"]:
+            return None
+        return _decode_metadata(got["metadatas"][0]).get("doc_hash")
+
+    def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
+        """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
+        chunks = list(chunks)
+        for c in chunks:
+            if not isinstance(c, Chunk):
+                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
+        col = self._connect()
+        self._refresh_dim()
+        vecs = self._check_vecs(vecs, what="vectors")
+        if vecs.shape[0] != len(chunks):
+            raise IndexMismatchError(
+                f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
+            )
+        self._sync_info()
+        if not chunks:
+            return
+        if self.metric == "cosine":
+            vecs = _normalise(vecs)
+        last = {c.id: i for i, c in enumerate(chunks)}  # the same id twice: the last one wins
+        rows = sorted(last.values())
+        records = [_encode(chunks[i]) for i in rows]  # every chunk checked before any write
+        size = self._batch()
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            metas = records[start : start + size]
+            ids = [chunks[i].id for i in batch]
+            # An upsert merges metadata into the old record's: clear the keys it no longer has.
+            old = col.get(ids=ids, include=["metadatas"])
+            stale = dict(zip(old["ids"], old["metadatas"]))
+            metas = [m | {key: None for key in (stale.get(cid) or {}) if key not in m}
+                     for cid, m in zip(ids, metas)]
+            col.upsert(ids=ids, embeddings=vecs[batch], metadatas=metas,
+                       documents=[chunks[i].text for i in batch])
+        if self._dim is None:
+            self._dim = vecs.shape[1]
+            self._write_meta(**{"ragkit:dim": self._dim})
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        """Remove every chunk of the given documents; returns how many chunks were removed."""
+        if isinstance(doc_ids, str):
+            raise TypeError("delete takes a sequence of document ids, not a single str")
+        docs = [d for d in dict.fromkeys(doc_ids) if isinstance(d, str)]
+        col = self._connect()
+        self._sync_info()
+        removed = 0
+        size = self._batch()
+        for start in range(0, len(docs), 100):
+            where = {_FIELD + "doc_id": {"$in": docs[start : start + 100]}}
+            ids = col.get(where=where, include=[])["ids"]
+            for i in range(0, len(ids), size):
+                col.delete(ids=ids[i : i + size])
+            removed += len(ids)
+        return removed
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query_vecs: np.ndarray,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        queries: Sequence[str] | None = None,  # unused: dense search needs only the vectors
+    ) -> list[list[Hit]]:
+        """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
+
+        ``filter`` keeps chunks whose ``metadata[key] == value`` for every item (``"doc_id"``
+        matches ``chunk.doc_id``; a list or tuple value means any of its values).
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+            raise ValueError(f"k must be an int >= 0; got {k!r}")
+        q = np.asarray(query_vecs)
+        q = q[None, :] if q.ndim == 1 else q  # (m, d)
+        col = self._connect()
+        self._refresh_dim()
+        q = self._check_vecs(q, what="query vectors")
+        where = _where(filter)
+        empty: list[list[Hit]] = [[] for _ in range(q.shape[0])]
+        if k == 0 or where is _NOTHING or self._dim is None or col.count() == 0:
+            return empty
+        if self.metric == "cosine":
+            q = _normalise(q)
+        out = []
+        size = self._batch()
+        for start in range(0, q.shape[0], size):
+            got = col.query(query_embeddings=q[start : start + size], n_results=int(k),
+                            where=where, include=["documents", "metadatas", "distances"])
+            for ids, texts, metas, dists in zip(got["ids"], got["documents"], got["metadatas"],
+                                                got["distances"]):
+                out.append([
+                    Hit(chunk=_decode(cid, text, meta), score=float(1.0 - dist), rank=rank)
+                    for rank, (cid, text, meta, dist) in enumerate(zip(ids, texts, metas, dists))
+                ])
+        return out
+
+    # -- save / load ---------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write a pointer to this index to folder ``path`` (and copy the data there unless the
+        data already lives under ``path`` or on a server); see the module docstring."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise IndexFileError(f"{path}: exists and is not a folder; cannot save an index there")
+        col = self._connect()
+        self._sync_info()
+        pointer: dict[str, Any] = {"format": FORMAT, "version": VERSION,
+                                   "collection": self.collection, "metric": self.metric,
+                                   "count": col.count(), "info": self._info}
+        target = os.path.abspath(path)
+        own = os.path.abspath(self.path) if self.path is not None else None
+        if own is not None and (own == target or own.startswith(target + os.sep)):
+            # The data already lives under path (it was loaded from there): point at it.
+            pointer["path"] = os.path.relpath(own, target)
+            tmp = path / f".{POINTER}.tmp"
+            tmp.write_text(json.dumps(pointer, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, path / POINTER)
+            return
+        if path.is_dir() and any(path.iterdir()) and not (path / POINTER).exists():
+            raise IndexFileError(
+                f"{path}: folder is not empty and holds no saved index (no {POINTER}); "
+                "refusing to overwrite it"
+            )
+        busy = [p for p in _open if p == target or p.startswith(target + os.sep)]
+        if busy:
+            raise IndexFileError(
+                f"{path}: a ChromaIndex in this process has {busy[0]} open; close() it before "
+                "saving over it"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            if self.host is not None:
+                pointer |= {"host": self.host, "port": self.port}
+            else:
+                pointer["path"] = DATA
+                self._copy_to(tmp / DATA)
+            (tmp / POINTER).write_text(json.dumps(pointer, indent=2) + "\n", encoding="utf-8")
+            _swap_in(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _copy_to(self, folder: Path) -> None:
+        chromadb = require("chromadb", extra="chroma", component="index 'chroma'")
+        client = chromadb.PersistentClient(path=str(folder))
+        try:
+            meta = {"ragkit:format": FORMAT, "ragkit:version": VERSION,
+                    "ragkit:info": json.dumps(self._info, sort_keys=True)}
+            if self._dim is not None:
+                meta["ragkit:dim"] = self._dim
+            dst = client.create_collection(
+                self.collection, embedding_function=None,
+                configuration={"hnsw": {"space": self.metric}}, metadata=meta,
+            )
+            offset, size = 0, self._batch()
+            while True:
+                got = self._col.get(limit=size, offset=offset,
+                                    include=["embeddings", "documents", "metadatas"])
+                if not got["ids"]:
+                    break
+                dst.add(ids=got["ids"], documents=got["documents"], metadatas=got["metadatas"],
+                        embeddings=np.asarray(got["embeddings"], dtype=np.float32))
+                offset += len(got["ids"])
+        finally:
+            client.close()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ChromaIndex:
+        """Open the index that ``save`` pointed to from folder ``path``; raises
+        ``IndexFileError`` naming the path if the pointer or the collection is missing."""
+        path = Path(path)
+        pointer = _read_pointer(path)
+        common = {"collection": pointer["collection"], "metric": pointer["metric"]}
+        try:
+            if "host" in pointer:
+                index = cls(host=pointer["host"], port=pointer["port"], **common)
+            else:
+                data = os.path.normpath(path / pointer["path"])
+                if not os.path.isdir(data):
+                    raise IndexFileError(f"{data}: the Chroma data folder {POINTER} names is "
+                                         "missing")
+                index = cls(path=data, **common)
+        except ConfigError as exc:
+            raise IndexFileError(f"{path / POINTER}: invalid settings ({exc})") from None
+        errors = require("chromadb.errors", extra="chroma", component="index 'chroma'")
+        try:
+            index._connect(create=False)
+        except errors.ChromaError as exc:
+            raise IndexFileError(f"{index._where_text()}: Chroma cannot open it ({exc})") from None
+        return index
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _batch(self) -> int:
+        return max(1, min(self.batch_size, self._client.get_max_batch_size()))
+
+    def _check_vecs(self, vecs: Any, *, what: str) -> np.ndarray:
+        vecs = np.asarray(vecs)
+        if vecs.ndim != 2:
+            raise IndexMismatchError(f"{what} must be a 2-D (n, dim) array; got shape {vecs.shape}")
+        if not (np.issubdtype(vecs.dtype, np.floating) or np.issubdtype(vecs.dtype, np.integer)):
+            raise IndexMismatchError(f"{what} must be numeric; got dtype {vecs.dtype}")
+        if self._dim is not None and vecs.shape[1] != self._dim:
+            raise IndexMismatchError(
+                f"{what} have dim {vecs.shape[1]} but the index holds dim {self._dim} vectors; "
+                "embed with the same model the index was built with"
+            )
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        if not np.isfinite(vecs).all():
+            raise IndexMismatchError(f"{what} contain NaN or infinite values")
+        return vecs
+
+
+def _space(col: Any) -> str | None:
+    """The collection's distance space. Chroma records ``embedding_function=None`` as a
+    "legacy" function config and warns about it on every read: that is the setting we want."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "legacy embedding function config", DeprecationWarning)
+        return ((col.configuration or {}).get("hnsw") or {}).get("space")
+
+
+def _release(client: Any, held: str | None, drop: str | None) -> None:
+    """Close a client (the finalizer of a ChromaIndex: it must not reference the index)."""
+    if held is not None:
+        _open[held] -= 1
+        if not _open[held]:
+            del _open[held]
+    try:
+        if drop is not None:
+            client.delete_collection(drop)
+    except Exception:  # interpreter shutdown: the in-memory data goes away with the process
+        log.debug("could not drop in-memory collection %s", drop, exc_info=True)
+    client.close()
+
+
+# -- chunks <-> Chroma records ------------------------------------------------------------------
+
+
+def _native(key: Any, value: Any) -> bool:
+    """Whether ``key: value`` can be stored in Chroma metadata as is."""
+    if not isinstance(key, str) or not key or key[0] in "$#" or key.startswith("ragkit"):
+        return False
+    if isinstance(value, str | bool):
+        return True
+    if isinstance(value, int):
+        return _INT64[0] <= value <= _INT64[1]
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _encode_item(key: str, value: Any) -> tuple[str, Any]:
+    if _native(key, value):
+        return key, value
+    return _JSON + key, json.dumps(value, ensure_ascii=False, allow_nan=False, sort_keys=True)
+
+
+def _encode(c: Chunk) -> dict[str, Any]:
+    meta: dict[str, Any] = {_FIELD + "doc_id": c.doc_id, _FIELD + "start": c.start,
+                            _FIELD + "end": c.end, _FIELD + "index": c.index}
+    for key, value in c.metadata.items():
+        if not isinstance(key, str):
+            raise IndexMismatchError(f"chunk {c.id!r}: metadata key {key!r} is not a str")
+        try:
+            ck, cv = _encode_item(key, value)
+        except (TypeError, ValueError) as exc:
+            raise IndexMismatchError(
+                f"chunk {c.id!r}: metadata {key!r} cannot be stored in Chroma: it is not plain "
+                f"JSON data ({exc})"
+            ) from None
+        meta[ck] = cv
+    return meta
+
+
+def _decode_metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = {}
+    for key, value in (meta or {}).items():
+        if key.startswith(_JSON):
+            out[key[len(_JSON):]] = json.loads(value)
+        elif not key.startswith(_FIELD):
+            out[key] = value
+    return out
+
+
+def _decode(cid: str, text: str | None, meta: Mapping[str, Any]) -> Chunk:
+    return Chunk(meta[_FIELD + "doc_id"], meta[_FIELD + "start"], meta[_FIELD + "end"],
+                 text or "", meta[_FIELD + "index"], _decode_metadata(meta))
+
+
+def _where(filter: Mapping[str, Any] | None) -> Any:
+    """A Chroma ``where`` for a ragkit filter; ``None`` for no filter, ``_NOTHING`` if no chunk
+    can match (an empty list of values)."""
+    if not filter:
+        return None
+    if not isinstance(filter, Mapping):
+        raise TypeError(f"filter must be a mapping of metadata key -> value; got {filter!r}")
+    clauses = []
+    for key, wanted in filter.items():
+        values = (tuple(wanted) if isinstance(wanted, list | tuple | set | frozenset)
+                  else (wanted,))
+        groups: dict[tuple[str, type], list[Any]] = {}  # Chroma's $in wants one value type
+        for value in values:
+            if key == "doc_id":
+                if isinstance(value, str):
+                    groups.setdefault((_FIELD + "doc_id", str), []).append(value)
+                continue
+            try:
+                ck, cv = _encode_item(key, value)
+            except (TypeError, ValueError):
+                continue  # not JSON data: no stored chunk can hold it
+            groups.setdefault((ck, type(cv)), []).append(cv)
+        if not groups:
+            return _NOTHING
+        ors = [{ck: {"$in": vals}} for (ck, _), vals in groups.items()]
+        clauses.append(ors[0] if len(ors) == 1 else {"$or": ors})
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _read_pointer(path: Path) -> dict[str, Any]:
+    file = path / POINTER
+    if not path.is_dir():
+        raise IndexFileError(f"{path}: no saved index here (not a folder)")
+    try:
+        pointer = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise IndexFileError(f"{file}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(pointer, dict) or pointer.get("format") != FORMAT:
+        raise IndexFileError(f"{file}: not a {FORMAT} pointer file")
+    if pointer.get("version") != VERSION:
+        raise IndexFileError(
+            f"{file}: format version {pointer.get('version')!r}; this ragkit reads version "
+            f"{VERSION}"
+        )
+    if ("host" in pointer) == ("path" in pointer):
+        raise IndexFileError(f"{file}: must name exactly one of path and host")
+    if "path" in pointer and not isinstance(pointer["path"], str):
+        raise IndexFileError(f"{file}: path must be a str; got {pointer['path']!r}")
+    for key in ("collection", "metric"):
+        if not isinstance(pointer.get(key), str):
+            raise IndexFileError(f"{file}: {key} must be a str; got {pointer.get(key)!r}")
+    return pointer

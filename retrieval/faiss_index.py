@@ -1,0 +1,685 @@
+"""A faiss vector index: exact inner product, HNSW or IVF-PQ, chosen by ``kind``.
+
+Every stored vector gets a fresh int64 *label* (a counter, never reused); ragkit keeps the maps
+label -> chunk and chunk id -> label, and faiss only ever sees labels. Re-adding a chunk id gives
+it a new label and retires the old one, so the replaced vector can never come back.
+
+``kind``:
+
+- ``"flat"``: ``IndexIDMap2(IndexFlatIP)``, exact: the same hits and scores as ``MemoryIndex``
+  (ties may come in either order).
+- ``"hnsw"``: ``IndexIDMap2(IndexHNSWFlat)``. Faiss cannot remove vectors from an HNSW graph, so a
+  deleted or replaced vector becomes a *tombstone*: it stays in the graph (keeping it connected),
+  searches exclude it with an ``IDSelector``, and once tombstones outnumber half the live vectors
+  the graph is rebuilt from the live ones (``compact()`` forces it).
+- ``"ivfpq"``: ``IndexIVFPQ`` (8-bit codes, ``pq_m`` bytes per vector) with a hashtable direct
+  map, so deletes and replacements remove vectors for real. Training needs data, so until
+  ``train_size`` live vectors are stored they sit in an exact flat index (searches are exact
+  meanwhile); the add that reaches ``train_size`` trains on everything stored so far (a sample of
+  at most ``max(65536, 40 * nlist)`` vectors) and moves it into the IVF-PQ index. ``nlist`` and
+  ``pq_m`` are fixed from then on. With ``refine_factor > 0`` (the default) an fp16 copy of each
+  vector is kept too: a search takes ``k * refine_factor`` candidates from the PQ codes and
+  re-scores them with the fp16 vectors, which restores recall at the cost of 2 bytes per
+  dimension per vector; ``refine_factor=0`` keeps only the PQ codes (smallest, least accurate).
+
+Filters have the semantics of ``MemoryIndex``: a mapping of metadata key -> value or list of
+values, ``"doc_id"`` matching the chunk's document. An approximate index can return fewer than
+``k`` hits under a selective filter (the graph or the probed lists hold too few matches), so:
+at most ``4096`` matching vectors are scored exactly, and any query that still comes back short
+of ``min(k, matches)`` hits is re-run exactly over the matching vectors. A filter never silently
+loses hits that exist.
+
+Saved as a folder of plain files, never a pickle::
+
+    meta.json       format, version, config, dim, count, the next label, info, sha256 of the files
+    index.faiss     faiss.write_index of the main index (absent while nothing was ever added)
+    refine.faiss    the fp16 vectors of a trained IVF-PQ index with refine_factor > 0
+    labels.npy      int64 (count,), the label of each line of chunks.jsonl
+    chunks.jsonl    one chunk per line, in chunks() order, as MemoryIndex writes them
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ragkit._deps import require
+from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError
+from ragkit.types import Chunk, Hit
+from retrieval.memory_index import (
+    IndexFileError,
+    _normalise,
+    _read_chunks,
+    _sha256,
+    _swap_in,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ragkit.faiss_index"
+VERSION = 1
+KINDS = ("flat", "hnsw", "ivfpq")
+METRICS = ("cosine", "ip")
+EXACT_SUBSET = 4096  # a filter matching at most this many vectors is scored exactly
+_BLOCK = 16384  # vectors reconstructed at a time by the exact fallback
+
+
+def _faiss() -> Any:
+    return require("faiss", extra="faiss", component="index 'faiss'")
+
+
+@dataclass(kw_only=True)
+class FaissIndex:
+    """Nearest-neighbour search over chunk vectors with faiss; see the module docstring.
+
+    ``metric="cosine"`` L2-normalises stored and query vectors; ``"ip"`` uses the raw inner
+    product. Scores are higher-is-better. Adding a chunk whose id is present replaces it.
+    """
+
+    kind: Literal["flat", "hnsw", "ivfpq"] = "flat"
+    metric: Literal["cosine", "ip"] = "cosine"
+    # HNSW: graph degree, build-time and search-time beam widths
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 64
+    # IVF-PQ: lists (None: round(4 * sqrt(n)) at training, at most n // 39), bytes per vector
+    # (None: the largest divisor of dim that is <= dim // 8), lists probed per query
+    nlist: int | None = None
+    pq_m: int | None = None
+    nprobe: int = 16
+    train_size: int = 10_000  # live vectors needed before IVF-PQ trains (exact until then)
+    refine_factor: int = 8  # IVF-PQ: re-score k * refine_factor candidates with fp16 vectors
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(
+                f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}", path="kind"
+            )
+        if self.metric not in METRICS:
+            raise ConfigError(
+                f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}", path="metric"
+            )
+        for name, low in (("hnsw_m", 2), ("ef_construction", 1), ("ef_search", 1), ("nprobe", 1),
+                          ("train_size", 256), ("refine_factor", 0)):
+            _check_int(name, getattr(self, name), low)
+        for name in ("nlist", "pq_m"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, null=True)
+        if self.nlist is not None and self.nlist > self.train_size:
+            raise ConfigError(
+                f"nlist={self.nlist} needs at least that many training vectors; raise train_size "
+                f"(now {self.train_size}) to >= nlist (39 * nlist is better)", path="nlist"
+            )
+        if importlib.util.find_spec("faiss") is None:
+            raise MissingDependencyError(
+                "index 'faiss' needs the Python module 'faiss'; "
+                "install it with: pip install 'ragkit[faiss]'"
+            )
+        # Contents are not config: plain attributes, outside the dataclass fields and equality.
+        self.info: dict[str, Any] = {}  # what the index was built with (set by the pipeline)
+        self._reset(None)
+
+    def _reset(self, dim: int | None) -> None:
+        self._dim = dim
+        self._index: Any = None  # the faiss index; built on the first add
+        self._refine: Any = None  # IVF-PQ: IndexIDMap2(fp16 scalar quantizer), or None
+        self._trained = False  # IVF-PQ: False while vectors sit in the exact flat buffer
+        self._labels: dict[str, int] = {}  # chunk id -> label, in chunks() order
+        self._chunk: dict[int, Chunk] = {}  # label -> chunk
+        self._by_doc: dict[str, set[str]] = {}  # doc id -> chunk ids
+        self._docs: dict[str, str | None] = {}  # doc id -> its doc_hash metadata
+        self._dead: set[int] = set()  # HNSW tombstones: labels in the graph, not searchable
+        self._next = getattr(self, "_next", 0)  # labels are never reused, even after a reset
+
+    # -- contents ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    @property
+    def dim(self) -> int | None:
+        """The vector dimension, or ``None`` while the index is empty."""
+        return self._dim if self._labels else None
+
+    @property
+    def trained(self) -> bool:
+        """``kind="ivfpq"``: whether the IVF-PQ index is trained (else search is exact flat)."""
+        return self._trained
+
+    def chunks(self) -> Iterator[Chunk]:
+        """The stored chunks in insertion order (a replaced chunk keeps its place)."""
+        return iter([self._chunk[label] for label in self._labels.values()])
+
+    def doc_chunks(self, doc_id: str) -> list[Chunk]:
+        """The stored chunks of one document, in document order."""
+        chunks = (self._chunk[self._labels[cid]] for cid in self._by_doc.get(doc_id, ()))
+        return sorted(chunks, key=lambda c: (c.start, c.end))
+
+    def doc_hash(self, doc_id: str) -> str | None:
+        """The ``doc_hash`` metadata stored with the document's chunks, if it is indexed."""
+        return self._docs.get(doc_id)
+
+    def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
+        """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
+        chunks = list(chunks)
+        for c in chunks:
+            if not isinstance(c, Chunk):
+                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
+        vecs = self._check_vecs(vecs, what="vectors")
+        if vecs.shape[0] != len(chunks):
+            raise IndexMismatchError(
+                f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
+            )
+        if not chunks:
+            return
+        d = vecs.shape[1]
+        if self.kind == "ivfpq":
+            self._pq_m(d)  # a pq_m that does not divide dim fails here, before any change
+        if self.metric == "cosine":
+            vecs = _normalise(vecs)
+        if not self._labels and (self._index is None or self._dim != d or self._dead):
+            trained = self._trained and self._dim == d and not self._dead
+            if not trained:
+                self._reset(d)
+                self._index = self._new_store(d) if self.kind != "hnsw" else self._new_hnsw(d)
+
+        # The same id twice in one call: the last vector wins, at the first one's place.
+        ids = [c.id for c in chunks]  # each id string built once, shared by the maps below
+        last = {cid: i for i, cid in enumerate(ids)}
+        order = [last[cid] for cid in dict.fromkeys(ids)]
+        new = np.arange(self._next, self._next + len(order), dtype=np.int64)  # (u,) labels
+        self._next += len(order)
+        retired = []
+        for label, i in zip(new.tolist(), order):
+            chunk, cid = chunks[i], ids[i]
+            old = self._labels.get(cid)
+            if old is not None:
+                retired.append(old)
+                del self._chunk[old]
+            self._labels[cid] = label
+            self._chunk[label] = chunk
+            self._by_doc.setdefault(chunk.doc_id, set()).add(cid)
+            self._docs[chunk.doc_id] = chunk.metadata.get("doc_hash")
+        rows = vecs if len(order) == len(chunks) else vecs[order]  # (u, d) aligned with new
+        if retired:
+            self._retire(np.asarray(retired, dtype=np.int64))
+
+        if self.kind == "ivfpq" and not self._trained and len(self) >= self.train_size:
+            self._train(rows, new)
+        elif self.kind == "ivfpq" and self._trained:
+            self._index.add_with_ids(rows, new)
+            if self._refine is not None:
+                self._refine.add_with_ids(rows, new)
+        else:
+            self._index.add_with_ids(rows, new)
+        if self.kind == "hnsw" and len(self._dead) > max(len(self), 1) // 2:
+            self.compact()
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        """Remove every chunk of the given documents; returns how many chunks were removed."""
+        if isinstance(doc_ids, str):
+            raise TypeError("delete takes a sequence of document ids, not a single str")
+        labels = []
+        for doc_id in dict.fromkeys(doc_ids):
+            for cid in self._by_doc.pop(doc_id, ()):
+                label = self._labels.pop(cid)
+                del self._chunk[label]
+                labels.append(label)
+            self._docs.pop(doc_id, None)
+        if labels:
+            self._retire(np.asarray(labels, dtype=np.int64))
+            if self.kind == "hnsw" and len(self._dead) > max(len(self), 1) // 2:
+                self.compact()
+        return len(labels)
+
+    def compact(self) -> None:
+        """HNSW: rebuild the graph from the live vectors, dropping tombstones (other kinds
+        remove vectors for real and have nothing to compact)."""
+        if self.kind != "hnsw" or not self._dead:
+            return
+        labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self))
+        labels.sort()
+        vecs = self._index.reconstruct_batch(labels) if len(labels) else None  # (n, d)
+        log.debug("rebuilding the HNSW graph: %d live, %d tombstones", len(labels),
+                  len(self._dead))
+        self._index = self._new_hnsw(self._dim)
+        if vecs is not None:
+            self._index.add_with_ids(vecs, labels)
+        self._dead = set()
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query_vecs: np.ndarray,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        queries: Sequence[str] | None = None,  # unused: dense search needs only the vectors
+    ) -> list[list[Hit]]:
+        """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
+
+        ``filter`` keeps chunks whose ``metadata[key] == value`` for every item (``"doc_id"``
+        matches ``chunk.doc_id``; a list or tuple value means any of its values).
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+            raise ValueError(f"k must be an int >= 0; got {k!r}")
+        k = int(k)
+        q = np.asarray(query_vecs)
+        q = q[None, :] if q.ndim == 1 else q  # (m, d)
+        q = self._check_vecs(q, what="query vectors")
+        allowed = self._allowed(filter)  # (s,) sorted labels, or None: every live vector
+        if not self._labels or k == 0 or (allowed is not None and len(allowed) == 0):
+            return [[] for _ in range(q.shape[0])]
+        if self.metric == "cosine":
+            q = _normalise(q)
+        q = np.ascontiguousarray(q)
+        if allowed is not None and len(allowed) <= EXACT_SUBSET:
+            return [self._hits(s, lab) for s, lab in self._exact(q, allowed, k)]
+
+        want = min(k, len(self) if allowed is None else len(allowed))
+        scores, labels = self._ann(q, k, allowed)  # (m, k) each, label -1 for no hit
+        out = []
+        for i, (s, lab) in enumerate(zip(scores, labels)):
+            found = lab >= 0
+            s, lab = s[found], lab[found]
+            if len(lab) < want:  # the graph / probed lists held too few: score exactly
+                log.debug("query %d: approximate search found %d of %d hits; exact fallback",
+                          i, len(lab), want)
+                every = allowed if allowed is not None else self._live()
+                ((s, lab),) = self._exact(q[i : i + 1], every, k)
+            out.append(self._hits(s, lab))
+        return out
+
+    def _ann(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        faiss = _faiss()
+        sel = None
+        if allowed is not None:
+            sel = faiss.IDSelectorBatch(allowed)
+        elif self._dead:
+            dead = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
+        refine = self.kind == "ivfpq" and self._trained and self._refine is not None
+        kk = k * max(1, self.refine_factor) if refine else k
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, kk))
+        elif self.kind == "ivfpq" and self._trained:
+            params = faiss.SearchParametersIVF(nprobe=min(self.nprobe, self._index.nlist))
+        else:
+            params = faiss.SearchParameters()
+        if sel is not None:
+            params.sel = sel
+        scores, labels = self._index.search(q, kk, params=params)  # (m, kk) each
+        if not refine:
+            return scores, labels
+        # Re-score the PQ candidates with the fp16 vectors and keep the k best.
+        found = labels >= 0
+        flat = labels[found]
+        exact = np.full(labels.shape, -np.inf, dtype=np.float32)  # (m, kk)
+        if len(flat):
+            vecs = self._refine.reconstruct_batch(flat)  # (c, d)
+            rows = np.nonzero(found)[0]
+            exact[found] = np.einsum("cd,cd->c", vecs, q[rows])
+        top = np.argsort(-exact, axis=1, kind="stable")[:, :k]  # (m, k)
+        labels = np.where(np.take_along_axis(found, top, 1), np.take_along_axis(labels, top, 1), -1)
+        return np.take_along_axis(exact, top, 1), labels
+
+    def _exact(
+        self, q: np.ndarray, labels: np.ndarray, k: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Exact top-``k`` of queries ``(m, d)`` over the vectors of ``labels``, reconstructed
+        block by block; per query its scores and labels, best first (ties: earlier label)."""
+        store = self._refine if self._refine is not None else self._index
+        m = q.shape[0]
+        best_s = np.empty((m, 0), dtype=np.float32)
+        best_l = np.empty((m, 0), dtype=np.int64)
+        for start in range(0, len(labels), _BLOCK):
+            block = labels[start : start + _BLOCK]  # (b,)
+            scores = q @ store.reconstruct_batch(block).T  # (m, b)
+            best_s = np.concatenate((best_s, scores), axis=1)
+            best_l = np.concatenate((best_l, np.broadcast_to(block, scores.shape)), axis=1)
+            if best_s.shape[1] > k:
+                top = np.argpartition(-best_s, k - 1, axis=1)[:, :k]  # (m, k), unordered
+                best_s = np.take_along_axis(best_s, top, 1)
+                best_l = np.take_along_axis(best_l, top, 1)
+        out = []
+        for s, lab in zip(best_s, best_l):
+            order = np.lexsort((lab, -s))
+            out.append((s[order], lab[order]))
+        return out
+
+    def _hits(self, scores: np.ndarray, labels: np.ndarray) -> list[Hit]:
+        return [
+            Hit(chunk=self._chunk[label], score=float(score), rank=rank)
+            for rank, (score, label) in enumerate(zip(scores.tolist(), labels.tolist()))
+        ]
+
+    def _live(self) -> np.ndarray:
+        labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self))
+        labels.sort()
+        return labels
+
+    def _allowed(self, filter: Mapping[str, Any] | None) -> np.ndarray | None:
+        if not filter:
+            return None
+        if not isinstance(filter, Mapping):
+            raise TypeError(f"filter must be a mapping of metadata key -> value; got {filter!r}")
+        wanted = {
+            key: (tuple(v) if isinstance(v, list | tuple | set | frozenset) else (v,))
+            for key, v in filter.items()
+        }
+        if "doc_id" in wanted:  # narrow by document first: no scan over every chunk
+            ids = (cid for doc in dict.fromkeys(wanted["doc_id"]) if isinstance(doc, str)
+                   for cid in self._by_doc.get(doc, ()))
+            candidates = [self._chunk[self._labels[cid]] for cid in ids]
+        else:
+            candidates = self._chunk.values()
+
+        def matches(c: Chunk) -> bool:
+            for key, values in wanted.items():
+                if key == "doc_id":
+                    value = c.doc_id
+                elif key in c.metadata:
+                    value = c.metadata[key]
+                else:
+                    return False
+                if not any(value == v for v in values):
+                    return False
+            return True
+
+        labels = np.fromiter(
+            (self._labels[c.id] for c in candidates if matches(c)), dtype=np.int64
+        )
+        labels.sort()
+        return labels
+
+    # -- faiss structures ----------------------------------------------------------------------
+
+    def _new_store(self, d: int) -> Any:
+        faiss = _faiss()
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+
+    def _new_hnsw(self, d: int) -> Any:
+        faiss = _faiss()
+        graph = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = self.ef_construction
+        graph.hnsw.efSearch = self.ef_search
+        return faiss.IndexIDMap2(graph)
+
+    def _retire(self, labels: np.ndarray) -> None:
+        if self.kind == "hnsw":
+            self._dead.update(labels.tolist())
+            return
+        self._index.remove_ids(labels)
+        if self._refine is not None:
+            self._refine.remove_ids(labels)
+
+    def _pq_m(self, d: int) -> int:
+        if self.pq_m is not None:
+            if d % self.pq_m:
+                raise ConfigError(
+                    f"pq_m={self.pq_m} must divide the vector dim {d}; choose a divisor of {d} "
+                    "or null (automatic)", path="pq_m",
+                )
+            return self.pq_m
+        return max(m for m in range(1, max(d // 8, 1) + 1) if d % m == 0)
+
+    def _train(self, rows: np.ndarray, new: np.ndarray) -> None:
+        """Train IVF-PQ on the buffered vectors plus ``rows`` and move them all into it."""
+        faiss = _faiss()
+        old = faiss.vector_to_array(self._index.id_map)  # (b,) labels in the flat buffer
+        if len(old):
+            vecs = np.concatenate((self._index.reconstruct_batch(old), rows))  # (n, d)
+            labels = np.concatenate((old, new))
+        else:
+            vecs, labels = rows, new
+        n, d = vecs.shape
+        nlist = self.nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
+        sample = min(n, max(65536, 40 * nlist))
+        train = vecs if sample == n else vecs[np.random.default_rng(0).choice(n, sample, False)]
+        log.debug("training IVF-PQ: nlist=%d, pq_m=%d on %d of %d vectors", nlist,
+                  self._pq_m(d), len(train), n)
+        quantizer = faiss.IndexFlatIP(d)
+        ivf = faiss.IndexIVFPQ(quantizer, d, nlist, self._pq_m(d), 8, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.max_points_per_centroid = max(256, math.ceil(sample / nlist))
+        ivf.train(np.ascontiguousarray(train))
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.add_with_ids(vecs, labels)
+        ivf.nprobe = min(self.nprobe, nlist)
+        self._index = ivf  # faiss's Python wrapper keeps the quantizer alive with it
+        if self.refine_factor:
+            refine = faiss.IndexIDMap2(faiss.IndexScalarQuantizer(
+                d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT))
+            refine.add_with_ids(vecs, labels)
+            self._refine = refine
+        self._trained = True
+
+    # -- save / load ---------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to folder ``path`` (replacing an index saved there before)."""
+        faiss = _faiss()
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise IndexFileError(f"{path}: exists and is not a folder; cannot save an index there")
+        if path.is_dir() and any(path.iterdir()) and not (path / "meta.json").exists():
+            raise IndexFileError(
+                f"{path}: folder is not empty and holds no saved index (no meta.json); "
+                "refusing to overwrite it"
+            )
+        lines = []
+        for c in self.chunks():
+            record = {"doc_id": c.doc_id, "start": c.start, "end": c.end, "text": c.text,
+                      "index": c.index, "metadata": dict(c.metadata)}
+            try:
+                lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise IndexFileError(
+                    f"{path}: chunk {c.id!r} cannot be saved: its metadata is not plain JSON "
+                    f"data ({exc})"
+                ) from None
+        labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self))
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            files = ["chunks.jsonl", "labels.npy"]
+            (tmp / "chunks.jsonl").write_bytes("".join(x + "\n" for x in lines).encode("utf-8"))
+            np.save(tmp / "labels.npy", labels, allow_pickle=False)
+            if self._index is not None:
+                faiss.write_index(self._index, str(tmp / "index.faiss"))
+                files.append("index.faiss")
+            if self._refine is not None:
+                faiss.write_index(self._refine, str(tmp / "refine.faiss"))
+                files.append("refine.faiss")
+            meta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "config": asdict(self),
+                "dim": self._dim if self._index is not None else None,
+                "count": len(self),
+                "tombstones": len(self._dead),
+                "trained": self._trained,
+                "next_label": self._next,
+                "info": self.info,
+                "sha256": {name: _sha256(tmp / name) for name in files},
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            _swap_in(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FaissIndex:
+        """Read an index saved by ``save``; raises ``IndexFileError`` naming ``path`` if it is
+        missing, corrupted or inconsistent."""
+        faiss = _faiss()
+        path = Path(path)
+        meta = _read_meta(path)
+        for name, digest in meta["sha256"].items():
+            if _sha256(path / name) != digest:
+                raise IndexFileError(
+                    f"{path / name}: checksum does not match meta.json; the file is corrupted or "
+                    "was changed after saving"
+                )
+        try:
+            index = cls(**meta["config"])
+        except (ConfigError, TypeError) as exc:
+            raise IndexFileError(f"{path / 'meta.json'}: invalid config ({exc})") from None
+        count, dim = meta["count"], meta["dim"]
+        chunks = _read_chunks(path / "chunks.jsonl")
+        try:
+            labels = np.load(path / "labels.npy", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise IndexFileError(
+                f"{path / 'labels.npy'}: not a readable .npy array ({exc})"
+            ) from None
+        if len(chunks) != count or labels.dtype != np.int64 or labels.shape != (count,):
+            raise IndexFileError(
+                f"{path}: meta.json says {count} chunks; chunks.jsonl has {len(chunks)} and "
+                f"labels.npy holds {labels.dtype} {labels.shape}"
+            )
+        index._reset(dim)
+        index._next = meta["next_label"]
+        index.info = dict(meta.get("info") or {})
+        index._trained = bool(meta["trained"])
+        if "index.faiss" in meta["sha256"]:
+            index._index = _read_index(faiss, path / "index.faiss")
+        if "refine.faiss" in meta["sha256"]:
+            index._refine = _read_index(faiss, path / "refine.faiss")
+        for chunk, label in zip(chunks, labels.tolist()):
+            if chunk.id in index._labels or label in index._chunk or not 0 <= label < index._next:
+                raise IndexFileError(
+                    f"{path / 'chunks.jsonl'}: chunk {chunk.id!r} or its label {label} appears "
+                    "twice or is out of range"
+                )
+            index._labels[chunk.id] = label
+            index._chunk[label] = chunk
+            index._by_doc.setdefault(chunk.doc_id, set()).add(chunk.id)
+            index._docs[chunk.doc_id] = chunk.metadata.get("doc_hash")
+        index._check_loaded(path, meta, labels)
+        return index
+
+    def _check_loaded(self, path: Path, meta: dict[str, Any], labels: np.ndarray) -> None:
+        faiss = _faiss()
+        where = path / "index.faiss"
+        if self._index is None:
+            if meta["count"]:
+                raise IndexFileError(f"{where}: missing, but meta.json says {meta['count']} chunks")
+            return
+        want_ivf = self.kind == "ivfpq" and self._trained
+        if want_ivf:  # read_index returns the concrete type (re-wrapping it would free it)
+            ok = isinstance(self._index, faiss.IndexIVFPQ)
+        else:
+            ok = isinstance(self._index, faiss.IndexIDMap2)
+            if ok:
+                inner = faiss.downcast_index(self._index.index)
+                ok = isinstance(inner, faiss.IndexHNSWFlat if self.kind == "hnsw"
+                                else faiss.IndexFlatIP)
+        if not ok:
+            raise IndexFileError(f"{where}: not the faiss index a {self.kind!r} index writes")
+        if self._index.d != self._dim:
+            raise IndexFileError(f"{where}: holds dim {self._index.d}; meta.json says {self._dim}")
+        if want_ivf:
+            if self._index.ntotal != len(labels):
+                raise IndexFileError(
+                    f"{where}: holds {self._index.ntotal} vectors; meta.json says {len(labels)}"
+                )
+        else:
+            stored = faiss.vector_to_array(self._index.id_map)  # (ntotal,)
+            extra = np.setdiff1d(stored, labels)
+            if len(np.setdiff1d(labels, stored)) or (self.kind != "hnsw" and len(extra)):
+                raise IndexFileError(f"{where}: its ids do not match labels.npy")
+            if len(extra) != meta["tombstones"]:
+                raise IndexFileError(
+                    f"{where}: holds {len(extra)} deleted vectors; meta.json says "
+                    f"{meta['tombstones']}"
+                )
+            self._dead = set(extra.tolist())
+        if self._refine is not None and self._refine.ntotal != len(labels):
+            raise IndexFileError(
+                f"{path / 'refine.faiss'}: holds {self._refine.ntotal} vectors; "
+                f"meta.json says {len(labels)}"
+            )
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_vecs(self, vecs: Any, *, what: str) -> np.ndarray:
+        vecs = np.asarray(vecs)
+        if vecs.ndim != 2:
+            raise IndexMismatchError(f"{what} must be a 2-D (n, dim) array; got shape {vecs.shape}")
+        if not (np.issubdtype(vecs.dtype, np.floating) or np.issubdtype(vecs.dtype, np.integer)):
+            raise IndexMismatchError(f"{what} must be numeric; got dtype {vecs.dtype}")
+        if self.dim is not None and vecs.shape[1] != self.dim:
+            raise IndexMismatchError(
+                f"{what} have dim {vecs.shape[1]} but the index holds dim {self.dim} vectors; "
+                "embed with the same model the index was built with"
+            )
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        if not np.isfinite(vecs).all():
+            raise IndexMismatchError(f"{what} contain NaN or infinite values")
+        return vecs
+
+
+def _check_int(name: str, value: Any, low: int, *, null: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = f"an int >= {low}" + (" or null" if null else "")
+        raise ConfigError(f"must be {allowed}; got {value!r}", path=name)
+
+
+def _read_index(faiss: Any, file: Path) -> Any:
+    try:
+        return faiss.read_index(str(file))
+    except RuntimeError as exc:
+        raise IndexFileError(f"{file}: not a readable faiss index ({exc})") from None
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    file = path / "meta.json"
+    if not path.is_dir():
+        raise IndexFileError(f"{path}: no saved index here (not a folder)")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise IndexFileError(f"{file}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise IndexFileError(f"{file}: not a {FORMAT} meta file")
+    if meta.get("version") != VERSION:
+        raise IndexFileError(
+            f"{file}: format version {meta.get('version')!r}; this ragkit reads version {VERSION}"
+        )
+    config = meta.get("config")
+    known = {f.name for f in fields(FaissIndex)}
+    if not isinstance(config, dict) or not set(config) <= known:
+        raise IndexFileError(f"{file}: config must be a mapping of {', '.join(sorted(known))}")
+    count, dim = meta.get("count"), meta.get("dim")
+    if not isinstance(count, int) or count < 0:
+        raise IndexFileError(f"{file}: count must be an int >= 0; got {count!r}")
+    if not (dim is None and count == 0) and not (isinstance(dim, int) and dim >= 1):
+        raise IndexFileError(f"{file}: dim must be an int >= 1; got {dim!r}")
+    for key in ("tombstones", "next_label"):
+        if not isinstance(meta.get(key), int) or meta[key] < 0:
+            raise IndexFileError(f"{file}: {key} must be an int >= 0; got {meta.get(key)!r}")
+    if not isinstance(meta.get("trained"), bool):
+        raise IndexFileError(f"{file}: trained must be true or false")
+    sums = meta.get("sha256")
+    required = {"chunks.jsonl", "labels.npy"}
+    allowed = required | {"index.faiss", "refine.faiss"}
+    if (not isinstance(sums, dict) or not required <= set(sums) or not set(sums) <= allowed
+            or not all(isinstance(v, str) for v in sums.values())):
+        raise IndexFileError(f"{file}: missing or unknown sha256 checksums (files: "
+                             f"{', '.join(sorted(allowed))})")
+    return meta
