@@ -1,1 +1,1 @@
-"""ragkit retrieval: embedders and indexes (faiss, chroma, bm25 arrive with the index issue)."""
+"""ragkit retrieval: embedders, the embedding cache, indexes (memory, faiss, chroma, bm25, hybrid), rerankers and selectors."""
