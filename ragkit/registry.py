@@ -17,6 +17,8 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "recursive": "chunkers.recursive:RecursiveChunker",
         "sentence": "chunkers.sentence:SentenceChunker",
         "late": "chunkers.late:LateChunker",
+        "semantic": "chunkers.semantic:SemanticChunker",
+        "cluster": "chunkers.cluster:ClusterChunker",
         # peers, wrapped so they can be measured side by side with ragkit's own chunkers
         "langchain-recursive": "chunkers.langchain:LangChainRecursiveChunker",
         "langchain-token": "chunkers.langchain:LangChainTokenChunker",

@@ -156,6 +156,8 @@ def make_chunker(name: str, tokenizer: str, chunk_size: int, overlap: int):
     if not {"chunk_size", "tokenizer"} <= fields:
         pytest.skip(f"chunker {name!r} has no chunk_size/tokenizer budget")
     spec = {"name": name, "chunk_size": chunk_size, "tokenizer": tokenizer}
+    if "embedder" in fields:  # the budget contract does not depend on the model: the fast fake
+        spec["embedder"] = "hash"
     if "overlap" in fields:
         spec["overlap"] = overlap
     return build("chunker", spec)
@@ -186,8 +188,8 @@ def test_builds_with_defaults_and_round_trips(name):
 def test_defaults_keep_the_contract(name):
     chunker = build("chunker", name)
     owner = getattr(chunker, "boundary", chunker)  # late chunking: the boundary chunker's budget
-    tokenizer = getattr(owner, "tokenizer", "cl100k")
-    size = getattr(owner, "chunk_size", None)
+    tokenizer = getattr(owner, "resolved_tokenizer", None) or getattr(owner, "tokenizer", "cl100k")
+    size = getattr(owner, "resolved_chunk_size", getattr(owner, "chunk_size", None))
     overlap = getattr(owner, "overlap", 0)
     for sample in ("emoji", "corpus:state_of_the_union"):
         text = sample_text(sample)
