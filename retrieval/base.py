@@ -11,6 +11,36 @@ import numpy as np
 from ragkit.types import Chunk, Hit
 
 
+def filter_rows(chunks: Sequence[Chunk], filter: Mapping[str, Any] | None) -> np.ndarray | None:
+    """Rows of ``chunks`` matching a metadata ``filter``, ascending, or ``None`` for no filter.
+
+    ``filter`` maps a metadata key to a value, or to a list/tuple/set of values meaning "any of";
+    the key ``doc_id`` matches the chunk's document id. A chunk without the key does not match.
+    """
+    if not filter:
+        return None
+    if not isinstance(filter, Mapping):
+        raise TypeError(f"filter must be a mapping of metadata key -> value; got {filter!r}")
+    wanted = {
+        key: (tuple(v) if isinstance(v, list | tuple | set | frozenset) else (v,))
+        for key, v in filter.items()
+    }
+
+    def matches(c: Chunk) -> bool:
+        for key, values in wanted.items():
+            if key == "doc_id":
+                value = c.doc_id
+            elif key in c.metadata:
+                value = c.metadata[key]
+            else:
+                return False
+            if not any(value == v for v in values):
+                return False
+        return True
+
+    return np.fromiter((i for i, c in enumerate(chunks) if matches(c)), dtype=np.intp)
+
+
 @runtime_checkable
 class Embedder(Protocol):
     """Turns texts into L2-normalised float32 vectors of shape ``(len(texts), dim)``."""

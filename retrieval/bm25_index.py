@@ -42,6 +42,7 @@ from ragkit._deps import require
 from ragkit.config import build_dataclass, to_config
 from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.types import Chunk, Hit
+from retrieval.base import filter_rows
 from retrieval.memory_index import IndexFileError, _read_chunks, _sha256, _swap_in
 
 FORMAT = "ragkit.bm25_index"
@@ -351,30 +352,6 @@ def _check_queries(queries: Any, query_vecs: Any, who: str) -> list[str]:
     return queries
 
 
-def filter_rows(chunks: Sequence[Chunk], filter: Mapping[str, Any] | None) -> np.ndarray | None:
-    """Rows of ``chunks`` matching ``filter`` (``MemoryIndex`` semantics), or ``None`` for all."""
-    if not filter:
-        return None
-    if not isinstance(filter, Mapping):
-        raise TypeError(f"filter must be a mapping of metadata key -> value; got {filter!r}")
-    wanted = {
-        key: (tuple(v) if isinstance(v, list | tuple | set | frozenset) else (v,))
-        for key, v in filter.items()
-    }
-
-    def matches(c: Chunk) -> bool:
-        for key, values in wanted.items():
-            if key == "doc_id":
-                value = c.doc_id
-            elif key in c.metadata:
-                value = c.metadata[key]
-            else:
-                return False
-            if not any(value == v for v in values):
-                return False
-        return True
-
-    return np.fromiter((i for i, c in enumerate(chunks) if matches(c)), dtype=np.intp)
 
 
 def check_save_target(path: Path) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.types import Chunk, Hit
+from retrieval.base import filter_rows
 
 FORMAT = "ragkit.memory_index"
 VERSION = 1
@@ -158,7 +159,7 @@ class MemoryIndex:
             return [[] for _ in range(q.shape[0])]
         if self.metric == "cosine":
             q = _normalise(q)
-        rows = self._filter_rows(filter)  # (r,) candidate rows, ascending
+        rows = filter_rows(self._chunks, filter)  # (r,) candidate rows, ascending
         if rows is None:
             scores = q @ self._vecs[: len(self._chunks)].T  # (m, n)
         else:
@@ -182,32 +183,6 @@ class MemoryIndex:
             Hit(chunk=self._chunks[row], score=float(scores[i]), rank=rank)
             for rank, (i, row) in enumerate(zip(top.tolist(), ids.tolist()))
         ]
-
-    def _filter_rows(self, filter: Mapping[str, Any] | None) -> np.ndarray | None:
-        if not filter:
-            return None
-        if not isinstance(filter, Mapping):
-            raise TypeError(f"filter must be a mapping of metadata key -> value; got {filter!r}")
-        wanted = {
-            key: (tuple(v) if isinstance(v, list | tuple | set | frozenset) else (v,))
-            for key, v in filter.items()
-        }
-
-        def matches(c: Chunk) -> bool:
-            for key, values in wanted.items():
-                if key == "doc_id":
-                    value = c.doc_id
-                elif key in c.metadata:
-                    value = c.metadata[key]
-                else:
-                    return False
-                if not any(value == v for v in values):
-                    return False
-            return True
-
-        return np.fromiter(
-            (i for i, c in enumerate(self._chunks) if matches(c)), dtype=np.intp
-        )
 
     # -- save / load ---------------------------------------------------------------------------
 
