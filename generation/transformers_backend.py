@@ -199,6 +199,72 @@ class TransformersGenerator:
                     progress(i + 1, total)
         return {"chunks": total, "computed": computed, "cached": cached}
 
+    def complete(self, prompt: str, max_new_tokens: int | None = None) -> str:
+        """The model's reply to ``prompt`` sent as one user message (chat template, ``system``,
+        no retrieved context, no KV store): the ``LLM`` ability that the LLM reranker and the
+        LLM chunkers use. Decoding follows this generator's settings (greedy by default)."""
+        if not isinstance(prompt, str) or not prompt:
+            raise RagkitError(f"prompt must be a non-empty string; got {prompt!r}")
+        torch = self._torch
+        ids = self.chat_ids(prompt)
+        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        gen = torch.Generator().manual_seed(
+            self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        )
+        detok = _Detokenizer(self.tokenizer, self.stop)
+        out: list[int] = []
+        with torch.inference_mode():
+            cache = self._new_cache()
+            logits = self._forward(ids, cache, 0)
+            pos = len(ids)
+            while len(out) < limit:
+                token = self._pick(logits, gen)
+                if token in self._eos:
+                    break
+                out.append(token)
+                detok.add(out)
+                if detok.stopped or len(out) >= limit:
+                    break
+                logits = self._forward([token], cache, pos)
+                pos += 1
+        detok.flush(out)
+        return detok.text
+
+    def score(self, prompt: str, options: Sequence[str]) -> dict[str, float]:
+        """Log-probability of each option as the start of the reply to ``prompt`` (one user
+        message): the ``ScoringLLM`` ability. A multi-token option sums its tokens' log-probs."""
+        if not isinstance(prompt, str) or not prompt:
+            raise RagkitError(f"prompt must be a non-empty string; got {prompt!r}")
+        torch = self._torch
+        ids = self.chat_ids(prompt)
+        out: dict[str, float] = {}
+        with torch.inference_mode():
+            cache = self._new_cache()
+            first = torch.log_softmax(self._forward(ids, cache, 0).float(), -1)  # (vocab,)
+            for option in options:
+                tokens = encode(self.tokenizer, option)
+                if not tokens:
+                    raise RagkitError(f"option {option!r} encodes to no tokens")
+                total = float(first[tokens[0]])
+                if len(tokens) > 1:  # continue on a copy of the prompt's cache
+                    import copy
+
+                    branch = copy.deepcopy(cache)
+                    pos = len(ids)
+                    for prev, nxt in zip(tokens, tokens[1:]):
+                        lp = torch.log_softmax(self._forward([prev], branch, pos).float(), -1)
+                        total += float(lp[nxt])
+                        pos += 1
+                out[option] = total
+        return out
+
+    def chat_ids(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` as one user message with the assistant header after it."""
+        from generation.prompt import chat_frame
+
+        head, tail = chat_frame(self.tokenizer, self.system)
+        return list(encode(self.tokenizer, head + prompt + tail))
+
     def layout(self, query: str, texts: Sequence[str]) -> PromptLayout:
         return build_prompt(
             self.tokenizer, query, texts, system=self.system, instruction=self.instruction,

@@ -180,9 +180,8 @@ class LLMReranker:
 
     ``llm`` is an object with ``complete(prompt) -> str`` (``LLM``) or
     ``score(prompt, options) -> {option: logprob}`` (``ScoringLLM``), or the spec of one, built
-    as a ``generator`` component (the generation backends are to implement ``LLM``; until they
-    do, a spec naming one is refused for lacking ``complete``; an import path such as
-    ``ragkit.testing:ScriptedLLM`` works).
+    as a ``generator`` component: ``{name: transformers}`` (SmolLM2 by default) has both
+    abilities; in tests, ``ragkit.testing:ScriptedLLM``.
     ``mode="auto"`` uses ``score`` when the LLM has it: the grade is then the expected value of
     the options "0".."10" under the model's probabilities, a finer signal than one sampled number.
 

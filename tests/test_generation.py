@@ -151,3 +151,39 @@ def test_smollm2_answers_from_the_given_context(tmp_path):
     full = TransformersGenerator(max_new_tokens=40, kv_store=None)
     full.__dict__["_loaded"] = gen._loaded  # the same model, loaded once
     assert "1889" in full.generate(question, _hits([EIFFEL, BANANAS])).text
+
+
+def test_complete_matches_a_manual_greedy_decode():
+    """``complete`` is the chat-templated prompt decoded greedily: check it against argmax steps
+    run by hand with a fresh forward over the growing sequence (no cache)."""
+    gen = tiny_generator(0, max_new_tokens=8)
+    ids = gen.chat_ids("Grade this passage.")
+    tok = smollm2_tokenizer()
+    assert tok.decode(ids).startswith("<|im_start|>system")
+    assert tok.decode(ids).endswith("Grade this passage.<|im_end|>\n<|im_start|>assistant\n")
+    seq, new = list(ids), []
+    with torch.no_grad():
+        for _ in range(5):
+            token = int(gen.lm(torch.tensor([seq])).logits[0, -1].argmax())
+            if token in gen._eos:
+                break
+            seq.append(token)
+            new.append(token)
+    assert gen.complete("Grade this passage.", max_new_tokens=5) == tok.decode(
+        new, skip_special_tokens=True)
+    with pytest.raises(Exception, match="non-empty"):
+        gen.complete("")
+
+
+def test_score_is_the_log_probability_of_each_option():
+    gen = tiny_generator(0)
+    ids = gen.chat_ids("Pick a digit.")
+    options = ["3", "7", "10", " maybe"]
+    got = gen.score("Pick a digit.", options)
+    tok = smollm2_tokenizer()
+    with torch.no_grad():
+        for option in options:
+            opt = tok.encode(option, add_special_tokens=False)
+            logp = torch.log_softmax(gen.lm(torch.tensor([ids + opt])).logits[0].float(), -1)
+            want = sum(float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(opt))
+            assert got[option] == pytest.approx(want, abs=1e-4), option

@@ -15,6 +15,7 @@ from ragkit.types import Chunk, Hit
 from retrieval.base import Reranker
 from retrieval.rerankers import (
     DEFAULT_TEMPLATE,
+    GRADES,
     LLM,
     CrossEncoderReranker,
     LLMReranker,
@@ -284,3 +285,26 @@ def test_scripted_llm_runs_out_loudly():
     assert ScriptedLLM(answers=str.upper).complete("hi") == "HI"
     with pytest.raises(ConfigError, match="list of answers"):
         ScriptedLLM(answers="not a list")
+
+
+@pytest.mark.slow
+def test_llm_reranker_on_the_packaged_smollm2():
+    """The generation backend is an LLM and a ScoringLLM: built from a spec, SmolLM2 grades each
+    passage with the expected value of the options 0..10 under its log-probabilities, and the
+    hits come back sorted by that grade. (Quality is not asserted: a 135M model is a weak judge;
+    benchmarks/README.md measures what it buys on the dev split.)"""
+    pytest.importorskip("transformers")
+    reranker = build("reranker", {"name": "llm", "llm": {"name": "transformers", "kv_store": None}})
+    assert isinstance(reranker.llm, LLM) and isinstance(reranker.llm, ScoringLLM)
+    query = "When was the Eiffel Tower finished?"
+    hits = first_stage(TEXTS[:4])
+    out = reranker.rerank(query, hits)
+    want = {}
+    for h in hits:
+        lp = reranker.llm.score(DEFAULT_TEMPLATE.format(query=query, text=h.chunk.text), GRADES)
+        w = np.exp(np.array(list(lp.values())) - max(lp.values()))
+        want[h.chunk.text] = float(np.array([float(g) for g in lp]) @ w / w.sum())
+    assert [h.chunk.text for h in out] == sorted(want, key=lambda t: -want[t])
+    assert [h.score for h in out] == pytest.approx([want[h.chunk.text] for h in out], abs=1e-6)
+    assert reranker.stats == {"graded": 4, "unparsed": 0}
+    assert isinstance(reranker.llm.complete("Reply with one word.", max_new_tokens=4), str)
