@@ -30,3 +30,32 @@ class WarmableGenerator(Protocol):
     def warm(
         self, chunks: Sequence[Chunk | str], progress: ProgressCallback | None = None
     ) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class TokenLogprobLLM(Protocol):
+    """An LLM ability the perplexity-based components need (the ``perplexity`` chunker, the MoC
+    chunk-quality metrics of ``ragkit eval chunking``): per-token log-probabilities of a text.
+
+    ``token_logprobs(segments)`` reads ``segments`` in order as one running text and returns, for
+    each segment, a float array with the natural-log probability of each of its tokens given
+    everything before it: the earlier segments and the segment's own earlier tokens. Each
+    segment is tokenized on its own (so a caller that wants natural tokens gives segments that
+    start with the whitespace before them), and the text is read after one document-start token,
+    so the first token has a probability too. When the text is longer than ``window`` tokens the
+    context is a sliding window: every token is predicted from at least ``window // 2`` and at
+    most ``window`` tokens before it. ``progress(done, total)``, if given, is called with token
+    counts as the work advances.
+
+    The transformers backend computes this with one forward per batch of ``batch_tokens``
+    tokens on a growing KV cache (the running context is never re-encoded); any backend that can
+    return prompt log-probs can implement it.
+    """
+
+    def token_logprobs(
+        self,
+        segments: Sequence[str],
+        *,
+        window: int = 1024,
+        progress: ProgressCallback | None = None,
+    ) -> list[Any]: ...

@@ -258,6 +258,84 @@ class TransformersGenerator:
                 out[option] = total
         return out
 
+    def token_logprobs(
+        self,
+        segments: Sequence[str],
+        *,
+        window: int = 1024,
+        batch_tokens: int = 512,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Any]:
+        """Natural-log probability of every token of ``segments`` read as one running text, one
+        float32 array per segment: the ``TokenLogprobLLM`` ability (``generation.base``) that the
+        perplexity chunker and the MoC quality metrics use.
+
+        Each segment is tokenized on its own, the text is read after one document-start token
+        (``<|endoftext|>`` if the vocabulary has it, else BOS, else EOS), and the tokens are run
+        in batches of ``batch_tokens`` (at most ``window // 2``), one forward each on a growing
+        DynamicCache, so the running context is never re-encoded. Before a batch the cache is cut
+        to its last ``window - batch`` tokens (a sliding window: relative positions stay exact);
+        when positions would pass the model's ``max_position_embeddings`` the kept context is
+        re-encoded from position 0. ``progress(done, total)`` counts tokens.
+        """
+        import numpy as np
+
+        for name, value, low in (("window", window, 2), ("batch_tokens", batch_tokens, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"must be an int >= {low}; got {value!r}", path=name)
+        torch = self._torch
+        per_segment = [list(encode(self.tokenizer, s)) if s else [] for s in segments]
+        flat = [t for ids in per_segment for t in ids]
+        out = np.zeros(len(flat), dtype=np.float32)
+        step = max(1, min(batch_tokens, window // 2))
+        limit = int(getattr(self.lm.config, "max_position_embeddings", 0) or 2**31)
+        with torch.inference_mode():
+            context = [self._doc_start_id]  # the ids held in the cache, oldest first
+            cache = self._new_cache()
+            prev = self._forward(context, cache, 0)  # (vocab,): predicts the first token
+            pos = 1
+            done = 0
+            while done < len(flat):
+                batch = flat[done : done + step]
+                keep = window - len(batch)
+                if len(context) > keep:  # slide: drop the oldest cached tokens
+                    cache = self._new_cache([
+                        (layer.keys[:, :, -keep:], layer.values[:, :, -keep:])
+                        for layer in cache.layers
+                    ])
+                    context = context[-keep:]
+                if pos + len(batch) > limit:  # re-encode the kept context from position 0
+                    cache = self._new_cache()
+                    self._forward(context, cache, 0)
+                    pos = len(context)
+                logits = self.lm(
+                    input_ids=torch.tensor([batch], dtype=torch.long),
+                    position_ids=torch.arange(pos, pos + len(batch)).unsqueeze(0),
+                    past_key_values=cache, use_cache=True, logits_to_keep=0,
+                ).logits[0].float()  # (n, vocab): row j predicts batch[j + 1]
+                scores = torch.cat((prev.float()[None], logits[:-1]))  # (n, vocab)
+                target = torch.tensor(batch, dtype=torch.long)[:, None]  # (n, 1)
+                picked = scores.gather(1, target)[:, 0] - torch.logsumexp(scores, dim=-1)
+                out[done : done + len(batch)] = picked.numpy()
+                prev = logits[-1]
+                context.extend(batch)
+                pos += len(batch)
+                done += len(batch)
+                if progress is not None:
+                    progress(done, len(flat))
+        bounds = np.cumsum([0] + [len(ids) for ids in per_segment])
+        return [out[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+
+    @cached_property
+    def _doc_start_id(self) -> int:
+        tok = self.tokenizer
+        eot = tok.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tok.get_vocab() \
+            else None
+        for candidate in (eot, tok.bos_token_id, tok.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        raise RagkitError("the tokenizer has no <|endoftext|>, BOS or EOS token to start a text")
+
     def chat_ids(self, prompt: str) -> list[int]:
         """Token ids of ``prompt`` as one user message with the assistant header after it."""
         from generation.prompt import chat_frame

@@ -125,3 +125,79 @@ class ScriptedLLM:
                 f"{len(self.prompts)}: {prompt[:80]!r}"
             )
         return self.answers[len(self.prompts) - 1]
+
+
+# -- a fake language model (appended, like ScriptedLLM) ------------------------------------------
+
+_LM_TOKEN = re.compile(r"\s*\S+")
+
+
+@dataclass(kw_only=True)
+class FakeLM:
+    """A deterministic fake language model for tests and dry runs: no weights, no download.
+
+    It has the three LLM abilities ragkit's components use:
+
+    - ``token_logprobs(segments)`` (``generation.base.TokenLogprobLLM``): tokens are
+      whitespace-separated words (with the whitespace before them). A word already seen among
+      the last ``window`` tokens of the running text gets log-probability ``log(seen)``; an
+      unseen one a value in ``[log(1e-4), log(1e-2)]`` fixed by its sha256. So text that repeats
+      the words of its context has low perplexity and a change of vocabulary looks like a
+      change of topic, which makes hand-made cases with a known answer easy to write.
+    - ``complete(prompt)``: ``"Answer: ID <n>"`` with ``n`` in 1..9 chosen by the prompt's
+      sha256 (often not a valid answer, which exercises the callers' fallbacks).
+    - ``score(prompt, options)``: a log-probability per option fixed by the sha256 of prompt and
+      option.
+    """
+
+    seen: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seen, bool) or not isinstance(self.seen, int | float) or not (
+            0 < self.seen <= 1
+        ):
+            raise ConfigError(f"must be a probability in (0, 1]; got {self.seen!r}", path="seen")
+
+    def token_logprobs(
+        self, segments: Sequence[str], *, window: int = 1024, progress: Callable | None = None
+    ) -> list[np.ndarray]:
+        import math
+
+        from collections import deque
+
+        recent: deque[str] = deque()  # the last `window` words, oldest first
+        counts: dict[str, int] = {}
+        out: list[np.ndarray] = []
+        total = sum(len(_LM_TOKEN.findall(s)) for s in segments)
+        done = 0
+        for segment in segments:
+            values = []
+            for token in _LM_TOKEN.findall(segment):
+                word = token.strip().lower()
+                if counts.get(word, 0) > 0:
+                    values.append(math.log(self.seen))
+                else:
+                    h = int.from_bytes(hashlib.sha256(word.encode("utf-8", "surrogatepass"))
+                                       .digest()[:4], "little")
+                    values.append(math.log(1e-4) + (h / 2**32) * (math.log(1e-2) - math.log(1e-4)))
+                recent.append(word)
+                counts[word] = counts.get(word, 0) + 1
+                if len(recent) > window:
+                    old = recent.popleft()
+                    counts[old] -= 1
+            out.append(np.asarray(values, dtype=np.float32))
+            done += len(values)
+            if progress is not None:
+                progress(done, total)
+        return out
+
+    def complete(self, prompt: str, max_new_tokens: int | None = None) -> str:
+        digest = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).digest()
+        return f"Answer: ID {1 + digest[0] % 9}"
+
+    def score(self, prompt: str, options: Sequence[str]) -> dict[str, float]:
+        out = {}
+        for option in options:
+            digest = hashlib.sha256(f"{prompt}\x00{option}".encode("utf-8", "surrogatepass"))
+            out[option] = -1.0 - 5.0 * digest.digest()[0] / 255
+        return out
