@@ -8,7 +8,13 @@ overflows it; the group is shown to the LM with paragraph IDs 1..n and it answer
 the first paragraph where the content clearly changes. The chunk is the paragraphs before that
 one, and the next group starts at it.
 
-Answers are read leniently (``parse_paragraph_id``: "Answer: ID 3", "ID: 0003", "paragraph 3",
+``mode``: ``complete`` asks for a free-text answer (the paper's way); ``score`` reads the prompt
+once and takes the valid ID (2..n) to which the LM gives the highest log-probability as the
+start of its reply (``score(prompt, options)``), so every call yields an ID; ``auto`` (default)
+uses ``score`` when the LLM has it. A small model (SmolLM2-135M) mostly answers "1." in free
+text, which is never a valid cut; scoring the valid options still reads its preference.
+
+Free-text answers are read leniently (``parse_paragraph_id``: "Answer: ID 3", "ID: 0003", "paragraph 3",
 "3."). An answer with no ID, or with an ID that cannot start a new chunk (1, or past the
 group), falls back to the rule a plain window packer follows: cut before the group's last
 paragraph (the one that overflowed the window), or, for the document's last group (which fits),
@@ -24,11 +30,12 @@ until it fits, and chunks under ``min_size`` are merged across the nearest fallb
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -53,7 +60,7 @@ Progress = Callable[[int, int], None]
 DEFAULT_PROMPT = (
     "Below is a document split into paragraphs, each starting with its ID.\n\n{paragraphs}\n\n"
     "Find the first paragraph (not ID 1) where the content clearly changes compared to the "
-    "paragraphs before it. Reply only with its ID in the format 'Answer: ID <number>'."
+    "paragraphs before it. Reply with its ID number only."
 )
 
 _ID = re.compile(r"\bID\s*[:#.]?\s*(\d+)", re.I)
@@ -85,8 +92,9 @@ class LumberChunker:
 
     ``chunk_size`` (hard max), ``min_size`` and ``window`` count tokens of ``tokenizer``;
     ``window: null`` is ``chunk_size``, so any answer gives a chunk within the budget.
-    ``prompt`` must hold ``{paragraphs}`` (the lines ``ID <k>: <text>``). ``max_answer_tokens``
-    caps the LM's reply when its ``complete`` accepts ``max_new_tokens``. ``stats`` counts
+    ``prompt`` must hold ``{paragraphs}`` (the lines ``ID <k>: <text>``). ``mode``: ``auto``,
+    ``complete`` or ``score`` (see the module). ``max_answer_tokens`` caps a free-text reply when
+    the LLM's ``complete`` accepts ``max_new_tokens``. ``stats`` counts
     documents, LM calls, and fallbacks (``unparsed``, ``invalid``) over the chunker's life.
     ``chunk(doc, progress=...)`` reports ``(paragraphs done, paragraphs)``.
     """
@@ -98,11 +106,19 @@ class LumberChunker:
     tokenizer: str = "cl100k"
     prompt: str = DEFAULT_PROMPT
     max_answer_tokens: int = 16
+    mode: Literal["auto", "complete", "score"] = "auto"
     language: str = "en"
     spacy_model: str | None = None
 
     def __post_init__(self) -> None:
-        self.llm = build_llm(self.llm, ("complete",), why="the lumber chunker")
+        if self.mode not in ("auto", "complete", "score"):
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of auto, complete, score",
+                              path="mode")
+        needs = ("score",) if self.mode == "score" else ("complete",)
+        if self.mode == "auto":  # build first, then see what it can do
+            self.llm = build_llm(self.llm, (), why="the lumber chunker")
+            needs = ("score",) if callable(getattr(self.llm, "score", None)) else ("complete",)
+        self.llm = build_llm(self.llm, needs, why=f"the lumber chunker (mode {self.mode!r})")
         check_int(self.chunk_size, "chunk_size", 1)
         check_int(self.min_size, "min_size", 0)
         check_int(self.window, "window", 1, nullable=True)
@@ -118,6 +134,12 @@ class LumberChunker:
     @cached_property
     def _tok(self) -> Tokenizer:
         return load_tokenizer(self.tokenizer)
+
+    @property
+    def _scoring(self) -> bool:
+        return self.mode == "score" or (
+            self.mode == "auto" and callable(getattr(self.llm, "score", None))
+        )
 
     @cached_property
     def _complete_kwargs(self) -> dict[str, Any]:
@@ -187,8 +209,15 @@ class LumberChunker:
     def _ask(self, text: str, group: list[tuple[int, int]], tail: bool) -> int | None:
         """The group's paragraph (1-based, 2..len) that starts new content, or ``None``."""
         lines = "\n".join(f"ID {k}: {text[a:b]}" for k, (a, b) in enumerate(group, 1))
-        answer = self.llm.complete(self.prompt.format(paragraphs=lines), **self._complete_kwargs)
+        prompt = self.prompt.format(paragraphs=lines)
         self.stats["llm_calls"] += 1
+        if self._scoring:
+            options = [str(k) for k in range(2, len(group) + 1)]  # the reply's first tokens
+            scores = self.llm.score(prompt, options)
+            best = max(options, key=lambda o: _finite(scores.get(o)))
+            answer = best if _finite(scores.get(best)) > -math.inf else repr(scores)
+        else:
+            answer = self.llm.complete(prompt, **self._complete_kwargs)
         k = parse_paragraph_id(answer)
         rule = "no cut (last group)" if tail else "cut before the last paragraph"
         if k is None:
@@ -202,6 +231,11 @@ class LumberChunker:
                         _short(answer), k, len(group), rule)
             return None
         return k
+
+
+def _finite(value: Any) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else -math.inf
 
 
 def _short(answer: Any) -> str:

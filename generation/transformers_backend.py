@@ -274,9 +274,13 @@ class TransformersGenerator:
         (``<|endoftext|>`` if the vocabulary has it, else BOS, else EOS), and the tokens are run
         in batches of ``batch_tokens`` (at most ``window // 2``), one forward each on a growing
         DynamicCache, so the running context is never re-encoded. Before a batch the cache is cut
-        to its last ``window - batch`` tokens (a sliding window: relative positions stay exact);
-        when positions would pass the model's ``max_position_embeddings`` the kept context is
-        re-encoded from position 0. ``progress(done, total)`` counts tokens.
+        to its last ``window - batch`` tokens: every token attends to at least ``window // 2``
+        and at most ``window`` tokens before it, at exact relative positions. The cached tokens
+        keep the KV computed when they were read (with the context they had then, as in
+        StreamingLLM-style windows), so past the first window the values approximate, rather
+        than equal, a fresh read of the kept context. When positions would pass the model's
+        ``max_position_embeddings`` the kept context is re-encoded from position 0.
+        ``progress(done, total)`` counts tokens.
         """
         import numpy as np
 

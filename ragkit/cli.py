@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     ec.add_argument("--unit", choices=("char", "token"), help="overrides the config's unit")
     ec.add_argument("--out", default="runs/eval", help="folder for results.md/.json and the plot")
     ec.add_argument("--subset", type=int, metavar="N", help="only the first N questions per corpus")
+    ec.add_argument("--corpora", metavar="A,B", help="only these corpora (file stems) and their "
+                    "questions")
     ec.add_argument("--cache", help="embedding cache file (default ~/.cache/ragkit/embeddings.sqlite)")
     ec.add_argument("--no-cache", action="store_true", help="embed everything again")
     ec.add_argument("--no-plot", action="store_true", help="skip the plot")
@@ -218,6 +220,8 @@ def cmd_eval_chunking(args: argparse.Namespace) -> int:
     if args.subset is not None and args.subset < 1:
         raise ConfigError(f"must be an int >= 1; got {args.subset}", path="--subset")
     dataset = load_dataset(args.data)
+    if args.corpora:
+        dataset = dataset.only([c.strip() for c in args.corpora.split(",") if c.strip()])
     if args.subset:
         dataset = dataset.subset(args.subset)
     cache = None

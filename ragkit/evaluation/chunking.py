@@ -5,6 +5,10 @@ All chunks of all corpora go into one exact cosine index; each question retrieve
 (``ragkit.evaluation.metrics``). Means and population standard deviations are reported x100,
 overall and per corpus.
 
+Optionally, ``quality_metrics: [boundary_clarity, stickiness]`` adds MoC's chunk-quality metrics,
+computed with a language model (``llm``, default ``{name: transformers}``) on each corpus's
+chunks, no questions needed (``ragkit.evaluation.quality``).
+
 Two modes:
 
 - ``exact`` (default): chunk spans are the chunker's own offsets; a chunk meets an excerpt only
@@ -48,6 +52,12 @@ class ChunkingEval:
     mode: Literal["exact", "chroma-compat"] = "exact"
     unit: Literal["char", "token"] = "char"
     unit_tokenizer: str = "cl100k"
+    # MoC chunk-quality metrics (ragkit.evaluation.quality); none by default
+    quality_metrics: tuple[Literal["boundary_clarity", "stickiness"], ...] = ()
+    llm: Any = field(default=None, metadata={COMPONENT_KIND: "generator"})
+    stickiness_k: float = 0.8
+    stickiness_graph: Literal["incomplete", "complete"] = "incomplete"
+    stickiness_max_distance: int | None = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.chunkers, Mapping) or not self.chunkers:
@@ -78,6 +88,40 @@ class ChunkingEval:
             else:
                 raise ConfigError(f"each k must be 'min' or an int >= 1; got {k!r}", path="ks")
         self.ks = tuple(ks)
+        self._check_quality()
+
+    def _check_quality(self) -> None:
+        from ragkit.evaluation.quality import QUALITY_METRICS
+
+        if isinstance(self.quality_metrics, str):
+            self.quality_metrics = (self.quality_metrics,)
+        for m in self.quality_metrics:
+            if m not in QUALITY_METRICS:
+                raise ConfigError(f"unknown metric {m!r}; choose from {', '.join(QUALITY_METRICS)}",
+                                  path="quality_metrics")
+        self.quality_metrics = tuple(dict.fromkeys(self.quality_metrics))
+        k = self.stickiness_k
+        if isinstance(k, bool) or not isinstance(k, int | float) or not -1e9 < k < 1:
+            raise ConfigError(f"must be a number below 1 (edge weights are at most 1); got {k!r}",
+                              path="stickiness_k")
+        if self.stickiness_graph not in ("incomplete", "complete"):
+            raise ConfigError(f"unknown graph {self.stickiness_graph!r}; choose one of "
+                              "incomplete, complete", path="stickiness_graph")
+        d = self.stickiness_max_distance
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise ConfigError(f"must be an int >= 1 or null (all pairs); got {d!r}",
+                              path="stickiness_max_distance")
+        if self.quality_metrics and self.llm is None:
+            self.llm = {"name": "transformers", "kv_store": None}
+        if isinstance(self.llm, str | Mapping):
+            self.llm = build("generator", self.llm, path="llm")
+        if self.quality_metrics and not callable(getattr(self.llm, "token_logprobs", None)):
+            raise ConfigError(
+                f"{type(self.llm).__name__} has no token_logprobs() method, which "
+                "quality_metrics need (per-token log-probabilities; the transformers generator "
+                "has it)",
+                path="llm",
+            )
 
 
 @dataclass
@@ -92,6 +136,9 @@ class ChunkerResult:
     results: dict[str, Any]
     per_question: dict[str, dict[str, list[float]]]  # k -> metric -> one value per question
     seconds: dict[str, float]
+    # MoC metrics when asked for: {"boundary_clarity": {mean, std, n, per_corpus}, "stickiness":
+    # {mean, std, n, per_corpus, edges}, "lm_passes": int, "per_document": {...}}
+    quality: dict[str, Any] | None = None
 
 
 def evaluate_chunking(
@@ -151,6 +198,12 @@ def evaluate_chunking(
         else:
             refs_of = [q.references for q in dataset.questions]
         per_q = _score(dataset, config, spans, owners, vecs, q_vecs, refs_of, touching)
+        t_score = time.perf_counter() - t0 - t_chunk - t_embed
+        quality = _quality(config, owners, texts, progress, label) if config.quality_metrics \
+            else None
+        seconds = {"chunk": t_chunk, "embed": t_embed, "score": t_score}
+        if quality is not None:
+            seconds["quality"] = time.perf_counter() - t0 - t_chunk - t_embed - t_score
         out.append(ChunkerResult(
             label=label,
             config=_spec(chunker),
@@ -160,10 +213,29 @@ def evaluate_chunking(
             mean_chunk_units=statistics.fmean(e - s for s, e in spans),
             results=_aggregate(per_q, [q.corpus_id for q in dataset.questions]),
             per_question=per_q,
-            seconds={"chunk": t_chunk, "embed": t_embed,
-                     "score": time.perf_counter() - t0 - t_chunk - t_embed},
+            seconds=seconds,
+            quality=quality,
         ))
     return out
+
+
+def _quality(config: ChunkingEval, owners: list[str], texts: list[str], progress: Any,
+             label: str) -> dict[str, Any]:
+    """MoC's metrics over each corpus's chunks, in the order the chunker gave them."""
+    from ragkit.evaluation.quality import chunk_quality
+
+    docs: dict[str, list[str]] = {}
+    for owner, text in zip(owners, texts):
+        docs.setdefault(owner, []).append(text)
+    result = chunk_quality(
+        docs, config.llm, config.quality_metrics, k=float(config.stickiness_k),
+        graph=config.stickiness_graph, max_distance=config.stickiness_max_distance,
+        progress=progress, desc=f"quality {label}",
+    )
+    summary = result.summary()
+    summary["per_document"] = {"boundary_clarity": result.boundary_clarity,
+                               "stickiness": result.stickiness, "edges": result.edges}
+    return summary
 
 
 # -- scoring --------------------------------------------------------------------------------------

@@ -43,6 +43,17 @@ class EvalDataset:
                 keep.append(q)
         return EvalDataset(self.corpora, tuple(keep), self.name)
 
+    def only(self, corpora: list[str] | tuple[str, ...]) -> EvalDataset:
+        """Only the named corpora and their questions (an unknown name is an error)."""
+        unknown = [c for c in corpora if c not in self.corpora]
+        if unknown:
+            raise DocumentError(
+                f"unknown corpus {unknown[0]!r}; the dataset has {', '.join(self.corpora)}"
+            )
+        keep = set(corpora)
+        return EvalDataset({c: d for c, d in self.corpora.items() if c in keep},
+                           tuple(q for q in self.questions if q.corpus_id in keep), self.name)
+
 
 def load_dataset(folder: str | Path) -> EvalDataset:
     """Load a dataset folder (see the module docstring); every reference is checked against its

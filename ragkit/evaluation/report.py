@@ -32,7 +32,31 @@ def markdown(results: Sequence[ChunkerResult], config: ChunkingEval, *, std: boo
             lines.append(f"| {r.label} | {r.n_chunks} | {r.mean_chunk_chars:.1f} | {tokens} | "
                          + " | ".join(cells) + " |")
         lines.append("")
+    if config.quality_metrics:
+        lines += quality_table(results, config)
     return "\n".join(lines)
+
+
+def quality_table(results: Sequence[ChunkerResult], config: ChunkingEval) -> list[str]:
+    """MoC's metrics: boundary clarity (mean ± std over adjacent pairs, higher is better) and
+    stickiness (mean structural entropy over documents, lower is better)."""
+    lm = getattr(config.llm, "model", type(config.llm).__name__)
+    graph = (f"{config.stickiness_graph} graph, K = {config.stickiness_k}, pairs up to "
+             f"{config.stickiness_max_distance or 'any'} apart")
+    lines = [f"**Chunk quality (MoC), LM `{lm}`**: boundary clarity ↑ (ppl(q|d)/ppl(q), "
+             f"adjacent chunks), stickiness ↓ (structural entropy; {graph})", "",
+             "| chunker | pairs | boundary clarity | stickiness | edges | LM passes |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        q = r.quality or {}
+        bc, cs = q.get("boundary_clarity"), q.get("stickiness")
+        lines.append(
+            f"| {r.label} | {bc['n'] if bc else '-'} | "
+            + (f"{bc['mean']:.3f} ± {bc['std']:.3f}" if bc else "-") + " | "
+            + (f"{cs['mean']:.3f}" if cs else "-") + " | "
+            + (f"{cs['edges']}" if cs else "-") + f" | {q.get('lm_passes', '-')} |")
+    lines.append("")
+    return lines
 
 
 def to_json(results: Sequence[ChunkerResult], config: ChunkingEval, dataset_name: str,
@@ -46,6 +70,8 @@ def to_json(results: Sequence[ChunkerResult], config: ChunkingEval, dataset_name
         "unit_tokenizer": config.unit_tokenizer if config.unit == "token" else None,
         "embedder": to_config(config.embedder, "embedder"),
         "ks": [str(k) for k in config.ks],
+        "quality_metrics": list(config.quality_metrics),
+        "quality_llm": _llm_spec(config.llm),
         "questions": [{"question": q.text, "corpus_id": q.corpus_id} for q in questions],
         "runs": [asdict(r) for r in results],
     }
@@ -90,6 +116,16 @@ def write(results: Sequence[ChunkerResult], config: ChunkingEval, out_dir: str |
     if with_plot:
         paths["plot"] = plot(results, config, out / "recall_iou_vs_size.png")
     return paths
+
+
+def _llm_spec(llm: Any) -> Any:
+    import dataclasses
+
+    from ragkit.config import to_config
+
+    if llm is None:
+        return None
+    return to_config(llm, "generator") if dataclasses.is_dataclass(llm) else type(llm).__name__
 
 
 def _embedder_name(config: ChunkingEval) -> str:
