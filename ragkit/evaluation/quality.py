@@ -83,7 +83,10 @@ def _ppl(logprobs: np.ndarray) -> float:
 
 def boundary_clarity(ppl: Perplexities) -> list[float]:
     """``BC(q, d) = ppl(q|d) / ppl(q)`` for each adjacent pair (``d`` = chunk i, ``q`` = i + 1)."""
-    return [ppl.ratio(i + 1, i) for i in range(len(ppl.texts) - 1)]
+    n = len(ppl.texts)
+    for i in range(n - 1):  # every pass over d + q first: it gives ppl(d) alone for free
+        ppl.given(i + 1, i)
+    return [ppl.ratio(i + 1, i) for i in range(n - 1)]
 
 
 def stickiness(
@@ -94,15 +97,17 @@ def stickiness(
     reach = n - 1 if max_distance is None else min(max_distance, n - 1)
     degree = np.zeros(n, dtype=np.int64)
     edges = 0
-    for i in range(n):
-        for j in range(i + 1, min(i + reach, n - 1) + 1):
-            linked = 1.0 - ppl.ratio(j, i) > k  # q = j read after d = i
-            if not linked and graph == "complete":
-                linked = 1.0 - ppl.ratio(i, j) > k  # q = i read after d = j
-            if linked:
-                degree[i] += 1
-                degree[j] += 1
-                edges += 1
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, min(i + reach, n - 1) + 1)]
+    for i, j in pairs:  # the passes over d + q first: they give ppl(d) alone for free
+        ppl.given(j, i)
+    for i, j in pairs:
+        linked = 1.0 - ppl.ratio(j, i) > k  # q = j read after d = i
+        if not linked and graph == "complete":
+            linked = 1.0 - ppl.ratio(i, j) > k  # q = i read after d = j
+        if linked:
+            degree[i] += 1
+            degree[j] += 1
+            edges += 1
     return structural_entropy(degree), edges
 
 
