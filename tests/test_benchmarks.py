@@ -62,3 +62,37 @@ def test_corpus_is_deterministic_and_sized():
     docs = bench.build_corpus(0.05)
     assert docs == bench.build_corpus(0.05)
     assert sum(len(text.encode("utf-8")) for _, text in docs) == 50_000
+
+
+def test_llm_chunkers_report_smoke(tmp_path, capsys):
+    from ragkit.config import build_dataclass
+    from ragkit.evaluation import report
+    from ragkit.evaluation.chunking import ChunkingEval, evaluate_chunking
+    from ragkit.evaluation.data import load_dataset
+
+    data = tmp_path / "data"
+    (data / "corpora").mkdir(parents=True)
+    text = "Apples grow on trees. Pears grow too.\nXenon is a gas. Argon is a gas too.\n" * 5
+    (data / "corpora" / "c.md").write_text(text, encoding="utf-8")
+    start = text.index("Xenon")
+    refs = json.dumps([{"content": text[start:start + 15], "start_index": start,
+                        "end_index": start + 15}])
+    (data / "questions.csv").write_text(
+        'question,references,corpus_id\n"Which is a gas?","' + refs.replace('"', '""')
+        + '",c\n', encoding="utf-8")
+    chunkers = {"rec": {"name": "recursive", "chunk_size": 12, "tokenizer": "whitespace"},
+                "ppl": {"name": "perplexity", "chunk_size": 12, "tokenizer": "whitespace",
+                        "llm": "ragkit.testing:FakeLM"},
+                "lumber": {"name": "lumber", "chunk_size": 12, "tokenizer": "whitespace",
+                           "llm": "ragkit.testing:FakeLM"}}
+    (tmp_path / "eval.yaml").write_text(json.dumps({"chunkers": chunkers, "embedder": "hash"}))
+    config = build_dataclass(ChunkingEval, {"chunkers": chunkers, "embedder": "hash"})
+    dataset = load_dataset(data)
+    paths = report.write(evaluate_chunking(dataset, config), config, tmp_path / "out", dataset,
+                         with_plot=False)
+    load("llm_chunkers").main([str(paths["json"]), "--data", str(data), "--config",
+                               str(tmp_path / "eval.yaml"), "--quality-chars", "100",
+                               "--llm", "ragkit.testing:FakeLM"])
+    out = capsys.readouterr().out
+    assert "| rec | " in out and "| ppl | " in out and "| lumber | " in out
+    assert "boundary clarity" in out and out.count("| lumber |") == 2
