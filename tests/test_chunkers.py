@@ -30,7 +30,10 @@ def _fields(name: str) -> set[str]:
 
 def _spec(name: str, **params) -> dict:
     """``name`` with those of ``params`` its class has (late chunking has no budget of its own)."""
-    return {"name": name, **{k: v for k, v in params.items() if k in _fields(name)}}
+    spec = {"name": name, **{k: v for k, v in params.items() if k in _fields(name)}}
+    if "llm" in _fields(name):  # LLM chunkers: a fast deterministic fake (real model: slow tests)
+        spec["llm"] = "ragkit.testing:FakeLM"
+    return spec
 
 
 # -- fixed --------------------------------------------------------------------------------------
