@@ -12,7 +12,11 @@ one, and the next group starts at it.
 once and takes the valid ID (2..n) to which the LM gives the highest log-probability as the
 start of its reply (``score(prompt, options)``), so every call yields an ID; ``auto`` (default)
 uses ``score`` when the LLM has it. A small model (SmolLM2-135M) mostly answers "1." in free
-text, which is never a valid cut; scoring the valid options still reads its preference.
+text, which is never a valid cut; scoring the valid options still reads its preference. Small
+models also prefer some IDs whatever the text (SmolLM2-135M nearly always scores "2" highest), so
+with ``calibrate`` (default) each option's log-probability is taken relative to the same prompt
+with every paragraph replaced by "N/A" (contextual calibration, Zhao et al. 2021; one extra call
+per group size, cached): the answer is the ID the text makes likelier than it is a priori.
 
 Free-text answers are read leniently (``parse_paragraph_id``: "Answer: ID 3", "ID: 0003", "paragraph 3",
 "3."). An answer with no ID, or with an ID that cannot start a new chunk (1, or past the
@@ -93,7 +97,8 @@ class LumberChunker:
     ``chunk_size`` (hard max), ``min_size`` and ``window`` count tokens of ``tokenizer``;
     ``window: null`` is ``chunk_size``, so any answer gives a chunk within the budget.
     ``prompt`` must hold ``{paragraphs}`` (the lines ``ID <k>: <text>``). ``mode``: ``auto``,
-    ``complete`` or ``score`` (see the module). ``max_answer_tokens`` caps a free-text reply when
+    ``complete`` or ``score`` (see the module); ``calibrate`` (score mode) divides out the LM's
+    content-free preference for each ID. ``max_answer_tokens`` caps a free-text reply when
     the LLM's ``complete`` accepts ``max_new_tokens``. ``stats`` counts
     documents, LM calls, and fallbacks (``unparsed``, ``invalid``) over the chunker's life.
     ``chunk(doc, progress=...)`` reports ``(paragraphs done, paragraphs)``.
@@ -107,6 +112,7 @@ class LumberChunker:
     prompt: str = DEFAULT_PROMPT
     max_answer_tokens: int = 16
     mode: Literal["auto", "complete", "score"] = "auto"
+    calibrate: bool = True
     language: str = "en"
     spacy_model: str | None = None
 
@@ -128,8 +134,11 @@ class LumberChunker:
         if not isinstance(self.language, str) or not self.language:
             raise ConfigError(f"must be a spaCy language code; got {self.language!r}",
                               path="language")
+        if not isinstance(self.calibrate, bool):
+            raise ConfigError(f"must be true or false; got {self.calibrate!r}", path="calibrate")
         self.stats: dict[str, int] = {"documents": 0, "llm_calls": 0, "unparsed": 0,
                                       "invalid": 0}
+        self._priors: dict[int, dict[str, float]] = {}  # group size -> content-free scores
 
     @cached_property
     def _tok(self) -> Tokenizer:
@@ -191,6 +200,14 @@ class LumberChunker:
         starts = sorted(set(c for c in starts if 0 < c < n))
         return chunks_from_cuts(doc, units, starts, strength, bud, self.min_size)
 
+    def _prior(self, n: int, options: list[str]) -> dict[str, float]:
+        """The options' scores for ``n`` content-free paragraphs (cached per ``n``)."""
+        if n not in self._priors:
+            blank = "\n".join(f"ID {k}: N/A" for k in range(1, n + 1))
+            self._priors[n] = self.llm.score(self.prompt.format(paragraphs=blank), options)
+            self.stats["llm_calls"] += 1
+        return self._priors[n]
+
     def paragraphs(self, text: str) -> list[tuple[int, int]]:
         """Lines of ``text``; a line longer than ``chunk_size`` tokens as its sentences."""
         out: list[tuple[int, int]] = []
@@ -214,6 +231,9 @@ class LumberChunker:
         if self._scoring:
             options = [str(k) for k in range(2, len(group) + 1)]  # the reply's first tokens
             scores = self.llm.score(prompt, options)
+            if self.calibrate:
+                prior = self._prior(len(group), options)
+                scores = {o: _finite(scores.get(o)) - _finite(prior.get(o), 0.0) for o in options}
             best = max(options, key=lambda o: _finite(scores.get(o)))
             answer = best if _finite(scores.get(best)) > -math.inf else repr(scores)
         else:
@@ -233,9 +253,9 @@ class LumberChunker:
         return k
 
 
-def _finite(value: Any) -> float:
+def _finite(value: Any, default: float = -math.inf) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else -math.inf
+    return float(value) if ok else default
 
 
 def _short(answer: Any) -> str:

@@ -260,11 +260,36 @@ def test_lumber_score_mode_takes_the_likeliest_valid_id():
             return {o: (-1.0 if o == "3" else -5.0) for o in options}
 
     llm = Scorer()
-    chunker = LumberChunker(llm=llm, chunk_size=40, window=32, tokenizer="whitespace")
+    chunker = LumberChunker(llm=llm, chunk_size=40, window=32, tokenizer="whitespace",
+                            calibrate=False)
     chunks = chunker.chunk(Document("d", "\n".join(LINES)))
     assert llm.options[0] == ["2", "3", "4", "5"]  # never "1"
     assert [c.text.split("\n")[0] for c in chunks][:3] == [LINES[0], LINES[2], LINES[4]]
     assert chunker.stats["unparsed"] == chunker.stats["invalid"] == 0
+
+
+def test_lumber_calibration_divides_out_the_models_preference_for_an_id():
+    class Biased:
+        """Always likes "2"; the text itself points at "4"."""
+
+        def __init__(self):
+            self.prompts = []
+
+        def score(self, prompt, options):
+            self.prompts.append(prompt)
+            text_says = 0.0 if "N/A" in prompt else 1.0
+            return {o: -5.0 + 3.0 * (o == "2") + text_says * (o == "4") for o in options}
+
+    doc = Document("d", "\n".join(LINES[:5]))  # one group of five lines: the last group
+    raw = LumberChunker(llm=Biased(), chunk_size=40, window=64, tokenizer="whitespace",
+                        calibrate=False)
+    assert [c.text.split("\n")[0] for c in raw.chunk(doc)] == [LINES[0], LINES[1]]
+    llm = Biased()
+    calibrated = LumberChunker(llm=llm, chunk_size=40, window=64, tokenizer="whitespace")
+    assert [c.text.split("\n")[0] for c in calibrated.chunk(doc)] == [LINES[0], LINES[3]]
+    assert calibrated.stats["llm_calls"] == 2 and "ID 3: N/A" in llm.prompts[-1]
+    calibrated.chunk(doc)
+    assert len(llm.prompts) == 3  # the content-free scores are cached per group size
 
 
 def test_lumber_keeps_the_budget_when_the_window_is_larger():
