@@ -18,8 +18,8 @@ with ``calibrate`` (default) each option's log-probability is taken relative to 
 with every paragraph replaced by "N/A" (contextual calibration, Zhao et al. 2021; one extra call
 per group size, cached): the answer is the ID the text makes likelier than it is a priori.
 
-Free-text answers are read leniently (``parse_paragraph_id``: "Answer: ID 3", "ID: 0003", "paragraph 3",
-"3."). An answer with no ID, or with an ID that cannot start a new chunk (1, or past the
+Free-text answers are read leniently (``parse_paragraph_id``: "Answer: ID 3", "ID: 0003",
+"paragraph 3", "3."). An answer with no ID, or with an ID that cannot start a new chunk (1, or past the
 group), falls back to the rule a plain window packer follows: cut before the group's last
 paragraph (the one that overflowed the window), or, for the document's last group (which fits),
 do not cut. Fallbacks are never silent: each is logged as a warning and counted in
@@ -77,8 +77,8 @@ def parse_paragraph_id(answer: Any) -> int | None:
     """The paragraph ID named in a sloppy answer, or ``None``: the first ``ID <n>``, else the
     first ``paragraph <n>``, else the first standalone integer.
 
-    >>> parse_paragraph_id("Answer: ID 0003"), parse_paragraph_id("It is paragraph 4."), parse_paragraph_id("none")
-    (3, 4, None)
+    >>> [parse_paragraph_id(a) for a in ("Answer: ID 0003", "It is paragraph 4.", "none")]
+    [3, 4, None]
     """
     if not isinstance(answer, str):
         return None

@@ -96,7 +96,8 @@ class PerplexityChunker:
             raise ConfigError(f"unknown method {self.method!r}; choose one of ppl, margin",
                               path="method")
         needs = ("token_logprobs",) if self.method == "ppl" else ("score",)
-        self.llm = build_llm(self.llm, needs, why=f"the perplexity chunker's {self.method!r} method")
+        self.llm = build_llm(self.llm, needs,
+                             why=f"the perplexity chunker's {self.method!r} method")
         if self.threshold is not None:
             low, high = (0.0, math.inf) if self.method == "ppl" else (-1.0, 1.0)
             check_number(self.threshold, "threshold", low, high)

@@ -44,8 +44,8 @@ class TokenLogprobLLM(Protocol):
     start with the whitespace before them), and the text is read after one document-start token,
     so the first token has a probability too. When the text is longer than ``window`` tokens the
     context is a sliding window: every token is predicted from at least ``window // 2`` and at
-    most ``window`` tokens before it (a backend may reuse the KV those tokens had when read). ``progress(done, total)``, if given, is called with token
-    counts as the work advances.
+    most ``window`` tokens before it (a backend may reuse the KV those tokens had when read).
+    ``progress(done, total)``, if given, is called with token counts as the work advances.
 
     The transformers backend computes this with one forward per batch of ``batch_tokens``
     tokens on a growing KV cache (the running context is never re-encoded); any backend that can

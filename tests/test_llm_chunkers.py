@@ -124,7 +124,8 @@ def test_ppl_cuts_where_the_topic_changes():
     doc = Document("d", TOPIC_A + TOPIC_B)
     chunks = chunker.chunk(doc)
     assert [c.text for c in chunks] == [TOPIC_A, TOPIC_B.strip()]
-    assert chunker.stats["llm_calls"] == 1 and chunker.stats["tokens_scored"] == len(doc.text.split())
+    assert chunker.stats["llm_calls"] == 1
+    assert chunker.stats["tokens_scored"] == len(doc.text.split())
 
 
 def test_ppl_respects_chunk_size_and_min_size():
@@ -306,7 +307,8 @@ def test_lumber_splits_long_lines_into_sentences():
     line = " ".join(f"Sentence number {i} is here." for i in range(20))
     chunker = LumberChunker(llm=FakeLM(), chunk_size=12, tokenizer="whitespace")
     units = chunker.paragraphs(line + "\nshort line")
-    assert len(units) == 21 and line[units[1][0]:units[1][1]].strip() == "Sentence number 1 is here."
+    assert len(units) == 21
+    assert line[units[1][0]:units[1][1]].strip() == "Sentence number 1 is here."
 
 
 def test_lumber_config_errors_name_the_field():
