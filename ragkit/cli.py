@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
     q.add_argument("-k", type=int, help="number of chunks (default: the config's k)")
     q.add_argument("--json", action="store_true", help="print the answer as JSON")
+    q.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="change a query-time key of the saved pipeline, e.g. -o selector.name=mmr or "
+             "-o index.ef_search=256 (repeatable; keys fixed at build time are refused)",
+    )
     q.set_defaults(func=cmd_query)
 
     a = sub.add_parser("ask", help="answer a question from an index with a generator, citing chunks")
@@ -180,7 +185,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     if args.k is not None and args.k < 1:
         raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
-    pipe = RAGPipeline.load(args.index)
+    pipe = RAGPipeline.load(args.index, args.override)
     answer = pipe.answer(args.question, k=args.k)
     if args.json:
         print(json.dumps({
@@ -275,11 +280,13 @@ DEFAULT_GENERATOR = {"name": "transformers"}
 
 
 def _pipeline_with_generator(args: argparse.Namespace):
-    """The saved pipeline; a generator from --config / -o generator.* replaces or adds one."""
+    """The saved pipeline (other -o keys change its query-time settings); a generator from
+    --config / -o generator.* replaces or adds one."""
     from ragkit.config import build
     from ragkit.pipeline import RAGPipeline
 
-    pipe = RAGPipeline.load(args.index)
+    pipe = RAGPipeline.load(args.index, [
+        o for o in args.override if o.partition("=")[0].split(".")[0] != "generator"])
     extra = _config(args)
     spec = extra.get("generator") or (
         to_plain(pipe.generator) if pipe.generator is not None else DEFAULT_GENERATOR)

@@ -51,6 +51,20 @@ def test_index_then_query_with_hash_config(tmp_path, capsys):
     assert result["hits"][0]["citation"].startswith("printing-press.md:")
 
 
+def test_query_overrides_change_query_time_keys_only(tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert main(["index", str(CORPUS), "--config", str(ROOT / "configs" / "hash.yaml"),
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["query", "Gutenberg movable type", "--index", str(out), "--json",
+                 "-o", "k=2", "-o", "selector.name=mmr", "-o", "selector.k=1"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 1
+    assert main(["query", "Gutenberg", "--index", str(out), "-o", "chunker.chunk_size=9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("ragkit: error: chunker: fixed when the index was built"), err
+
+
 def test_bad_input_file_is_exit_2_naming_it(tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"caf\xe9 latin-1")
