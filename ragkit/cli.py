@@ -72,6 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     inputs(i)
     common(i)
     i.add_argument("--out", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    i.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where to read, chunk and embed: this process (default) or a Ray cluster")
+    i.add_argument("--workers", type=int, metavar="N",
+                   help="--engine ray: chunk-and-embed workers (default: the cluster's CPUs)")
+    i.add_argument("--ray-address", metavar="ADDR",
+                   help="--engine ray: the cluster to use, e.g. auto or ray://head:10001 "
+                        "(default: RAY_ADDRESS, else a local cluster started for the run)")
+    i.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="documents per chunk-and-embed batch (default 64)")
+    i.add_argument("--restart", action="store_true",
+                   help="forget the shards an earlier (killed) run into --out finished")
     i.set_defaults(func=cmd_index)
 
     q = sub.add_parser("query", help="retrieve the chunks that answer a question, with citations")
@@ -167,16 +178,41 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ragkit.ingest import ingest
     from ragkit.pipeline import RAGPipeline
 
     pipe = RAGPipeline.from_config(_config(args))  # validates everything before any work
-    docs = _documents(args)
-    report = pipe.add(_progress(docs, args, "indexing", unit="doc", total=len(docs)))
-    pipe.save(args.out)
-    print(
-        f"indexed {report.documents} documents -> {report.chunks} chunks ({report.tokens} tokens) "
-        f"in {report.seconds:.1f} s; saved to {args.out}"
-    )
+    engine: dict[str, Any] = {"name": args.engine}
+    if args.engine == "ray":
+        engine |= {"workers": args.workers, "address": args.ray_address}
+    elif args.workers is not None or args.ray_address is not None:
+        raise ConfigError("only with --engine ray", path="--workers" if args.workers is not None
+                          else "--ray-address")
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, desc="indexing", unit="B", unit_scale=True, file=sys.stderr)
+
+    def progress(p) -> None:
+        bar.total = p.bytes_total
+        bar.update(p.bytes_done - bar.n)
+        bar.set_postfix(docs=p.documents, chunks=p.chunks, shards=f"{p.shards_done}/"
+                        f"{p.shards_total}", failed=p.failures, refresh=False)
+
+    try:
+        report = ingest(
+            args.paths, pipe, args.out, engine=engine, batch_size=args.batch_size,
+            on_error="skip" if args.skip_bad_files else "raise", text_field=args.text_field,
+            restart=args.restart, progress=progress if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if report.failures:
+        print(f"ragkit: skipped {len(report.failures)} bad file(s), line(s) or document(s); see "
+              "warnings above", file=sys.stderr)
+    print(report.summary())
     return 0
 
 

@@ -46,6 +46,10 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "cross-encoder": "retrieval.rerankers:CrossEncoderReranker",
         "llm": "retrieval.rerankers:LLMReranker",
     },
+    "engine": {  # ingestion: where reading, chunking and embedding run (ragkit.ingest)
+        "local": "ragkit.ingest.local:LocalEngine",
+        "ray": "ragkit.ingest.ray_engine:RayEngine",
+    },
     "selector": {
         "top-k": "retrieval.selectors:TopK",
         "score-gap": "retrieval.selectors:ScoreGap",
