@@ -47,8 +47,10 @@ class Ledger:
     def open(self, pipeline: Mapping[str, Any], *, restart: bool = False) -> None:
         """Create the folder, or check that the run recorded here used ``pipeline`` (the
         chunker, embedder and index specs); ``restart`` forgets every finished shard first."""
-        if restart and self.root.exists():
-            shutil.rmtree(self.root)
+        if restart:  # everything but the lock this run holds
+            shutil.rmtree(self.parts, ignore_errors=True)
+            for name in ("run.json", "ledger.jsonl"):
+                (self.root / name).unlink(missing_ok=True)
         self.parts.mkdir(parents=True, exist_ok=True)
         run = self.root / "run.json"
         want = {"format": FORMAT, "version": VERSION, "pipeline": dict(pipeline)}
@@ -71,7 +73,11 @@ class Ledger:
                     )
         else:
             _write_atomic(run, json.dumps(want, indent=2) + "\n")
-        self.entries = dict(self._read())
+        self.entries = self.load_entries()
+
+    def load_entries(self) -> dict[str, dict[str, Any]]:
+        """The finished shards on disk now: shard key -> its last line."""
+        return dict(self._read())
 
     def _read(self) -> Iterator[tuple[str, dict[str, Any]]]:
         if not self.file.exists():
