@@ -384,6 +384,7 @@ def test_import_stays_light():
 # -- a Chroma server, written by the workers --------------------------------------------------
 
 
+@pytest.mark.slow  # starts a Chroma server
 def test_chroma_server_target_resumes_without_stale_or_duplicate_chunks(corpus, tmp_path,
                                                                         monkeypatch):
     pytest.importorskip("chromadb")

@@ -103,6 +103,7 @@ class IngestReport:
     resumed_documents: int = 0
     resumed_chunks: int = 0
     index_chunks: int = 0  # chunks in the saved index
+    workers_seen: int = 0  # distinct processes that chunked and embedded documents
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -259,6 +260,7 @@ class _Run:
         self.shards: dict[str, _Shard] = {}
         self.state = IngestProgress()
         self.doc_shard: dict[str, int] = {}  # doc id -> order of its shard (this run)
+        self.workers: set[str] = set()
 
     def plan(self, files: list[Any], problems: list[Any]) -> list[dict[str, Any]]:
         """The rows the engine reads: one per file, with the sha256 of a finished shard."""
@@ -346,6 +348,9 @@ class _Run:
         import numpy as np
 
         s.docs += 1
+        if row["worker"] not in self.workers:
+            self.workers.add(row["worker"])
+            self.report.workers_seen = len(self.workers)
         first = self.doc_shard.setdefault(row["doc_id"], s.order)
         if first != s.order and (self.on_error == "raise" or self.direct):
             other = next(x.path for x in self.shards.values() if x.order == first)

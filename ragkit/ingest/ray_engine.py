@@ -73,6 +73,12 @@ class RayEngine:
         saved = {k: getattr(ctx, k) for k in _QUIET}
         for key, value in _QUIET.items():
             setattr(ctx, key, value)
+        ray_data_log = logging.getLogger("ray.data")  # Ray Data's per-run INFO banners
+        level = ray_data_log.level
+        ray_data_log.setLevel(max(level, logging.WARNING))
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")  # "progress bars disabled": we know
         it = None
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -80,22 +86,23 @@ class RayEngine:
             readers = self.readers or workers
             log.info("ray: %d shards, %d workers, %d readers on %d CPUs", len(shards), workers,
                      readers, cpus)
-            schema = _schema(pa)
+            packed = _packed_schema(pa)
             rows = [{k: s[k] for k in SHARD_INPUT} for s in shards]
             ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * readers)))
             ds = ds.map_batches(
-                _read_arrow, fn_kwargs={"loader": dict(job["loader"]), "schema": schema},
+                _read_packed, fn_kwargs={"loader": dict(job["loader"]), "schema": packed,
+                                         "size": int(job["batch_size"])},
                 batch_size=self.read_batch, batch_format="pyarrow", num_cpus=0,
                 compute=ray.data.TaskPoolStrategy(size=readers),
             )
             ds = ds.map_batches(
-                _ArrowChunkEmbed, fn_constructor_kwargs={"job": dict(job), "schema": schema},
-                batch_size=int(job["batch_size"]), batch_format="pyarrow", num_cpus=1,
+                _PackedChunkEmbed, fn_constructor_kwargs={"job": dict(job), "schema": packed},
+                batch_size=1, batch_format="pyarrow", num_cpus=1,
                 compute=ray.data.ActorPoolStrategy(size=workers),
             )
             it = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1))
             for table in it:
-                yield table.to_pydict()
+                yield from _unpack(table)
         except RagkitError:
             raise
         except Exception as exc:  # a worker failed: RayTaskError, UserCodeException, ...
@@ -109,6 +116,7 @@ class RayEngine:
                 it.close()
             for key, value in saved.items():
                 setattr(ctx, key, value)
+            ray_data_log.setLevel(level)
             if started:
                 ray.shutdown()
 
@@ -137,24 +145,44 @@ class RayEngine:
 
 
 # Ray Data settings for a run: no progress bars or execution banners of Ray's own (the CLI
-# draws one bar from the driver's progress callbacks); errors raised as the worker raised them.
+# draws one bar from the driver's progress callbacks); errors raised as the worker raised them;
+# and a tiny block size, so that every batch of documents (one packed row) is a block of its own.
+# Ray hands whole blocks to workers: with the default (128 MiB) one block could hold a whole
+# shard's documents and keep every other worker idle.
 _QUIET = {"enable_progress_bars": False, "print_on_execution_start": False,
-          "raise_original_map_exception": True}
+          "raise_original_map_exception": True, "target_max_block_size": 1}
 
 
-def _schema(pa: Any) -> Any:
+def _packed_schema(pa: Any) -> Any:
+    """One row per batch: each column of ``COLUMNS`` as a list of the batch's values."""
     types = {str: pa.string(), int: pa.int64(), bytes: pa.binary()}
-    return pa.schema([(name, types[type(default)]) for name, default in COLUMNS.items()])
+    return pa.schema([(name, pa.list_(types[type(default)])) for name, default in COLUMNS.items()])
 
 
-def _read_arrow(table: Any, *, loader: Mapping[str, Any], schema: Any) -> Any:
+def _pack(pa: Any, batch: Mapping[str, list], schema: Any) -> Any:
+    return pa.Table.from_pydict({name: [batch[name]] for name in COLUMNS}, schema=schema)
+
+
+def _unpack(table: Any) -> Iterator[dict[str, list]]:
+    columns = table.to_pydict()
+    for i in range(table.num_rows):
+        yield {name: columns[name][i] for name in COLUMNS}
+
+
+def _read_packed(table: Any, *, loader: Mapping[str, Any], schema: Any, size: int) -> Any:
+    """Read the shards of ``table``; yield their documents ``size`` at a time, one batch per
+    row (and, as the block size is tiny, per block: each one can go to any worker)."""
     import pyarrow as pa
 
-    return pa.Table.from_pydict(read_shards(table.to_pydict(), loader=loader), schema=schema)
+    from ragkit.ingest.work import batch_of, rows_of
+
+    rows = rows_of(read_shards(table.to_pydict(), loader=loader))
+    for start in range(0, len(rows), size):
+        yield _pack(pa, batch_of(rows[start : start + size]), schema)
 
 
-class _ArrowChunkEmbed:
-    """``ChunkEmbed`` on Arrow batches (one per actor: the model loads once per worker)."""
+class _PackedChunkEmbed:
+    """``ChunkEmbed`` on packed batches (one per actor: the model loads once per worker)."""
 
     def __init__(self, job: Mapping[str, Any], schema: Any) -> None:
         self.work = ChunkEmbed(job)
@@ -163,7 +191,8 @@ class _ArrowChunkEmbed:
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
 
-        return pa.Table.from_pydict(self.work(table.to_pydict()), schema=self.schema)
+        for batch in _unpack(table):
+            yield _pack(pa, self.work(batch), self.schema)
 
 
 def _user_error(exc: BaseException) -> BaseException | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ COLUMNS: dict[str, Any] = {
     "n_chunks": 0,
     "tokens": 0,
     "error": "",  # why this document could not be chunked or embedded
+    "worker": "",  # host:pid of the process that chunked and embedded it
     "status": "",  # "shard" rows: "read", "finished" (by an earlier run) or "failed"
     "sha": "",  # "shard" rows: sha256 of the file's bytes
     "size": 0,  # "shard" rows: the file's size in bytes
@@ -212,6 +214,7 @@ class ChunkEmbed:
         from ragkit.config import build
 
         self.job = dict(job)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.chunker = build("chunker", job["chunker"], path="chunker")
         self.embedder = build("embedder", job["embedder"], path="embedder")
         self.index = build("index", job["index"], path="index") if job["write"] == "index" else None
@@ -230,7 +233,7 @@ class ChunkEmbed:
                 continue
             r = next(results)
             res = {k: row[k] for k in ("kind", "shard", "order", "pos", "doc_id", "source",
-                                       "nbytes")}
+                                       "nbytes")} | {"worker": self.name}
             if r.error:
                 out.append(res | {"error": r.error})
                 continue
