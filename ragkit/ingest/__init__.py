@@ -106,6 +106,10 @@ class IngestReport:
     workers_seen: int = 0  # distinct processes that chunked and embedded documents
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    # where the time went: "plan" (listing inputs, ledger), "process" (reading, chunking and
+    # embedding on the engine, with the driver writing parts), "index" (building the index from
+    # the parts and saving it; for a Chroma server, only saving its pointer)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def docs_per_s(self) -> float:
@@ -185,15 +189,20 @@ def ingest(
                "batch_size": batch_size, "write": "index" if direct else "driver",
                "loader": {"text_field": text_field, "id_field": id_field, "on_error": on_error,
                           "suffixes": list(suffixes)}}
+        t1 = time.perf_counter()
+        report.timings["plan"] = t1 - t0
         if rows:
             with closing(eng.run(rows, job)) as batches:  # a failure stops the engine at once
                 for batch in batches:
                     run.take(batch)
         run.finish()
+        t2 = time.perf_counter()
+        report.timings["process"] = t2 - t1
         if not direct:
             _merge(pipe, ledger, [r["shard"] for r in rows], run)
         pipe.save(out)
         report.index_chunks = len(pipe.index)
+        report.timings["index"] = time.perf_counter() - t2
     finally:
         ledger.unlock()
     report.seconds = time.perf_counter() - t0
