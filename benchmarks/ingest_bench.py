@@ -19,7 +19,8 @@ inside the timing, the driver writes parts and builds and saves the index. The R
 started once beforehand (``num_cpus`` = the machine's cores) and its start-up is reported apart.
 Each Ray result is checked chunk for chunk against the local engine's (ids and vectors).
 
-Reported per row: seconds, docs/s, the time split (plan / process / index), and ratios against
+Reported per row: seconds, docs/s, the time split (plan / process / index, and the part of
+process the driver spent taking results, which does not scale with workers), and ratios against
 the local engine and against Ray with 1 worker. A last row per embedder re-runs the Ray ingest
 into the finished folder: every shard is already done, so it times only the serial part
 (listing, reading and hashing the files, building and saving the index).
@@ -226,8 +227,8 @@ def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(result: dict[str, Any]) -> str:
     head = ("| embedder | engine | workers | docs | chunks | s | docs/s | x local | x ray-1 | "
-            "plan s | process s | index s | workers used | same chunks |")
-    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+            "plan s | process s | driver s | index s | workers used | same chunks |")
+    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in result["rows"]:
         t = r["timings"]
         x1 = f"{r['x_ray1']:.2f}" if r["x_ray1"] is not None else ""
@@ -235,8 +236,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['embedder']} | {r['engine']} | {r['workers']} | {r['documents']} | "
             f"{r['chunks']} | {r['seconds']:.1f} | {r['docs_per_s']:.1f} | {r['x_local']:.2f} | "
-            f"{x1} | {t.get('plan', 0):.2f} | {t.get('process', 0):.1f} | {t.get('index', 0):.2f} "
-            f"| {r['workers_seen']} | {same} |")
+            f"{x1} | {t.get('plan', 0):.2f} | {t.get('process', 0):.1f} | "
+            f"{t.get('driver', 0):.2f} | {t.get('index', 0):.2f} | {r['workers_seen']} | {same} |")
     return "\n".join(lines)
 
 

@@ -62,3 +62,22 @@ def test_corpus_is_deterministic_and_sized():
     docs = bench.build_corpus(0.05)
     assert docs == bench.build_corpus(0.05)
     assert sum(len(text.encode("utf-8")) for _, text in docs) == 50_000
+
+
+@pytest.mark.slow  # starts a Ray cluster
+def test_ingest_bench_smoke(tmp_path, capsys):
+    pytest.importorskip("ray")
+    bench = load("ingest_bench")
+    argv = ["--docs", "60", "--shards", "3", "--embedders", "hash", "--workers", "1,2",
+            "--batch-size", "8", "--json", str(tmp_path / "ingest.json")]
+    result = bench.main(argv)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "$ python benchmarks/ingest_bench.py " + " ".join(argv)
+    rows = result["rows"]
+    assert [(r["engine"], r["workers"]) for r in rows] == [
+        ("local", 1), ("ray", 1), ("ray", 2), ("ray (all resumed)", 2)]
+    assert all(r["chunks"] == rows[0]["chunks"] > 60 for r in rows)
+    assert [r.get("same_as_local") for r in rows[1:3]] == [True, True]
+    assert rows[3]["documents"] == 0 and rows[3]["resumed"] == 60  # only the serial part left
+    assert rows[0]["x_local"] == 1.0 and rows[1]["x_ray1"] == 1.0
+    assert json.loads((tmp_path / "ingest.json").read_text())["rows"][0]["engine"] == "local"

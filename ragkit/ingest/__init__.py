@@ -108,7 +108,8 @@ class IngestReport:
     seconds: float = 0.0
     # where the time went: "plan" (listing inputs, ledger), "process" (reading, chunking and
     # embedding on the engine, with the driver writing parts), "index" (building the index from
-    # the parts and saving it; for a Chroma server, only saving its pointer)
+    # the parts and saving it; for a Chroma server, only saving its pointer), and "driver" (the
+    # part of "process" the driver spent taking results: decoding, parts, ledger; serial)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -194,7 +195,10 @@ def ingest(
         if rows:
             with closing(eng.run(rows, job)) as batches:  # a failure stops the engine at once
                 for batch in batches:
+                    t = time.perf_counter()
                     run.take(batch)
+                    report.timings["driver"] = report.timings.get("driver", 0.0) + (
+                        time.perf_counter() - t)
         run.finish()
         t2 = time.perf_counter()
         report.timings["process"] = t2 - t1
