@@ -297,7 +297,8 @@ class DocumentLoader:
             return
         yield from self._parse(file, data)
 
-    def _parse(self, file: _File, data: bytes) -> Iterator[tuple[Document, int | None] | LoadProblem]:
+    def _parse(self, file: _File,
+               data: bytes) -> Iterator[tuple[Document, int | None] | LoadProblem]:
         """``_read`` of bytes already read (distributed ingestion hashes them first)."""
         shown = str(file.path)
         try:

@@ -47,8 +47,8 @@ def make_corpus(root: Path, *, md: int = 40, jsonl_shards: int = 4, per_shard: i
         folder = root / f"part{i % 3}" / ("deep" if i % 5 == 0 else "")
         folder.mkdir(parents=True, exist_ok=True)
         suffix = ".txt" if i % 4 == 0 else ".md"
-        (folder / f"doc{i:03d}{suffix}").write_text(f"# Title {i}\n\n{text(rng, rng.randint(1, 12))}",
-                                                   encoding="utf-8")
+        body = text(rng, rng.randint(1, 12))
+        (folder / f"doc{i:03d}{suffix}").write_text(f"# Title {i}\n\n{body}", encoding="utf-8")
     for s in range(jsonl_shards):
         lines = []
         for j in range(per_shard):

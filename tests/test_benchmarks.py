@@ -69,7 +69,7 @@ def test_ingest_bench_smoke(tmp_path, capsys):
     pytest.importorskip("ray")
     bench = load("ingest_bench")
     argv = ["--docs", "60", "--shards", "3", "--embedders", "hash", "--workers", "1,2",
-            "--batch-size", "8", "--json", str(tmp_path / "ingest.json")]
+            "--repeats", "1", "--batch-size", "8", "--json", str(tmp_path / "ingest.json")]
     result = bench.main(argv)
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "$ python benchmarks/ingest_bench.py " + " ".join(argv)
@@ -80,4 +80,5 @@ def test_ingest_bench_smoke(tmp_path, capsys):
     assert [r.get("same_as_local") for r in rows[1:3]] == [True, True]
     assert rows[3]["documents"] == 0 and rows[3]["resumed"] == 60  # only the serial part left
     assert rows[0]["x_local"] == 1.0 and rows[1]["x_ray1"] == 1.0
+    assert all(r["worker_cpu_s"] > 0 for r in rows[:3]) and rows[3]["worker_cpu_s"] == 0
     assert json.loads((tmp_path / "ingest.json").read_text())["rows"][0]["engine"] == "local"

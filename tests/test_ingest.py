@@ -334,7 +334,8 @@ def test_missing_paths_fail_before_anything_is_written(tmp_path):
     with pytest.raises(DocumentError, match="does not exist"):
         ingest(tmp_path / "nope", CONFIG, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ConfigError, match="engine.name: unknown engine 'spark'; choose one of local, ray"):
+    with pytest.raises(ConfigError, match="engine.name: unknown engine 'spark'; choose one of "
+                                          "local, ray"):
         ingest(tmp_path, CONFIG, tmp_path / "out", engine="spark")
     with pytest.raises(ConfigError, match="batch_size: must be an int >= 1"):
         ingest(tmp_path, CONFIG, tmp_path / "out", batch_size=0)

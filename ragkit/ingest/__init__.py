@@ -39,8 +39,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import closing
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,7 @@ class IngestReport:
     resumed_chunks: int = 0
     index_chunks: int = 0  # chunks in the saved index
     workers_seen: int = 0  # distinct processes that chunked and embedded documents
+    worker_cpu_s: float = 0.0  # CPU seconds they spent on it (all threads; the work that scales)
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     # where the time went: "plan" (listing inputs, ledger), "process" (reading, chunking and
@@ -118,7 +119,8 @@ class IngestReport:
 
     def summary(self) -> str:
         """One line: documents, chunks, tokens, throughput, failures, where it was saved."""
-        workers = f", {self.workers} workers" if self.workers else ""
+        n = self.workers or self.workers_seen
+        workers = f", {n} workers" if self.engine != "local" and n else ""
         line = (f"indexed {self.documents} documents -> {self.chunks} chunks ({self.tokens} "
                 f"tokens) in {self.seconds:.1f} s ({self.docs_per_s:.1f} docs/s, engine "
                 f"{self.engine}{workers}); {len(self.failures)} failures")
@@ -361,6 +363,7 @@ class _Run:
         import numpy as np
 
         s.docs += 1
+        self.report.worker_cpu_s += row["cpu_s"]
         if row["worker"] not in self.workers:
             self.workers.add(row["worker"])
             self.report.workers_seen = len(self.workers)

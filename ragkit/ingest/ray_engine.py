@@ -155,7 +155,7 @@ _QUIET = {"enable_progress_bars": False, "print_on_execution_start": False,
 
 def _packed_schema(pa: Any) -> Any:
     """One row per batch: each column of ``COLUMNS`` as a list of the batch's values."""
-    types = {str: pa.string(), int: pa.int64(), bytes: pa.binary()}
+    types = {str: pa.string(), int: pa.int64(), bytes: pa.binary(), float: pa.float64()}
     return pa.schema([(name, pa.list_(types[type(default)])) for name, default in COLUMNS.items()])
 
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ COLUMNS: dict[str, Any] = {
     "tokens": 0,
     "error": "",  # why this document could not be chunked or embedded
     "worker": "",  # host:pid of the process that chunked and embedded it
+    "cpu_s": 0.0,  # its share of the CPU seconds that process spent on its batch
     "status": "",  # "shard" rows: "read", "finished" (by an earlier run) or "failed"
     "sha": "",  # "shard" rows: sha256 of the file's bytes
     "size": 0,  # "shard" rows: the file's size in bytes
@@ -75,7 +77,8 @@ def batch_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
 # -- step 1: shards -> documents --------------------------------------------------------------
 
 
-def read_shards(batch: Mapping[str, Sequence[Any]], *, loader: Mapping[str, Any]) -> dict[str, list]:
+def read_shards(batch: Mapping[str, Sequence[Any]], *,
+                loader: Mapping[str, Any]) -> dict[str, list]:
     """Read each shard of ``batch`` (columns ``SHARD_INPUT``) with the loader settings ``loader``
     (``DocumentLoader`` keyword arguments). Under ``on_error="raise"`` a shard with any problem
     gives no document (status ``failed``); under ``"skip"`` it gives its good documents."""
@@ -220,6 +223,7 @@ class ChunkEmbed:
         self.index = build("index", job["index"], path="index") if job["write"] == "index" else None
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
+        cpu = time.process_time()
         rows = rows_of(batch)
         docs = [Document(r["doc_id"], r["text"], json.loads(r["meta"]))
                 for r in rows if r["kind"] == "doc"]
@@ -249,6 +253,10 @@ class ChunkEmbed:
             out.append(res)
         if written:
             self._write(written)
+        docs = [r for r in out if r["kind"] == "doc"]
+        cpu = time.process_time() - cpu
+        for r in docs:
+            r["cpu_s"] = cpu / len(docs)
         return batch_of(out)
 
     def _write(self, results: list[DocResult]) -> None:
