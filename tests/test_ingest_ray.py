@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from ragkit import RAGPipeline  # noqa: E402
-from ragkit.errors import DocumentError  # noqa: E402
+from ragkit.errors import ConfigError, DocumentError  # noqa: E402
 from ragkit.ingest import ingest  # noqa: E402
 from tests.ingest_helpers import CONFIG, make_corpus  # noqa: E402
 from tests.test_ingest import PICKY, _poison, assert_same_index, config, reference  # noqa: E402
@@ -171,3 +171,10 @@ def test_ray_reports_bad_input_with_paths(cluster, tmp_path):
     assert sorted(map(str, local.failures)) == sorted(map(str, report.failures))
     a, b = RAGPipeline.load(tmp_path / "local"), RAGPipeline.load(tmp_path / "out")
     assert list(a.index.chunks()) == list(b.index.chunks())
+
+
+def test_more_workers_than_cpus_is_refused(cluster, tmp_path):
+    (tmp_path / "a.md").write_text("words", encoding="utf-8")
+    with pytest.raises(ConfigError, match="engine.workers: 3 workers need 3 CPUs but the Ray "
+                                          "cluster has 2"):
+        ingest(tmp_path, CONFIG, tmp_path / "out", engine={"name": "ray", "workers": 3})

@@ -83,6 +83,12 @@ class RayEngine:
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
             workers = self.workers or max(1, cpus)
+            if workers > cpus:  # each worker holds a CPU: more would wait for ever
+                raise ConfigError(
+                    f"{workers} workers need {workers} CPUs but the Ray cluster has {cpus}; use "
+                    "at most that many (start the other nodes first on a growing cluster)",
+                    path="engine.workers",
+                )
             readers = self.readers or workers
             log.info("ray: %d shards, %d workers, %d readers on %d CPUs", len(shards), workers,
                      readers, cpus)
