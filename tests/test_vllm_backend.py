@@ -199,6 +199,7 @@ def test_greedy_tokens_equal_the_transformers_backend(engine):
     answer = engine.generate(query, hits)
     assert answer.text == ref.tokenizer.decode(got, skip_special_tokens=True)
     assert "1889" in answer.text, answer.text
+    assert "engine_start_s" not in answer.timings  # the fixture started it
 
 
 @pytest.mark.slow
