@@ -318,9 +318,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     for h in answer.hits:
         print(f"  [{h.rank + 1}] {h.citation}  score={h.score:.3f}")
     t = answer.timings
-    keys = ("retrieve_s", "ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused")
+    first = ("retrieve_s", "ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused")
+    keys = [k for k in first if k in t] + [k for k in t if k not in first]  # then backend extras
     print("timings: " + "  ".join(f"{k}={t[k]:.3g}" if isinstance(t[k], float) else f"{k}={t[k]}"
-                                  for k in keys if k in t))
+                                  for k in keys))
     return 0
 
 
