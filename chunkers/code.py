@@ -114,6 +114,9 @@ LANGUAGES: dict[str, Grammar] = {
 }
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _GENERIC_SCOPE = re.compile(r"(.+)_(definition|declaration|item)\Z")  # other grammars' scopes
+# statement and member lists: a cut between two of their children splits no statement
+_LISTY = re.compile(r"(block|body|_list|^module|^program|^source_file|^translation_unit|"
+                    r"compound_statement|^preproc_if|^preproc_ifdef)$")
 _GLUE_TYPES = frozenset({"attribute_item", "decorator", "annotation", "marker_annotation"})
 _NAME_CHARS = 120  # a scope label's name is cut to this many characters
 
@@ -315,19 +318,25 @@ class CodeChunker:
 
 
 class _Frame:
-    """A split node being walked: its children, the next one, and where its next piece starts."""
+    """A node being walked: its children, the next one, and where its next piece starts."""
 
-    __slots__ = ("children", "i", "lo", "pos", "hi", "scope", "error", "glue_run")
+    __slots__ = ("children", "i", "lo", "pos", "hi", "size", "listy", "first", "scope", "error",
+                 "glue_run", "fill")
 
-    def __init__(self, children: list, lo: int, hi: int, scope: tuple[str, ...], error: bool):
+    def __init__(self, children: list, lo: int, hi: int, size: int, listy: bool, first: int,
+                 scope: tuple[str, ...], error: bool):
         self.children = children
         self.i = 0
         self.lo = lo
         self.pos = lo  # the next piece starts here (the gap before a child goes with it)
         self.hi = hi
+        self.size = size  # its tokens (in context)
+        self.listy = listy  # a list of statements or members (a block, a class body, a file)
+        self.first = first  # the index of its first piece (or of the comments just before it)
         self.scope = scope
         self.error = error
         self.glue_run = 0  # comments/decorators just emitted at this level, which a cut keeps
+        self.fill = False  # its first statement may be walked to fill the chunk of its header
 
 
 class _Walk:
@@ -385,20 +394,16 @@ class _Walk:
 
     def run(self, root: Any) -> None:
         n = len(self.text)
-        top = _Frame([], 0, n, (), False)
-        if self._fits(0, n):
-            self._add(0, n, root.type, top, root.has_error)
-            return
-        top.children = root.children
-        top.error = root.is_error
-        stack = [top]
+        tokens = self.index.tokens_between
+        # the root is always walked, so a file that fits whole still lists its node types
+        stack = [_Frame(root.children, 0, n, tokens(0, n), True, 0, (), root.is_error)]
         while stack:
             f = stack[-1]
             if f.i == len(f.children):  # the node is done: its tail, then back to its parent
                 if f.pos < f.hi:
                     self._leaf(f.pos, f.hi, None, f, f.error)
                 stack.pop()
-                if stack and self.index.tokens_between(f.hi, stack[-1].hi) >= self.small:
+                if stack and tokens(f.hi, stack[-1].hi) >= self.small:
                     self._cut(len(self.starts))  # the parent goes on with a fresh chunk
                 continue
             child = f.children[f.i]
@@ -412,26 +417,57 @@ class _Walk:
             f.pos = hi
             kind = child.type if child.is_named else None
             error = f.error or child.has_error  # for a piece: the node holds an error
-            glue = kind is not None and ("comment" in kind or kind in _GLUE_TYPES)
-            if self._fits(lo, hi):
+            size = tokens(lo, hi)
+            listy = kind is not None and _LISTY.search(kind) is not None
+            # Inside a node over the budget, the body that holds all of it but a header of less
+            # than half the budget (the block of `def f(x):`, the members of `class A {`), or
+            # the statement that holds all of a block but a small rest, is walked even when it
+            # fits, so the rest opens a chunk with its first statements instead of being alone.
+            rest = f.size - size
+            body = (f.size > self.size and child.child_count > 0
+                    and ((listy and 2 * rest < self.size) or (f.listy and rest < self.small)))
+            if f.fill and kind is not None:
+                # The first statement of a body: when it does not fit in the chunk its header
+                # opened (and that chunk is under half full), it is walked to fill that chunk.
+                f.fill = False
+                if not body and child.child_count > 0:
+                    begin = self.starts[self.cuts[-1]] if self.cuts[-1] < len(self.starts) else lo
+                    pending = tokens(begin, lo)
+                    body = 0 < 2 * pending < self.size and pending + size > self.size
+            if not body and self._fits(lo, hi):
                 self._add(lo, hi, kind, f, error)
+                glue = kind is not None and ("comment" in kind or kind in _GLUE_TYPES)
                 f.glue_run = f.glue_run + 1 if glue else 0
                 continue
             if child.child_count == 0:
                 self._leaf(lo, hi, kind, f, error)
                 f.glue_run = 0
                 continue
-            # A split node: close the chunk before it, unless what this node holds of that chunk
-            # is small (a header); what came before this node was judged at its parent's level.
-            at = len(self.starts) - f.glue_run
-            if at > self.cuts[-1]:
-                since = max(self.starts[self.cuts[-1]], f.lo)
-                until = self.starts[at] if at < len(self.starts) else lo
-                if self.index.tokens_between(since, until) >= self.small:
-                    self._cut(at)
+            first = len(self.starts) - f.glue_run
+            if not body:
+                self._cut_before(stack, first, lo)
             f.glue_run = 0
-            stack.append(_Frame(child.children, lo, hi, f.scope + self._scope(child),
-                                f.error or child.is_error))
+            stack.append(_Frame(child.children, lo, hi, max(size, f.size if body else 0), listy,
+                                first, f.scope + self._scope(child), f.error or child.is_error))
+            stack[-1].fill = body
+
+    def _cut_before(self, stack: list[_Frame], at: int, lo: int) -> None:
+        """Close the chunk before a node over the budget that starts at piece ``at`` (char
+        ``lo``), unless what the chunk holds is small. Inside a statement (not a list of
+        them), the cut goes before the statement's own small head (``x =``, ``if cond:``,
+        ``foo(``), which then opens the chunk with the node."""
+        seg = self.cuts[-1]
+        if at <= seg:
+            return
+        begin = self.starts[seg]
+        tokens = self.index.tokens_between
+        if tokens(begin, self.starts[at] if at < len(self.starts) else lo) < self.small:
+            return
+        for f in reversed(stack):
+            if f.listy or tokens(max(begin, f.lo), lo) >= self.small:
+                break
+            at = f.first
+        self._cut(at)
 
     def _scope(self, node: Any) -> tuple[str, ...]:
         """``("def bar",)`` when ``node`` is a named definition, else ``()``."""
