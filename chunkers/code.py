@@ -27,8 +27,9 @@ Which language. In order: the document's ``language`` metadata, its file extensi
 ``source`` metadata, else its id; ``extensions`` adds or overrides suffixes), then the configured
 ``language``. A document with none of these is chunked by ``fallback`` (any other chunker) if one
 is configured, and is an error otherwise. Built in: Python, JavaScript, TypeScript, TSX, Java,
-Go, Rust and C (``pip install 'ragkit[code]'``); any other language works by name when its
-grammar package ``tree_sitter_<name>`` is installed.
+Go, Rust, C and C++ (``pip install 'ragkit[code]'``; ``.h`` is C, map it to C++ with
+``extensions: {".h": cpp}``); any other language works by name when its grammar package
+``tree_sitter_<name>`` is installed.
 
 Syntax errors. tree-sitter always returns a tree, wrapping what it cannot parse in ``ERROR``
 nodes (and inserting zero-width ``MISSING`` ones). Those are chunked like any other node, so the
@@ -111,6 +112,11 @@ LANGUAGES: dict[str, Grammar] = {
     "c": Grammar("tree_sitter_c", "language", (".c", ".h"), {
         "function_definition": "function", "struct_specifier": "struct",
         "union_specifier": "union", "enum_specifier": "enum"}),
+    "cpp": Grammar("tree_sitter_cpp", "language",
+                   (".cpp", ".cc", ".cxx", ".c++", ".hpp", ".hh", ".hxx", ".h++", ".cuh", ".cu"), {
+        "function_definition": "function", "class_specifier": "class",
+        "struct_specifier": "struct", "union_specifier": "union", "enum_specifier": "enum",
+        "namespace_definition": "namespace"}),
 }
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _GENERIC_SCOPE = re.compile(r"(.+)_(definition|declaration|item)\Z")  # other grammars' scopes

@@ -193,6 +193,27 @@ char *describe(const struct circle *c, int verbose, char *buf, size_t n) {
     return buf;
 }
 '''
+CPP = '''#include <string>
+
+namespace geo {
+class Circle : public Shape {
+ public:
+  explicit Circle(double r) : r_(r) {}
+
+  std::string describe(bool verbose) const {
+    std::string name = "circle";
+    double a = 3.14159 * r_ * r_;
+    if (verbose) {
+      return name + " with area " + std::to_string(a);
+    }
+    return name + " " + std::to_string(static_cast<long>(a));
+  }
+
+ private:
+  double r_;
+};
+}  // namespace geo
+'''
 SAMPLES = {  # language: (file name, source, the scope of chunks inside `describe`)
     "python": ("shapes.py", PY, "class Shape > def describe"),
     "javascript": ("shapes.js", JS, "class Shape > method describe"),
@@ -202,6 +223,7 @@ SAMPLES = {  # language: (file name, source, the scope of chunks inside `describ
     "go": ("shapes.go", GO, "func (c *Circle) Describe"),
     "rust": ("shapes.rs", RUST, "impl Circle > fn describe"),
     "c": ("shapes.c", C, "function describe"),
+    "cpp": ("shapes.cpp", CPP, "namespace geo > class Circle > function describe"),
 }
 
 
@@ -275,13 +297,15 @@ def test_a_header_opens_the_chunk_of_its_body(language):
 
 
 def test_languages_come_from_metadata_then_suffix_then_config():
-    c = CodeChunker(language="go", extensions={".pyx": "python", ".H": "c"})
+    c = CodeChunker(language="go", extensions={".pyx": "python", ".H": "cpp"})
+    plain = CodeChunker()
     for language, grammar in LANGUAGES.items():
         for suffix in grammar.extensions:
-            assert c.language_of(Document(f"dir/file{suffix}", "x")) == language
-            assert c.language_of(Document(f"FILE{suffix.upper()}", "x")) == language
+            assert plain.language_of(Document(f"dir/file{suffix}", "x")) == language
+            assert plain.language_of(Document(f"FILE{suffix.upper()}", "x")) == language
     assert c.language_of(Document("a.pyx", "x")) == "python"
-    assert c.language_of(Document("a.h", "x")) == "c"
+    assert c.language_of(Document("a.h", "x")) == "cpp"
+    assert CodeChunker().language_of(Document("a.h", "x")) == "c"
     assert c.language_of(Document("notes.txt", "x")) == "go"  # the configured language
     assert c.language_of(Document("README", "x")) == "go"
     assert c.language_of(Document("a.py", "x", {"language": "Rust"})) == "rust"
