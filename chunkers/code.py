@@ -45,6 +45,8 @@ document's ``source``.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import functools
 import importlib.util
 import logging
 import os
@@ -58,8 +60,9 @@ import numpy as np
 
 from chunkers.base import TokenIndex, check_size, pack_indexed, token_windows, trim
 from chunkers.recursive import _after_each
+from ragkit import registry
 from ragkit._deps import require
-from ragkit.config import COMPONENT_KIND, build
+from ragkit.config import build, to_config
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -127,6 +130,7 @@ _GLUE_TYPES = frozenset({"attribute_item", "decorator", "annotation", "marker_an
 _NAME_CHARS = 120  # a scope label's name is cut to this many characters
 
 
+@functools.cache
 def _installed(name: str) -> bool:
     return importlib.util.find_spec(f"tree_sitter_{name}") is not None
 
@@ -173,7 +177,8 @@ class CodeChunker:
     ``tokenizer`` counts tokens (unused with ``nws_chars``). ``language``: the language of
     documents whose metadata and extension do not say. ``extensions``: more suffixes, e.g.
     ``{".pyx": "python"}``. ``fallback``: the chunker for documents in no known language (a
-    spec without ``chunk_size``/``tokenizer`` gets this chunker's, when ``unit`` is tokens).
+    spec without ``chunk_size``/``tokenizer`` gets this chunker's, when ``unit`` is tokens; the
+    built chunker is ``fallback_chunker``).
     """
 
     chunk_size: int | None = None
@@ -181,7 +186,9 @@ class CodeChunker:
     tokenizer: str = "cl100k"
     language: str | None = None
     extensions: dict[str, str] = field(default_factory=dict)
-    fallback: Any = field(default=None, metadata={COMPONENT_KIND: "chunker"})
+    # A chunker spec, kept as given (plain data) because a spec without a budget inherits this
+    # chunker's when it is built (so it cannot be built beforehand like a nested component).
+    fallback: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None:
@@ -201,19 +208,23 @@ class CodeChunker:
                                   path="extensions")
             exts[suffix.lower()] = check_language(lang, path=f"extensions.{suffix}")
         self.extensions = exts
+        self._fallback = None
         if self.fallback is not None:
-            self.fallback = build("chunker", self._inherit(self.fallback), path="fallback")
+            spec = self.fallback
+            if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
+                spec = to_config(spec, "chunker")  # a chunker object: kept as its spec
+            elif isinstance(spec, str):
+                spec = {"name": spec}
+            elif not isinstance(spec, Mapping):
+                raise ConfigError(f"must be a chunker name or spec; got {spec!r}", path="fallback")
+            self.fallback = dict(spec)
+            self._fallback = build("chunker", self._inherit(self.fallback), path="fallback")
 
-    def _inherit(self, spec: Any) -> Any:
+    def _inherit(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A fallback spec given without a budget counts it as this chunker does (tokens)."""
-        if self.unit != "tokens" or not isinstance(spec, str | Mapping):
-            return spec
-        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-        if not isinstance(spec.get("name"), str):
+        spec = dict(spec)
+        if self.unit != "tokens" or not isinstance(spec.get("name"), str):
             return spec  # build reports it
-        from ragkit import registry
-        import dataclasses
-
         try:
             fields = {f.name for f in dataclasses.fields(registry.resolve("chunker", spec["name"]))}
         except (ConfigError, TypeError):
@@ -223,6 +234,11 @@ class CodeChunker:
         if "tokenizer" in fields:
             spec.setdefault("tokenizer", self.tokenizer)
         return spec
+
+    @property
+    def fallback_chunker(self) -> Any:
+        """The chunker built from ``fallback`` (``None`` without one)."""
+        return self._fallback
 
     @property
     def resolved_chunk_size(self) -> int:
@@ -310,7 +326,7 @@ class CodeChunker:
         if language is None:
             if self.fallback is None:
                 raise self._no_language(doc)
-            return self.fallback.chunk(doc)
+            return self._fallback.chunk(doc)
         parser, grammar = self._parser(language)
         data = text.encode("utf-8")
         tree = parser.parse(data)
@@ -320,7 +336,7 @@ class CodeChunker:
         if tree.root_node.has_error:
             log.info("document %r: tree-sitter found syntax errors (%s); chunked anyway",
                      doc.id, language)
-        return walk.chunks(doc, language, "tokens" if self.unit == "tokens" else "nws_chars")
+        return walk.chunks(doc, language, self.unit)
 
 
 class _Frame:

@@ -331,14 +331,19 @@ def test_unknown_language_is_an_error_naming_the_document_and_the_fix():
 
 def test_fallback_chunks_documents_in_no_known_language():
     code = CodeChunker(chunk_size=24, fallback="recursive")
-    assert code.fallback == RecursiveChunker(chunk_size=24, tokenizer="cl100k")  # our budget
+    assert code.fallback_chunker == RecursiveChunker(chunk_size=24, tokenizer="cl100k")
+    assert build("chunker", {"name": "code", "chunk_size": 24, "fallback": "recursive"}) == code
     prose = Document("notes.md", "First paragraph here.\n\n" + "Another sentence. " * 20)
     assert code.chunk(prose) == RecursiveChunker(chunk_size=24).chunk(prose)
     py = code.chunk(Document("a.py", PY))
     assert py and all(c.metadata["language"] == "python" for c in py)
     own = CodeChunker(fallback={"name": "fixed", "chunk_size": 7, "tokenizer": "whitespace"})
-    assert own.fallback.chunk_size == 7 and own.fallback.tokenizer == "whitespace"
-    for chunker in (code, own):
+    assert own.fallback_chunker.chunk_size == 7 and own.fallback_chunker.tokenizer == "whitespace"
+    obj = CodeChunker(fallback=RecursiveChunker(chunk_size=9))  # an object is kept as its spec
+    assert obj.fallback["chunk_size"] == 9 and obj.fallback_chunker == RecursiveChunker(chunk_size=9)
+    assert CodeChunker(fallback="recursive").fallback_chunker.chunk_size == 512
+    assert CodeChunker(unit="nws_chars", fallback="recursive").fallback_chunker.chunk_size == 256
+    for chunker in (code, own, obj):
         spec = to_config(chunker, "chunker")
         assert build("chunker", json.loads(json.dumps(spec))) == chunker
     with pytest.raises(ConfigError, match=r"^fallback\.name: unknown chunker 'nope'"):
