@@ -592,3 +592,21 @@ def test_cli_chunks_a_source_tree(tmp_path, capsys):
     assert main(args + ["-o", "chunker.fallback=recursive"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert "notes.md" in {r["doc_id"] for r in rows}
+
+
+def test_cli_indexes_a_source_tree(tmp_path, capsys):
+    from ragkit.cli import main
+    from ragkit.pipeline import RAGPipeline
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "shapes.rs").write_text(RUST, encoding="utf-8")
+    (tmp_path / "src" / "shapes.c").write_text(C, encoding="utf-8")
+    out = tmp_path / "index"
+    assert main(["index", str(tmp_path / "src"), "-o", "chunker.name=code", "-o",
+                 "chunker.chunk_size=40", "-o", "embedder.name=hash", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "indexed 2 documents" in capsys.readouterr().out
+    pipe = RAGPipeline.load(out)
+    hits = pipe.retrieve("describe circle area verbose", k=3)
+    assert hits and {h.chunk.metadata["language"] for h in hits} <= {"rust", "c"}
+    assert all(isinstance(h.chunk.metadata["scope"], str) for h in hits)
