@@ -1,14 +1,17 @@
 """Repository-scale example: chunk real source trees with the ``code`` chunker and check it.
 
     python benchmarks/code_repo_example.py [ROOT ...] [--mb-per-language 5] [--chunk-size 512]
-                                           [--unit tokens|nws_chars] [--json PATH]
+                                           [--unit tokens|nws_chars] [--extension .h=cpp]
+                                           [--json PATH]
 
 Walks each ROOT (default: this interpreter's site-packages, /usr/lib/node_modules and
 /usr/share/doc, those that exist) for files whose suffix the code chunker knows (.py, .js, .ts,
 .tsx, .java, .go, .rs, .c, .h, ...), skipping hidden folders and symlinks. Per language it takes
 files in a fixed pseudo-random order (by the SHA-1 of their path, so the sample spreads over the
 whole tree instead of the first packages alphabetically) until ``--mb-per-language`` megabytes;
-files that are not UTF-8 or hold a NUL byte are skipped and counted.
+files that are not UTF-8 or hold a NUL byte are skipped and counted. ``--extension .h=cpp``
+(repeatable) maps a suffix to a language, as the chunker's ``extensions`` does: ``.h`` is C by
+default, while the headers in site-packages are mostly C++.
 
 Every file is chunked as one document (its language from its suffix), and every chunk is checked
 against the file: ``text[start:end] == chunk.text``, its size counted again on its own text
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     from chunkers.code import LANGUAGES, CodeChunker, NonWhitespaceCounter
     from ragkit.types import Document
 
-    chunker = CodeChunker(chunk_size=args.chunk_size, unit=args.unit)
+    chunker = CodeChunker(chunk_size=args.chunk_size, unit=args.unit, extensions=args.extension)
     size = chunker.resolved_chunk_size
     if args.unit == "tokens":
         import tiktoken
@@ -103,11 +106,13 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
             return [nws.count(t) for t in texts]
 
     suffixes = {s: lang for lang, g in LANGUAGES.items() for s in g.extensions}
+    suffixes.update(chunker.extensions)
     roots = [r for r in args.roots if Path(r).is_dir()]
     say(f"roots: {', '.join(roots)}")
     say(f"chunker: code, chunk_size {size} {args.unit}"
         + (" (cl100k)" if args.unit == "tokens" else "")
-        + f"; up to {args.mb_per_language:g} MB per language")
+        + f"; up to {args.mb_per_language:g} MB per language"
+        + "".join(f"; {k} as {v}" for k, v in chunker.extensions.items()))
     found = find_sources(roots, suffixes)
     rows = []
     for language, paths in found.items():
@@ -180,10 +185,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--mb-per-language", type=float, default=5.0)
     p.add_argument("--chunk-size", type=int, help="default: 512 tokens or 1500 nws_chars")
     p.add_argument("--unit", choices=("tokens", "nws_chars"), default="tokens")
+    p.add_argument("--extension", action="append", default=[], metavar="SUFFIX=LANGUAGE",
+                   help="parse files with this suffix as this language, e.g. .h=cpp")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.mb_per_language <= 0:
         p.error("--mb-per-language must be > 0")
+    if any("=" not in e for e in args.extension):
+        p.error("--extension takes SUFFIX=LANGUAGE, e.g. .h=cpp")
+    args.extension = dict(e.split("=", 1) for e in args.extension)
     args.argv = list(argv)
     return args
 
