@@ -42,6 +42,8 @@ Checks on the checked pass, against the source files:
   by searching for its text forward from the previous chunk;
 - whitespace lost: whitespace characters no chunk covers (trimmed edges and gaps between chunks,
   which all three drop by design: reported, not counted as lost);
+- mid-line starts: chunks that start after non-whitespace on their line (a cut inside a line,
+  not between statements), a rough measure of how well cuts follow the code's structure;
 - peak MB: tracemalloc's peak during the checked pass, returned chunks included. It sees the
   Python heap and numpy arrays, not memory held inside Rust or C extensions (chonkie's language
   pack, semantic-text-splitter, tiktoken, tree-sitter trees), so it is a rough comparison.
@@ -228,7 +230,7 @@ def check(text: str, pieces: Sequence[Piece], enc: Any, budget: int) -> dict[str
     """Over-budget, empty and badly offset chunks, and characters lost, for one document."""
     sizes = [len(ids) for ids in enc.encode_ordinary_batch([p.text for p in pieces])]
     covered = np.zeros(len(text) + 1, dtype=np.int64)
-    unlocated = bad_offsets = 0
+    unlocated = bad_offsets = mid_line = 0
     cursor = 0
     for p in pieces:
         if p.start is not None and text[p.start : p.end] == p.text:
@@ -244,6 +246,7 @@ def check(text: str, pieces: Sequence[Piece], enc: Any, budget: int) -> dict[str
         covered[at] += 1
         covered[at + len(p.text)] -= 1
         cursor = at + 1
+        mid_line += bool(text[text.rfind("\n", 0, at) + 1 : at].strip())
     space = _space(text)
     uncovered = np.cumsum(covered)[:-1] == 0
     return {
@@ -254,6 +257,7 @@ def check(text: str, pieces: Sequence[Piece], enc: Any, budget: int) -> dict[str
         "bad_offsets": bad_offsets,
         "chars_lost": int((~space & uncovered).sum()) + unlocated,
         "whitespace_lost": int((space & uncovered).sum()),
+        "mid_line_starts": mid_line,
     }
 
 
@@ -377,20 +381,20 @@ def command_line(argv: Sequence[str]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "| chunker | MB/s | best s | ragkit ÷ this | chunks | over budget | max tokens | empty "
-        "| bad offsets | chars lost | whitespace lost | peak MB |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| bad offsets | chars lost | whitespace lost | mid-line starts | peak MB |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in result["rows"]:
         ratio = result["ratios"].get(r["chunker"])
         head = (f"| {r['chunker']} | {r['mb_per_s']:.2f} | {r['seconds']:.3f} "
                 f"| {'–' if ratio is None else f'{ratio:.2f}x'} ")
         if r["library"] == "reference":
-            lines.append(head + "| – " * 8 + "|")
+            lines.append(head + "| – " * 9 + "|")
             continue
         lines.append(
             head + f"| {r['chunks']:,} | {r['over_budget']:,} | {r['max_tokens']:,} "
             f"| {r['empty']:,} | {r['bad_offsets']:,} | {r['chars_lost']:,} "
-            f"| {r['whitespace_lost']:,} | {r['peak_mb']:.1f} |"
+            f"| {r['whitespace_lost']:,} | {r['mid_line_starts']:,} | {r['peak_mb']:.1f} |"
         )
     t = result["targets"]
     fast = t["at_least_as_fast_as_chonkie"]
