@@ -374,7 +374,8 @@ class _Walk:
         else:
             code = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
             width = 1 + (code >= 0x80) + (code >= 0x800) + (code >= 0x10000)
-            b2c = np.repeat(np.arange(len(text), dtype=np.int64), width)
+            b2c = np.repeat(np.arange(len(text), dtype=np.int32 if len(data) < 2**31 else
+                                      np.int64), width)
             self.char = memoryview(np.append(b2c, len(text)))
         self.inside = set(index.inside.tolist()) if len(index.inside) else None
         self.starts: list[int] = []
