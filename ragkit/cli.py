@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
     q.add_argument("-k", type=int, help="number of chunks (default: the config's k)")
     q.add_argument("--json", action="store_true", help="print the answer as JSON")
+    q.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="change a query-time key of the saved pipeline, e.g. -o selector.name=mmr or "
+             "-o index.ef_search=256 (repeatable; keys fixed at build time are refused)",
+    )
     q.set_defaults(func=cmd_query)
 
     a = sub.add_parser("ask", help="answer a question from an index with a generator, citing chunks")
@@ -182,7 +187,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     if args.k is not None and args.k < 1:
         raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
-    pipe = RAGPipeline.load(args.index)
+    pipe = RAGPipeline.load(args.index, args.override)
     answer = pipe.answer(args.question, k=args.k)
     if args.json:
         print(json.dumps({
@@ -277,15 +282,23 @@ DEFAULT_GENERATOR = {"name": "transformers"}
 
 
 def _pipeline_with_generator(args: argparse.Namespace):
-    """The saved pipeline; a generator from --config / -o generator.* replaces or adds one."""
-    from ragkit.config import build
+    """The saved pipeline (-o keys outside ``generator`` change its query-time settings) with a
+    generator: the saved one, or the ``generator`` section of --config, or the default, with the
+    -o generator.* overrides applied on top."""
+    from ragkit.config import apply_overrides, build, load_yaml
     from ragkit.pipeline import RAGPipeline
 
-    pipe = RAGPipeline.load(args.index)
-    extra = _config(args)
-    spec = extra.get("generator") or (
-        to_plain(pipe.generator) if pipe.generator is not None else DEFAULT_GENERATOR)
-    pipe.generator = build("generator", spec, path="generator")
+    def is_gen(item: str) -> bool:
+        return item.partition("=")[0].split(".")[0] == "generator"
+
+    pipe = RAGPipeline.load(args.index, [o for o in args.override if not is_gen(o)])
+    spec = pipe.generator if pipe.generator is not None else DEFAULT_GENERATOR
+    if args.config:
+        spec = load_yaml(args.config).get("generator", spec)
+    # in full (nested components named), so that -o generator.kv_store.path=... has a base
+    spec = to_plain(build("generator", spec, path="generator"))
+    spec = apply_overrides({"generator": spec}, [o for o in args.override if is_gen(o)])
+    pipe.generator = build("generator", spec["generator"], path="generator")
     return pipe
 
 
@@ -299,6 +312,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
     pipe = _pipeline_with_generator(args)
+    getattr(pipe.generator, "lm", None)  # load (or convert, the first time) before answering
     print(f"Q: {args.question}\nA: ", end="", flush=True)
     answer = pipe.answer(args.question, k=args.k,
                          stream=lambda piece: print(piece, end="", flush=True))

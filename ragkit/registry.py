@@ -37,6 +37,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     },
     "generator": {
         "transformers": "generation.transformers_backend:TransformersGenerator",
+        "vllm": "generation.vllm_backend:VLLMGenerator",
     },
     "kv_store": {
         "tiered": "generation.kv_store:TieredKVStore",
