@@ -243,7 +243,9 @@ def assert_nws_contract(doc: Document, chunks: list, size: int) -> None:
     covered = [False] * len(text)
     prev_end = 0
     for c in chunks:
-        assert text[c.start : c.end] == c.text and c.text == c.text.strip() and c.text
+        assert text[c.start : c.end] == c.text and c.text.strip()
+        clusters = regex.findall(r"\X", c.text)  # " \u0301" is one cluster: not trimmed
+        assert not clusters[0].isspace() and not clusters[-1].isspace()
         assert c.start >= prev_end
         prev_end = c.end
         assert c.metadata["nws_chars"] == NWS.count(c.text) and "tokens" not in c.metadata
