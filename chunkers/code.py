@@ -14,8 +14,11 @@ Where a chunk may end. Pieces merge freely except across the edges of a node tha
   what is left of its parent is small (under a quarter of the budget: a closing ``}``, a final
   ``return``), which then stays with the split node's last chunk;
 - before a split node the current chunk is closed, unless what it holds is small (under a
-  quarter of the budget): then it opens the split node's first chunk. So a header such as
-  ``def f(x):`` or ``class Foo {`` always travels with the start of its body, never alone;
+  quarter of the budget): then it opens the split node's first chunk. A split node's header
+  (``def f(x):``, ``class Foo {``) is kept with the start of its body: the body is walked even
+  when it would fit whole, and its first statement is split to fill the header's chunk when it
+  does not fit beside it. (On the standard library at 512 tokens, 3 of 2,976 chunks still end on
+  a ``def``/``class`` line, where the code before it had filled the chunk.);
 - comments, decorators and attributes directly before a split node go with it.
 
 Sizes are ``chunk_size`` tokens of ``tokenizer`` (``unit: tokens``, default 512 cl100k tokens) or
