@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def inputs(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("paths", nargs="+", help=".txt/.md/.jsonl files or folders of them")
+        sp.add_argument("paths", nargs="+", help=".txt/.md/.jsonl files or folders of them "
+                        "(source files too with the code chunker)")
         sp.add_argument("--text-field", default="text", help="JSONL key holding the text")
         sp.add_argument("--skip-bad-files", action="store_true",
                         help="skip unreadable files with a warning instead of failing")
@@ -130,7 +131,7 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
     config = _config(args)
     chunker = build("chunker", config.get("chunker", DEFAULT_NAMES["chunker"]), path="chunker")
-    docs = _documents(args)
+    docs = _documents(args, chunker)
     total_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
     sizes: list[int] = []
     chars: list[int] = []
@@ -141,7 +142,7 @@ def cmd_chunk(args: argparse.Namespace) -> int:
                          weight=lambda d: len(d.text.encode("utf-8"))):
         n_docs += 1
         for c in chunker.chunk(doc):
-            sizes.append(int(c.metadata.get("tokens", 0)))
+            sizes.append(int(c.metadata.get("tokens", c.metadata.get("nws_chars", 0))))
             chars.append(c.end - c.start)
             if args.format == "jsonl":
                 out.write(json.dumps({"id": c.id, "doc_id": c.doc_id, "index": c.index,
@@ -158,7 +159,8 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         print(f"documents  {n_docs}  ({total_bytes / 1e6:.2f} MB)")
         print(f"chunks     {len(sizes)}")
         if sizes:
-            tok_unit = getattr(chunker, "tokenizer", "tokens")
+            tok_unit = getattr(chunker, "resolved_tokenizer", None) or getattr(
+                chunker, "tokenizer", "tokens")
             print(f"tokens     total {sum(sizes)}  ({tok_unit})")
             print("size       " + _describe(sizes, "tokens"))
             print("chars      " + _describe(chars, "chars"))
@@ -170,7 +172,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from ragkit.pipeline import RAGPipeline
 
     pipe = RAGPipeline.from_config(_config(args))  # validates everything before any work
-    docs = _documents(args)
+    docs = _documents(args, pipe.chunker)
     report = pipe.add(_progress(docs, args, "indexing", unit="doc", total=len(docs)))
     pipe.save(args.out)
     print(
@@ -378,12 +380,15 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
-def _documents(args: argparse.Namespace) -> list:
-    from ragkit.loaders import load_documents
+def _documents(args: argparse.Namespace, chunker: Any = None) -> list:
+    """The documents under ``args.paths``: the files the chunker takes (its ``file_suffixes``,
+    e.g. source files for the code chunker), else .txt/.md/.jsonl."""
+    from ragkit.loaders import DEFAULT_SUFFIXES, load_documents
 
     problems: list = []
     docs = load_documents(
         args.paths, text_field=args.text_field,
+        suffixes=getattr(chunker, "file_suffixes", DEFAULT_SUFFIXES),
         on_error="skip" if args.skip_bad_files else "raise",
         **({"problems": problems} if args.skip_bad_files else {}),
     )
