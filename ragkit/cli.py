@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def inputs(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("paths", nargs="+", help=".txt/.md/.jsonl files or folders of them")
+        sp.add_argument("paths", nargs="+", help=".txt/.md/.jsonl files or folders of them "
+                        "(source files too with the code chunker)")
         sp.add_argument("--text-field", default="text", help="JSONL key holding the text")
         sp.add_argument("--skip-bad-files", action="store_true",
                         help="skip unreadable files with a warning instead of failing")
@@ -141,7 +142,7 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
     config = _config(args)
     chunker = build("chunker", config.get("chunker", DEFAULT_NAMES["chunker"]), path="chunker")
-    docs = _documents(args)
+    docs = _documents(args, chunker)
     total_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
     sizes: list[int] = []
     chars: list[int] = []
@@ -152,7 +153,7 @@ def cmd_chunk(args: argparse.Namespace) -> int:
                          weight=lambda d: len(d.text.encode("utf-8"))):
         n_docs += 1
         for c in chunker.chunk(doc):
-            sizes.append(int(c.metadata.get("tokens", 0)))
+            sizes.append(int(c.metadata.get("tokens", c.metadata.get("nws_chars", 0))))
             chars.append(c.end - c.start)
             if args.format == "jsonl":
                 out.write(json.dumps({"id": c.id, "doc_id": c.doc_id, "index": c.index,
@@ -169,7 +170,8 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         print(f"documents  {n_docs}  ({total_bytes / 1e6:.2f} MB)")
         print(f"chunks     {len(sizes)}")
         if sizes:
-            tok_unit = getattr(chunker, "tokenizer", "tokens")
+            tok_unit = getattr(chunker, "resolved_tokenizer", None) or getattr(
+                chunker, "tokenizer", "tokens")
             print(f"tokens     total {sum(sizes)}  ({tok_unit})")
             print("size       " + _describe(sizes, "tokens"))
             print("chars      " + _describe(chars, "chars"))
@@ -316,17 +318,23 @@ DEFAULT_GENERATOR = {"name": "transformers"}
 
 
 def _pipeline_with_generator(args: argparse.Namespace):
-    """The saved pipeline (other -o keys change its query-time settings); a generator from
-    --config / -o generator.* replaces or adds one."""
-    from ragkit.config import build
+    """The saved pipeline (-o keys outside ``generator`` change its query-time settings) with a
+    generator: the saved one, or the ``generator`` section of --config, or the default, with the
+    -o generator.* overrides applied on top."""
+    from ragkit.config import apply_overrides, build, load_yaml
     from ragkit.pipeline import RAGPipeline
 
-    pipe = RAGPipeline.load(args.index, [
-        o for o in args.override if o.partition("=")[0].split(".")[0] != "generator"])
-    extra = _config(args)
-    spec = extra.get("generator") or (
-        to_plain(pipe.generator) if pipe.generator is not None else DEFAULT_GENERATOR)
-    pipe.generator = build("generator", spec, path="generator")
+    def is_gen(item: str) -> bool:
+        return item.partition("=")[0].split(".")[0] == "generator"
+
+    pipe = RAGPipeline.load(args.index, [o for o in args.override if not is_gen(o)])
+    spec = pipe.generator if pipe.generator is not None else DEFAULT_GENERATOR
+    if args.config:
+        spec = load_yaml(args.config).get("generator", spec)
+    # in full (nested components named), so that -o generator.kv_store.path=... has a base
+    spec = to_plain(build("generator", spec, path="generator"))
+    spec = apply_overrides({"generator": spec}, [o for o in args.override if is_gen(o)])
+    pipe.generator = build("generator", spec["generator"], path="generator")
     return pipe
 
 
@@ -340,6 +348,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
     pipe = _pipeline_with_generator(args)
+    getattr(pipe.generator, "lm", None)  # load (or convert, the first time) before answering
     print(f"Q: {args.question}\nA: ", end="", flush=True)
     answer = pipe.answer(args.question, k=args.k,
                          stream=lambda piece: print(piece, end="", flush=True))
@@ -347,9 +356,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     for h in answer.hits:
         print(f"  [{h.rank + 1}] {h.citation}  score={h.score:.3f}")
     t = answer.timings
-    keys = ("retrieve_s", "ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused")
+    first = ("retrieve_s", "ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused")
+    keys = [k for k in first if k in t] + [k for k in t if k not in first]  # then backend extras
     print("timings: " + "  ".join(f"{k}={t[k]:.3g}" if isinstance(t[k], float) else f"{k}={t[k]}"
-                                  for k in keys if k in t))
+                                  for k in keys))
     return 0
 
 
@@ -406,12 +416,15 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
-def _documents(args: argparse.Namespace) -> list:
-    from ragkit.loaders import load_documents
+def _documents(args: argparse.Namespace, chunker: Any = None) -> list:
+    """The documents under ``args.paths``: the files the chunker takes (its ``file_suffixes``,
+    e.g. source files for the code chunker), else .txt/.md/.jsonl."""
+    from ragkit.loaders import DEFAULT_SUFFIXES, load_documents
 
     problems: list = []
     docs = load_documents(
         args.paths, text_field=args.text_field,
+        suffixes=getattr(chunker, "file_suffixes", DEFAULT_SUFFIXES),
         on_error="skip" if args.skip_bad_files else "raise",
         **({"problems": problems} if args.skip_bad_files else {}),
     )

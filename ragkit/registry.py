@@ -19,6 +19,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "late": "chunkers.late:LateChunker",
         "semantic": "chunkers.semantic:SemanticChunker",
         "cluster": "chunkers.cluster:ClusterChunker",
+        "code": "chunkers.code:CodeChunker",
         # peers, wrapped so they can be measured side by side with ragkit's own chunkers
         "langchain-recursive": "chunkers.langchain:LangChainRecursiveChunker",
         "langchain-token": "chunkers.langchain:LangChainTokenChunker",
@@ -36,6 +37,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     },
     "generator": {
         "transformers": "generation.transformers_backend:TransformersGenerator",
+        "vllm": "generation.vllm_backend:VLLMGenerator",
     },
     "kv_store": {
         "tiered": "generation.kv_store:TieredKVStore",

@@ -149,7 +149,9 @@ def ingest(
     ``pipeline``: a ``RAGPipeline``, a config mapping, or a YAML file's path. ``engine``: a name
     in ``ENGINES`` or a spec (``{"name": "ray", "workers": 4, "address": "auto"}``).
     ``batch_size``: documents per chunk-and-embed call (the pipeline's ``batch_size`` stays the
-    number of chunks per embedder call). See the module docstring for the rest.
+    number of chunks per embedder call). ``suffixes``: the files to read (default: the chunker's
+    ``file_suffixes`` if it has them, else .txt/.md/.markdown/.jsonl). See the module docstring
+    for the rest.
     """
     from ragkit.config import build, load_yaml, model_spec, to_config
     from ragkit.loaders import DEFAULT_SUFFIXES, DocumentLoader, LoadError, _path_list
@@ -162,7 +164,9 @@ def ingest(
     eng = build("engine", engine, path="engine")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"must be an int >= 1; got {batch_size!r}", path="batch_size")
-    suffixes = tuple(DEFAULT_SUFFIXES if suffixes is None else suffixes)
+    if suffixes is None:  # the files the chunker takes (source files for the code chunker)
+        suffixes = getattr(pipe.chunker, "file_suffixes", DEFAULT_SUFFIXES)
+    suffixes = tuple(suffixes)
     loader = DocumentLoader(text_field=text_field, id_field=id_field, on_error=on_error,
                             suffixes=suffixes)
     files, problems = _plan(loader, _path_list(paths))
