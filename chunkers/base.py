@@ -193,8 +193,12 @@ class TokenIndex:
             new = np.empty(len(starts), dtype=bool)
             new[0] = True
             np.not_equal(starts[1:], starts[:-1], out=new[1:])
-            first = np.flatnonzero(new)
-            at = starts[first]
+            if new.all():  # no character split over several tokens: every start is new
+                first = np.arange(len(starts), dtype=np.int64)
+                at = starts
+            else:
+                first = np.flatnonzero(new)
+                at = starts[first]
             lo, hi = int(at.searchsorted(1)), int(at.searchsorted(n))  # inner offsets only
             at, first = at[lo:hi], first[lo:hi]
             if len(inside) and len(at):  # drop the offsets inside a grapheme cluster
@@ -288,6 +292,7 @@ def token_windows(
 
 def _windows(index: TokenIndex, size: int, overlap: int) -> list[tuple[int, int, int]]:
     sub, cuts, before = index.text, index.cuts, index.before
+    count = index.count
     last = len(cuts) - 1
     out: list[tuple[int, int, int]] = []
     prev_s, prev_e, prev_q = -1, -1, 0  # the last window kept and its end cut
@@ -297,7 +302,7 @@ def _windows(index: TokenIndex, size: int, overlap: int) -> list[tuple[int, int,
         q = min(max(q, p + 1), last)
         while True:
             s, e = trim(sub, int(cuts[p]), int(cuts[q]))
-            n = index.count(s, e)
+            n = count(s, e)
             if n <= size or q == p + 1:
                 break
             q -= 1
