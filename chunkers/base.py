@@ -184,33 +184,51 @@ class TokenIndex:
     def __init__(self, text: str, tokenizer: Tokenizer) -> None:
         self.text = text
         self.tokenizer = tokenizer
-        self.starts = starts = np.asarray(tokenizer.token_starts(text), dtype=np.int64)
-        self.inside = inside = _inside_clusters(text)
+        self.starts = np.asarray(tokenizer.token_starts(text), dtype=np.int64)
+        self.inside = _inside_clusters(text)
         self._additive = getattr(tokenizer, "splits_at_word_ends", False) is True
         self._edges = self._additive and getattr(tokenizer, "splits_at_ascii_edges", False) is True
-        n = len(text)
-        if len(starts):  # the first token starting at each distinct offset (starts ascend)
-            new = np.empty(len(starts), dtype=bool)
-            new[0] = True
-            np.not_equal(starts[1:], starts[:-1], out=new[1:])
-            if new.all():  # no character split over several tokens: every start is new
-                first = np.arange(len(starts), dtype=np.int64)
-                at = starts
-            else:
-                first = np.flatnonzero(new)
-                at = starts[first]
-            lo, hi = int(at.searchsorted(1)), int(at.searchsorted(n))  # inner offsets only
-            at, first = at[lo:hi], first[lo:hi]
-            if len(inside) and len(at):  # drop the offsets inside a grapheme cluster
-                pos = at.searchsorted(inside)
-                found = pos < len(at)
-                pos = pos[found]
-                drop = pos[at[pos] == inside[found]]
-                at, first = np.delete(at, drop), np.delete(first, drop)
-        else:
-            at = first = _NO_INSIDE
-        self.cuts = np.concatenate(([0], at, [n])).astype(np.int64, copy=False)
-        self.before = np.concatenate(([0], first, [len(starts)])).astype(np.int64, copy=False)
+
+    @property
+    def cuts(self) -> np.ndarray:
+        return self._cut_table[0]
+
+    @property
+    def before(self) -> np.ndarray:
+        return self._cut_table[1]
+
+    @functools.cached_property
+    def _cut_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """``cuts`` and ``before``, built on first use (the chunkers that only count spans never
+        need them)."""
+        starts, inside, n = self.starts, self.inside, len(self.text)
+        if len(starts) == 0:
+            return np.array([0, n], dtype=np.int64), np.array([0, 0], dtype=np.int64)
+        # the first token starting at each distinct offset (starts ascend)
+        new = np.empty(len(starts), dtype=bool)
+        new[0] = True
+        np.not_equal(starts[1:], starts[:-1], out=new[1:])
+        lo, hi = int(starts.searchsorted(1)), int(starts.searchsorted(n))  # inner offsets only
+        if len(inside) == 0 and new[lo:hi].all():  # every inner start is a new offset, and a cut
+            cuts = np.empty(hi - lo + 2, dtype=np.int64)
+            cuts[0], cuts[-1] = 0, n
+            cuts[1:-1] = starts[lo:hi]
+            before = np.arange(lo - 1, hi + 1, dtype=np.int64)
+            before[0], before[-1] = 0, len(starts)
+            return cuts, before
+        first = np.flatnonzero(new)
+        at = starts[first]
+        lo, hi = int(at.searchsorted(1)), int(at.searchsorted(n))
+        at, first = at[lo:hi], first[lo:hi]
+        if len(inside) and len(at):  # drop the offsets inside a grapheme cluster
+            pos = at.searchsorted(inside)
+            found = pos < len(at)
+            pos = pos[found]
+            drop = pos[at[pos] == inside[found]]
+            at, first = np.delete(at, drop), np.delete(first, drop)
+        cuts = np.concatenate(([0], at, [n])).astype(np.int64, copy=False)
+        before = np.concatenate(([0], first, [len(starts)])).astype(np.int64, copy=False)
+        return cuts, before
 
     def on_boundary(self, pos: int) -> bool:
         """Whether ``pos`` starts a grapheme cluster (or is the end of the text)."""
