@@ -501,7 +501,7 @@ def markdown(result: dict[str, Any]) -> str:
         verdict = "met" if t["speed_met"] and t["clean"] else "MISSED"
         lines.append(
             f"- {t['ragkit']} vs {t['peer']} (tiktoken), overlap {t['overlap']}: "
-            f"{t['ratio']:.2f}x (target >= {t['minimum']}x; CPU time {t['cpu_ratio']:.2f}x), "
+            f"{t['ratio']:.3f}x (target >= {t['minimum']}x; CPU time {t['cpu_ratio']:.3f}x), "
             f"{'0 over budget and 0 chars lost' if t['clean'] else 'NOT clean'}: {verdict}"
         )
     return "\n".join(lines)
