@@ -226,7 +226,7 @@ class TiktokenTokenizer:
 
     @property
     def _vocabulary(self) -> Iterator[tuple[int, bytes]]:
-        """``(id, bytes)`` of every ordinary token."""
+        """``(id, bytes)`` of every token id the encoding has, special tokens included."""
         for token in range(self._enc.max_token_value + 1):
             try:
                 yield token, self._enc.decode_single_token_bytes(token)
