@@ -128,3 +128,19 @@ def test_ingest_bench_smoke(tmp_path, capsys):
     assert rows[0]["x_local"] == 1.0 and rows[1]["x_ray1"] == 1.0
     assert all(r["worker_cpu_s"] > 0 for r in rows[:3]) and rows[3]["worker_cpu_s"] == 0
     assert json.loads((tmp_path / "ingest.json").read_text())["rows"][0]["engine"] == "local"
+
+
+@pytest.mark.slow
+def test_exact_encoder_smoke(tmp_path, capsys):
+    for needed in ("bpe_openai", "chonkie", "tiktoken"):  # bpe-openai: ragkit[bench-encoders]
+        pytest.importorskip(needed)
+    bench = load("exact_encoder")
+    result = bench.main(["--mb", "0.05", "--repeats", "1", "--overlaps", "0",
+                         "--json", str(tmp_path / "encoders.json")])
+    assert result["documents_differing"] == []
+    assert all(not bad for bad in result["code_point_mismatches"].values())
+    assert result["identical_chunks"] is True
+    assert [r["what"] for r in result["rows"]] == [
+        "tiktoken encode_to_numpy", "bpe-openai encode", "ragkit fixed, tiktoken ids",
+        "ragkit fixed, bpe-openai ids", "chonkie TokenChunker, tiktoken"]
+    assert "| ragkit fixed, bpe-openai ids | 0 |" in capsys.readouterr().out
