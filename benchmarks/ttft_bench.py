@@ -2,7 +2,7 @@
 
 Contexts of about 1k, 2k, 4k and 8k prompt tokens, made of chunks of the dev-split corpora
 (../shared/data/chunking_eval/corpora, chunked by ragkit's ``recursive`` chunker at 256 cl100k
-tokens) retrieved for one question of ``questions.csv`` (``hash`` embedder + memory index: a
+tokens) retrieved for a question of ``questions.csv`` (``hash`` embedder + memory index: a
 deterministic ranking, not a good one; the context is the top chunks up to the size). For each
 size and mode: the time from the question to the first token's id (prompt tokenization, store
 reads, RoPE re-positioning, blending and the question prefill included; median of ``--repeat``),
@@ -10,7 +10,8 @@ with a warm chunk cache (every chunk's KV precomputed by ``warm``; for ``prefix`
 was answered once, so its whole context is a cached exact prefix: its best case). The floor is a
 forward over the question tokens alone on a ready cache. Quality is measured against the full
 prefill (``none``): agreement of the first 32 greedy tokens (same token at the same position) and
-KL(none || mode) of the first-token distribution, in nats.
+KL(none || mode) of the first-token distribution, in nats, each averaged over the first
+``--questions`` questions (each over its own context of the same size; times use the first).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ttft_bench.py [--repeat 3] [--sizes 1024 ...]
 """
@@ -36,7 +37,8 @@ DATA = ROOT.parent / "shared" / "data" / "chunking_eval"
 MODES = ("none", "prefix", "independent", "blend")
 
 
-def retrieved_chunks(question: str) -> list:
+def ranker():
+    """``rank(question) -> chunks``: the dev-split corpora indexed once."""
     from chunkers.recursive import RecursiveChunker
     from ragkit.pipeline import RAGPipeline
     from ragkit.types import Document
@@ -46,7 +48,7 @@ def retrieved_chunks(question: str) -> list:
     pipe = RAGPipeline(chunker=RecursiveChunker(chunk_size=256), embedder={"name": "hash"},
                        index={"name": "memory"})
     pipe.add(docs)
-    return [h.chunk for h in pipe.retrieve(question, k=len(pipe.index))]
+    return lambda question: [h.chunk for h in pipe.retrieve(question, k=len(pipe.index))]
 
 
 def context_for(gen, question: str, chunks: list, size: int) -> list[str]:
@@ -74,7 +76,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     ap.add_argument("--blend-ratio", type=float, default=0.15)
-    ap.add_argument("--question", type=int, default=0, help="row of questions.csv")
+    ap.add_argument("--questions", type=int, default=5,
+                    help="quality is averaged over the first N rows of questions.csv; "
+                         "times are measured on the first")
     args = ap.parse_args()
     print("$ HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ttft_bench.py " + " ".join(sys.argv[1:]))
 
@@ -84,15 +88,17 @@ def main() -> None:
     from generation.transformers_backend import TransformersGenerator
 
     with open(DATA / "questions.csv", encoding="utf-8") as f:
-        question = list(csv.DictReader(f))[args.question]["question"]
+        questions = [r["question"] for r in csv.DictReader(f)][: args.questions]
+    question = questions[0]
     gen = TransformersGenerator(blend_ratio=args.blend_ratio,
                                 kv_store=TieredKVStore(disk=False, max_memory_bytes=8 << 30))
     gen.lm  # load outside the timed region
     print(f"# {platform.machine()} {os.cpu_count()} cpu, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), model {gen.model} float32 sdpa, "
           f"blend_ratio {args.blend_ratio}, median of {args.repeat}")
-    print(f"# question: {question}")
-    chunks = retrieved_chunks(question)
+    print(f"# timed question: {question}")
+    rank = ranker()
+    chunks = rank(question)
 
     rows = []
     for size in args.sizes:
@@ -125,17 +131,26 @@ def main() -> None:
                 times[m].append(ttft(m))
             times["floor"].append(floor())
         med = {m: statistics.median(v) for m, v in times.items()}
-        ref_ids, ref_logits = gen.greedy_ids(layout, 32, "none")
-        quality = {}
-        for m in MODES[1:]:
-            ids, logits = gen.greedy_ids(layout, 32, m)
-            quality[m] = (sum(a == b for a, b in zip(ids, ref_ids)) / 32, kl(ref_logits, logits))
+        quality = {m: ([], []) for m in MODES[1:]}
+        for q in questions:  # quality: mean over the questions, each with its own context
+            q_texts = texts if q == question else context_for(gen, q, rank(q), size)
+            q_layout = gen.layout(q, q_texts)
+            gen.warm(q_texts)
+            ref_ids, ref_logits = gen.greedy_ids(q_layout, 32, "none")
+            for m in MODES[1:]:
+                ids, logits = gen.greedy_ids(q_layout, 32, m)
+                quality[m][0].append(sum(a == b for a, b in zip(ids, ref_ids)) / 32)
+                quality[m][1].append(kl(ref_logits, logits))
+        quality = {m: (statistics.mean(a), statistics.mean(d)) for m, (a, d) in quality.items()}
         _, _, bstats = gen.first_logits(layout, "blend")
         rows.append((size, len(layout.ids), len(texts), warm_s, med, quality,
                      bstats.get("blend_recomputed", 0)))
         print(f"# {size}: {len(layout.ids)} tokens, {len(texts)} chunks, warm {warm_s:.1f} s, "
               f"ttft {', '.join(f'{m} {v:.3f}' for m, v in med.items())}", flush=True)
 
+    print()
+    print(f"quality: mean over {len(questions)} questions, each over its own retrieved context "
+          "of the same size")
     print()
     print("| context | chunks | mode | TTFT s (median) | speed-up vs none | greedy-32 agreement"
           " | KL first token (nats) |")

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ragkit.errors import ConfigError
-from ragkit.tokenizers import Tokenizer
+from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, Tokenizer, ascii_edge
 from ragkit.types import Chunk, Document
 
 Span = tuple[int, int]
@@ -174,28 +174,61 @@ class TokenIndex:
     ``cuts`` and ``before`` are those of ``cut_points``. ``count(start, end)`` is the size of
     ``text[start:end]`` tokenized on its own, which is what a chunk's size means. When the
     tokenizer ``splits_at_word_ends`` it is assembled from this one tokenization: the whole
-    text's tokens between the span's first and last word end, plus the two short edges outside
-    them tokenized alone. Otherwise the span is tokenized again.
+    text's tokens between two split points inside the span, plus the two short edges outside
+    them tokenized alone. For a tokenizer that ``splits_at_ascii_edges`` the split points are
+    the span's own ends when they are ASCII edges (no edge to tokenize), else the first and last
+    ASCII edges inside it (an edge is then mostly one word); for one that only splits at word
+    ends, the first and last word ends. Otherwise the span is tokenized again.
     """
 
     def __init__(self, text: str, tokenizer: Tokenizer) -> None:
         self.text = text
         self.tokenizer = tokenizer
-        self.starts = starts = np.asarray(tokenizer.token_starts(text), dtype=np.int64)
+        self.starts = np.asarray(tokenizer.token_starts(text), dtype=np.int64)
         self.inside = _inside_clusters(text)
         self._additive = getattr(tokenizer, "splits_at_word_ends", False) is True
-        n = len(text)
-        if len(starts):  # the first token starting at each distinct offset (starts ascend)
-            first = np.flatnonzero(np.concatenate(([True], starts[1:] != starts[:-1])))
-            at = starts[first]
-            keep = (at > 0) & (at < n)
-            if len(self.inside):
-                keep &= ~np.isin(at, self.inside, assume_unique=True)
-            cuts, before = at[keep], first[keep]
-        else:
-            cuts = before = _NO_INSIDE
-        self.cuts = np.concatenate(([0], cuts, [n])).astype(np.int64)
-        self.before = np.concatenate(([0], before, [len(starts)])).astype(np.int64)
+        self._edges = self._additive and getattr(tokenizer, "splits_at_ascii_edges", False) is True
+
+    @property
+    def cuts(self) -> np.ndarray:
+        return self._cut_table[0]
+
+    @property
+    def before(self) -> np.ndarray:
+        return self._cut_table[1]
+
+    @functools.cached_property
+    def _cut_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """``cuts`` and ``before``, built on first use (the chunkers that only count spans never
+        need them)."""
+        starts, inside, n = self.starts, self.inside, len(self.text)
+        if len(starts) == 0:
+            return np.array([0, n], dtype=np.int64), np.array([0, 0], dtype=np.int64)
+        # the first token starting at each distinct offset (starts ascend)
+        new = np.empty(len(starts), dtype=bool)
+        new[0] = True
+        np.not_equal(starts[1:], starts[:-1], out=new[1:])
+        lo, hi = int(starts.searchsorted(1)), int(starts.searchsorted(n))  # inner offsets only
+        if len(inside) == 0 and new[lo:hi].all():  # every inner start is a new offset, and a cut
+            cuts = np.empty(hi - lo + 2, dtype=np.int64)
+            cuts[0], cuts[-1] = 0, n
+            cuts[1:-1] = starts[lo:hi]
+            before = np.arange(lo - 1, hi + 1, dtype=np.int64)
+            before[0], before[-1] = 0, len(starts)
+            return cuts, before
+        first = np.flatnonzero(new)
+        at = starts[first]
+        lo, hi = int(at.searchsorted(1)), int(at.searchsorted(n))
+        at, first = at[lo:hi], first[lo:hi]
+        if len(inside) and len(at):  # drop the offsets inside a grapheme cluster
+            pos = at.searchsorted(inside)
+            found = pos < len(at)
+            pos = pos[found]
+            drop = pos[at[pos] == inside[found]]
+            at, first = np.delete(at, drop), np.delete(first, drop)
+        cuts = np.concatenate(([0], at, [n])).astype(np.int64, copy=False)
+        before = np.concatenate(([0], first, [len(starts)])).astype(np.int64, copy=False)
+        return cuts, before
 
     def on_boundary(self, pos: int) -> bool:
         """Whether ``pos`` starts a grapheme cluster (or is the end of the text)."""
@@ -212,7 +245,7 @@ class TokenIndex:
         """Tokens of ``text[start:end]`` tokenized on its own."""
         if end <= start:
             return 0
-        a, b = self._word_ends(start, end)
+        a, b = self._split_points(start, end)
         if a < 0:
             return self.tokenizer.count(self.text[start:end])
         return self._edge(start, a) + self.tokens_between(a, b) + self._edge(b, end)
@@ -222,7 +255,7 @@ class TokenIndex:
         token holds at least one byte, a char at most four)."""
         if end <= start or (self._additive and 4 * (end - start) <= size):
             return True
-        a, b = self._word_ends(start, end)
+        a, b = self._split_points(start, end)
         if a < 0:
             return self.tokenizer.count(self.text[start:end]) <= size
         inner = self.tokens_between(a, b)
@@ -235,23 +268,30 @@ class TokenIndex:
     def _edge(self, start: int, end: int) -> int:
         return self.tokenizer.count(self.text[start:end]) if end > start else 0
 
-    def _word_ends(self, start: int, end: int) -> tuple[int, int]:
-        """The first and last word ends ``a <= b`` in ``[start, end]`` where the whole text splits
-        as the span does; ``(-1, -1)`` when there are none or counting by them does not apply."""
-        if not self._additive or end - start < _SHORT:
+    def _split_points(self, start: int, end: int) -> tuple[int, int]:
+        """Two points ``a <= b`` in ``[start, end]`` where the whole text splits as the span does:
+        ``start`` and ``end`` themselves when they split the text (its ends, or ASCII edges),
+        else the first and last ASCII edges (or word ends, for a tokenizer that only splits at
+        those) inside; ``(-1, -1)`` when there are none or counting by them does not apply."""
+        if not self._additive:
             return -1, -1
         text, n = self.text, len(self.text)
-        if start == 0:
-            a = 0
-        else:
-            m = _WORD_END.search(text, start, end + 1)  # the lookahead may read text[end]
+        a = start if start == 0 or (self._edges and ascii_edge(text, start)) else -1
+        b = end if end == n or (self._edges and ascii_edge(text, end)) else -1
+        if a >= 0 and b >= 0:
+            return a, b
+        if end - start < _SHORT:
+            return -1, -1
+        first, last = (ASCII_EDGE, LAST_ASCII_EDGE) if self._edges else (_WORD_END, _LAST_WORD_END)
+        if a < 0:
+            m = first.search(text, start, end + 1)  # the lookahead may read text[end]
             if m is None:
                 return -1, -1
             a = m.end()
-        if end == n:
-            return a, n
-        m = _LAST_WORD_END.match(text, a, end + 1)  # backtracks from the end: cheap near it
-        return a, (m.end() if m is not None else a)
+        if b < 0:
+            m = last.match(text, a, end + 1)  # backtracks from the end: cheap near it
+            b = m.end() if m is not None else a
+        return a, b
 
 
 def token_windows(
@@ -270,6 +310,7 @@ def token_windows(
 
 def _windows(index: TokenIndex, size: int, overlap: int) -> list[tuple[int, int, int]]:
     sub, cuts, before = index.text, index.cuts, index.before
+    count = index.count
     last = len(cuts) - 1
     out: list[tuple[int, int, int]] = []
     prev_s, prev_e, prev_q = -1, -1, 0  # the last window kept and its end cut
@@ -279,7 +320,7 @@ def _windows(index: TokenIndex, size: int, overlap: int) -> list[tuple[int, int,
         q = min(max(q, p + 1), last)
         while True:
             s, e = trim(sub, int(cuts[p]), int(cuts[q]))
-            n = index.count(s, e)
+            n = count(s, e)
             if n <= size or q == p + 1:
                 break
             q -= 1

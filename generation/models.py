@@ -120,9 +120,16 @@ def load_model(model: str, *, dtype: str = "float32", attn: str = "sdpa") -> tup
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     if model == DEFAULT_MODEL:
         check_tokenizer(tok, where=str(folder))
-    lm = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, dtype=getattr(torch, dtype), attn_implementation=attn
-    )
+    hf_logging = transformers.utils.logging
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a library component prints no progress bar of its own
+    try:
+        lm = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=getattr(torch, dtype), attn_implementation=attn
+        )
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     return tok, lm.eval()
 
 

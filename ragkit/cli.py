@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def inputs(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("paths", nargs="+", help=".txt/.md/.jsonl files or folders of them")
+        sp.add_argument("paths", nargs="+", help=".txt/.md/.jsonl files or folders of them "
+                        "(source files too with the code chunker)")
         sp.add_argument("--text-field", default="text", help="JSONL key holding the text")
         sp.add_argument("--skip-bad-files", action="store_true",
                         help="skip unreadable files with a warning instead of failing")
@@ -72,6 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     inputs(i)
     common(i)
     i.add_argument("--out", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    i.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where to read, chunk and embed: this process (default) or a Ray cluster")
+    i.add_argument("--workers", type=int, metavar="N",
+                   help="--engine ray: chunk-and-embed workers (default: the cluster's CPUs)")
+    i.add_argument("--ray-address", metavar="ADDR",
+                   help="--engine ray: the cluster to use, e.g. auto or ray://head:10001 "
+                        "(default: RAY_ADDRESS, else a local cluster started for the run)")
+    i.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="documents per chunk-and-embed batch (default 64)")
+    i.add_argument("--restart", action="store_true",
+                   help="forget the shards an earlier (killed) run into --out finished")
     i.set_defaults(func=cmd_index)
 
     q = sub.add_parser("query", help="retrieve the chunks that answer a question, with citations")
@@ -79,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
     q.add_argument("-k", type=int, help="number of chunks (default: the config's k)")
     q.add_argument("--json", action="store_true", help="print the answer as JSON")
+    q.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="change a query-time key of the saved pipeline, e.g. -o selector.name=mmr or "
+             "-o index.ef_search=256 (repeatable; keys fixed at build time are refused)",
+    )
     q.set_defaults(func=cmd_query)
 
     a = sub.add_parser("ask", help="answer a question from an index with a generator, citing chunks")
@@ -127,7 +144,7 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
     config = _config(args)
     chunker = build("chunker", config.get("chunker", DEFAULT_NAMES["chunker"]), path="chunker")
-    docs = _documents(args)
+    docs = _documents(args, chunker)
     total_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
     sizes: list[int] = []
     chars: list[int] = []
@@ -138,7 +155,7 @@ def cmd_chunk(args: argparse.Namespace) -> int:
                          weight=lambda d: len(d.text.encode("utf-8"))):
         n_docs += 1
         for c in chunker.chunk(doc):
-            sizes.append(int(c.metadata.get("tokens", 0)))
+            sizes.append(int(c.metadata.get("tokens", c.metadata.get("nws_chars", 0))))
             chars.append(c.end - c.start)
             if args.format == "jsonl":
                 out.write(json.dumps({"id": c.id, "doc_id": c.doc_id, "index": c.index,
@@ -155,7 +172,8 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         print(f"documents  {n_docs}  ({total_bytes / 1e6:.2f} MB)")
         print(f"chunks     {len(sizes)}")
         if sizes:
-            tok_unit = getattr(chunker, "tokenizer", "tokens")
+            tok_unit = getattr(chunker, "resolved_tokenizer", None) or getattr(
+                chunker, "tokenizer", "tokens")
             print(f"tokens     total {sum(sizes)}  ({tok_unit})")
             print("size       " + _describe(sizes, "tokens"))
             print("chars      " + _describe(chars, "chars"))
@@ -164,16 +182,41 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ragkit.ingest import ingest
     from ragkit.pipeline import RAGPipeline
 
     pipe = RAGPipeline.from_config(_config(args))  # validates everything before any work
-    docs = _documents(args)
-    report = pipe.add(_progress(docs, args, "indexing", unit="doc", total=len(docs)))
-    pipe.save(args.out)
-    print(
-        f"indexed {report.documents} documents -> {report.chunks} chunks ({report.tokens} tokens) "
-        f"in {report.seconds:.1f} s; saved to {args.out}"
-    )
+    engine: dict[str, Any] = {"name": args.engine}
+    if args.engine == "ray":
+        engine |= {"workers": args.workers, "address": args.ray_address}
+    elif args.workers is not None or args.ray_address is not None:
+        raise ConfigError("only with --engine ray", path="--workers" if args.workers is not None
+                          else "--ray-address")
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, desc="indexing", unit="B", unit_scale=True, file=sys.stderr)
+
+    def progress(p) -> None:
+        bar.total = p.bytes_total
+        bar.update(p.bytes_done - bar.n)
+        bar.set_postfix(docs=p.documents, chunks=p.chunks, shards=f"{p.shards_done}/"
+                        f"{p.shards_total}", failed=p.failures, refresh=False)
+
+    try:
+        report = ingest(
+            args.paths, pipe, args.out, engine=engine, batch_size=args.batch_size,
+            on_error="skip" if args.skip_bad_files else "raise", text_field=args.text_field,
+            restart=args.restart, progress=progress if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if report.failures:
+        print(f"ragkit: skipped {len(report.failures)} bad file(s), line(s) or document(s); see "
+              "warnings above", file=sys.stderr)
+    print(report.summary())
     return 0
 
 
@@ -182,7 +225,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     if args.k is not None and args.k < 1:
         raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
-    pipe = RAGPipeline.load(args.index)
+    pipe = RAGPipeline.load(args.index, args.override)
     answer = pipe.answer(args.question, k=args.k)
     if args.json:
         print(json.dumps({
@@ -279,15 +322,23 @@ DEFAULT_GENERATOR = {"name": "transformers"}
 
 
 def _pipeline_with_generator(args: argparse.Namespace):
-    """The saved pipeline; a generator from --config / -o generator.* replaces or adds one."""
-    from ragkit.config import build
+    """The saved pipeline (-o keys outside ``generator`` change its query-time settings) with a
+    generator: the saved one, or the ``generator`` section of --config, or the default, with the
+    -o generator.* overrides applied on top."""
+    from ragkit.config import apply_overrides, build, load_yaml
     from ragkit.pipeline import RAGPipeline
 
-    pipe = RAGPipeline.load(args.index)
-    extra = _config(args)
-    spec = extra.get("generator") or (
-        to_plain(pipe.generator) if pipe.generator is not None else DEFAULT_GENERATOR)
-    pipe.generator = build("generator", spec, path="generator")
+    def is_gen(item: str) -> bool:
+        return item.partition("=")[0].split(".")[0] == "generator"
+
+    pipe = RAGPipeline.load(args.index, [o for o in args.override if not is_gen(o)])
+    spec = pipe.generator if pipe.generator is not None else DEFAULT_GENERATOR
+    if args.config:
+        spec = load_yaml(args.config).get("generator", spec)
+    # in full (nested components named), so that -o generator.kv_store.path=... has a base
+    spec = to_plain(build("generator", spec, path="generator"))
+    spec = apply_overrides({"generator": spec}, [o for o in args.override if is_gen(o)])
+    pipe.generator = build("generator", spec["generator"], path="generator")
     return pipe
 
 
@@ -301,6 +352,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
     pipe = _pipeline_with_generator(args)
+    getattr(pipe.generator, "lm", None)  # load (or convert, the first time) before answering
     print(f"Q: {args.question}\nA: ", end="", flush=True)
     answer = pipe.answer(args.question, k=args.k,
                          stream=lambda piece: print(piece, end="", flush=True))
@@ -308,9 +360,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     for h in answer.hits:
         print(f"  [{h.rank + 1}] {h.citation}  score={h.score:.3f}")
     t = answer.timings
-    keys = ("retrieve_s", "ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused")
+    first = ("retrieve_s", "ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused")
+    keys = [k for k in first if k in t] + [k for k in t if k not in first]  # then backend extras
     print("timings: " + "  ".join(f"{k}={t[k]:.3g}" if isinstance(t[k], float) else f"{k}={t[k]}"
-                                  for k in keys if k in t))
+                                  for k in keys))
     return 0
 
 
@@ -367,12 +420,15 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
-def _documents(args: argparse.Namespace) -> list:
-    from ragkit.loaders import load_documents
+def _documents(args: argparse.Namespace, chunker: Any = None) -> list:
+    """The documents under ``args.paths``: the files the chunker takes (its ``file_suffixes``,
+    e.g. source files for the code chunker), else .txt/.md/.jsonl."""
+    from ragkit.loaders import DEFAULT_SUFFIXES, load_documents
 
     problems: list = []
     docs = load_documents(
         args.paths, text_field=args.text_field,
+        suffixes=getattr(chunker, "file_suffixes", DEFAULT_SUFFIXES),
         on_error="skip" if args.skip_bad_files else "raise",
         **({"problems": problems} if args.skip_bad_files else {}),
     )

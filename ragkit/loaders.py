@@ -290,12 +290,19 @@ class DocumentLoader:
 
     def _read(self, file: _File) -> Iterator[tuple[Document, int | None] | LoadProblem]:
         """The file's documents, each with its JSONL line (None for a whole-file document)."""
+        try:
+            data = file.path.read_bytes()
+        except OSError as exc:
+            yield LoadProblem(str(file.path), f"cannot be read: {exc.strerror or exc}")
+            return
+        yield from self._parse(file, data)
+
+    def _parse(self, file: _File,
+               data: bytes) -> Iterator[tuple[Document, int | None] | LoadProblem]:
+        """``_read`` of bytes already read (distributed ingestion hashes them first)."""
         shown = str(file.path)
         try:
-            text = _decode(file.path.read_bytes())
-        except OSError as exc:
-            yield LoadProblem(shown, f"cannot be read: {exc.strerror or exc}")
-            return
+            text = _decode(data)
         except DocumentError as exc:
             yield LoadProblem(shown, str(exc))
             return

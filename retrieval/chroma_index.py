@@ -210,6 +210,12 @@ class ChromaIndex:
             self._close()
         self._client = self._col = self._close = None
 
+    @property
+    def concurrent_writers(self) -> bool:
+        """Whether many processes may write this index at once: a Chroma server can, an embedded
+        client cannot (distributed ingestion then writes through its driver)."""
+        return self.host is not None
+
     def _where_text(self) -> str:
         if self.host is not None:
             return f"http://{self.host}:{self.port}"

@@ -87,6 +87,9 @@ class FaissIndex:
     product. Scores are higher-is-better. Adding a chunk whose id is present replaces it.
     """
 
+    # settings a saved index accepts as overrides at load time (RAGPipeline.load)
+    QUERY_TIME = frozenset({"ef_search", "nprobe"})
+
     kind: Literal["flat", "hnsw", "ivfpq"] = "flat"
     metric: Literal["cosine", "ip"] = "cosine"
     # HNSW: graph degree, build-time and search-time beam widths

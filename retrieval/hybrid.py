@@ -51,6 +51,9 @@ class HybridIndex:
     (``weighted``, ``weight`` being the dense side's share). ``search`` needs both the query
     vectors and the query texts (``queries=``)."""
 
+    # settings a saved index accepts as overrides at load time (RAGPipeline.load)
+    QUERY_TIME = frozenset({"fusion", "rrf_k", "weight", "fetch"})
+
     dense: Any = field(
         default_factory=lambda: {"name": "memory"}, metadata={COMPONENT_KIND: "index"}
     )

@@ -64,6 +64,88 @@ def test_corpus_is_deterministic_and_sized():
     assert sum(len(text.encode("utf-8")) for _, text in docs) == 50_000
 
 
+def test_code_bench_smoke(tmp_path, capsys):
+    for needed in ("tree_sitter", "tree_sitter_python", "tiktoken"):
+        pytest.importorskip(needed)
+    bench = load("code_bench")
+    report = tmp_path / "code.json"
+    argv = ["--max-files", "3", "--repeats", "1", "--budget", "128", "--json", str(report)]
+    result = bench.main(argv)
+    out = capsys.readouterr().out
+
+    assert out.splitlines()[0] == "$ python benchmarks/code_bench.py " + " ".join(argv)
+    names = [r["chunker"] for r in result["rows"]]
+    assert names[:3] == ["tree-sitter parse only", "tiktoken encode only", "ragkit code"]
+    expected = {"chonkie CodeChunker", "semantic-text-splitter CodeSplitter"}
+    assert set(names[3:]) | set(result["notes"]) == expected  # measured, or skipped with a reason
+    ours = result["rows"][2]
+    assert ours["chunks"] > 0 and ours["max_tokens"] <= 128
+    assert (ours["over_budget"], ours["chars_lost"], ours["empty"], ours["bad_offsets"]) == \
+        (0, 0, 0, 0)
+    for row in result["rows"][3:]:
+        assert row["chunks"] > 0 and row["chars_lost"] >= 0 and f"| {row['chunker']} |" in out
+    assert result["targets"]["zero_over_budget"] is True
+    assert json.loads(report.read_text(encoding="utf-8"))["rows"] == result["rows"]
+
+
+def test_code_repo_example_smoke(tmp_path, capsys):
+    for needed in ("tree_sitter", "tree_sitter_python", "tree_sitter_javascript", "tiktoken"):
+        pytest.importorskip(needed)
+    bench = load("code_repo_example")
+    (tmp_path / "pkg" / ".hidden").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("def f(x):\n    return x\n" * 200, encoding="utf-8")
+    (tmp_path / "pkg" / "b.js").write_text("function g(y) { return y; }\n" * 200, encoding="utf-8")
+    (tmp_path / "pkg" / "c.c").write_text("int h(int z) { return z; }\n" * 200, encoding="utf-8")
+    (tmp_path / "pkg" / "bad.py").write_bytes(b"x = '\xff'\n")  # not UTF-8: skipped
+    (tmp_path / "pkg" / ".hidden" / "d.py").write_text("y = 1\n", encoding="utf-8")
+    (tmp_path / "pkg" / "notes.md").write_text("# not code\n", encoding="utf-8")
+    result = bench.main([str(tmp_path), "--chunk-size", "64"])
+    out = capsys.readouterr().out
+    rows = {r["language"]: r for r in result["languages"]}
+    assert set(rows) == {"c", "javascript", "python"}
+    assert rows["python"]["files"] == 1 and rows["python"]["skipped"] == 1
+    for r in rows.values():
+        assert r["chunks"] > 1 and r["max_size"] <= 64
+        assert (r["over_budget"], r["bad_offsets"], r["chars_lost"]) == (0, 0, 0)
+    assert "budget check: 0 chunks over budget, 0 bad offsets, 0 characters lost" in out
+
+
+@pytest.mark.slow  # starts a Ray cluster
+def test_ingest_bench_smoke(tmp_path, capsys):
+    pytest.importorskip("ray")
+    bench = load("ingest_bench")
+    argv = ["--docs", "60", "--shards", "3", "--embedders", "hash", "--workers", "1,2",
+            "--repeats", "1", "--batch-size", "8", "--json", str(tmp_path / "ingest.json")]
+    result = bench.main(argv)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "$ python benchmarks/ingest_bench.py " + " ".join(argv)
+    rows = result["rows"]
+    assert [(r["engine"], r["workers"]) for r in rows] == [
+        ("local", 1), ("ray", 1), ("ray", 2), ("ray (all resumed)", 2)]
+    assert all(r["chunks"] == rows[0]["chunks"] > 60 for r in rows)
+    assert [r.get("same_as_local") for r in rows[1:3]] == [True, True]
+    assert rows[3]["documents"] == 0 and rows[3]["resumed"] == 60  # only the serial part left
+    assert rows[0]["x_local"] == 1.0 and rows[1]["x_ray1"] == 1.0
+    assert all(r["worker_cpu_s"] > 0 for r in rows[:3]) and rows[3]["worker_cpu_s"] == 0
+    assert json.loads((tmp_path / "ingest.json").read_text())["rows"][0]["engine"] == "local"
+
+
+@pytest.mark.slow
+def test_exact_encoder_smoke(tmp_path, capsys):
+    for needed in ("bpe_openai", "chonkie", "tiktoken"):  # bpe-openai: ragkit[bench-encoders]
+        pytest.importorskip(needed)
+    bench = load("exact_encoder")
+    result = bench.main(["--mb", "0.05", "--repeats", "1", "--overlaps", "0",
+                         "--json", str(tmp_path / "encoders.json")])
+    assert result["documents_differing"] == []
+    assert all(not bad for bad in result["code_point_mismatches"].values())
+    assert result["identical_chunks"] is True
+    assert [r["what"] for r in result["rows"]] == [
+        "tiktoken encode_to_numpy", "bpe-openai encode", "ragkit fixed, tiktoken ids",
+        "ragkit fixed, bpe-openai ids", "chonkie TokenChunker, tiktoken"]
+    assert "| ragkit fixed, bpe-openai ids | 0 |" in capsys.readouterr().out
+
+
 def test_llm_chunkers_report_smoke(tmp_path, capsys):
     from ragkit.config import build_dataclass
     from ragkit.evaluation import report

@@ -106,3 +106,52 @@ def test_cl100k_splits_at_word_ends(text, data):
 def test_only_checked_tokenizers_split_at_word_ends():
     assert load_tokenizer("cl100k").splits_at_word_ends is True
     assert getattr(load_tokenizer("all-MiniLM-L6-v2"), "splits_at_word_ends", False) is False
+
+
+# Texts where counting a span from the whole text's tokens is most likely to go wrong: cuts next
+# to CJK, emoji ZWJ sequences, combining marks, runs of spaces and newlines, special-token text,
+# contractions, digit runs, and a word longer than any chunk.
+ADVERSARIAL = {
+    "cjk": "日本語のテキストです。Mixed English日本語 text, 中文文本，没有空格。한국어 문장. " * 20,
+    "emoji": "Family 👨\u200d👩\u200d👧 and 👍🏽 thumbs.\n🇫🇷 flag, 🤷🏽\u200d♀️ shrug 1\ufe0f\u20e3! " * 20,
+    "combining": "Cafe\u0301 re\u0301sume\u0301 a\u0301\u0302\u0303 x. \u0301y \u0600z " * 30,
+    "whitespace": "word   \n\n\n  \t word\r\n\r\nx.  \n \n\nY  \t\x0b\x0c z\u3000\u00a0w \n" * 30,
+    "special": "a<|endoftext|>b <|endoftext|>. x<|fim_prefix|>\n<|endoftext|>\n\nend " * 30,
+    "contractions": "It's don't WE'LL they've I'M 'twas '' 's 12345 3.14159 1,000,000 a1b2 " * 30,
+    "long-word": "start " + "a" * 200_000 + " tail. " + "ab" * 3_000 + "\nend",
+}
+
+
+@pytest.mark.parametrize("key", ADVERSARIAL)
+def test_span_counts_are_exact_at_ascii_edges(key):
+    import random
+
+    from ragkit.tokenizers import ascii_edge
+
+    text = ADVERSARIAL[key]
+    tok = load_tokenizer("cl100k")
+    index = TokenIndex(text, tok)
+    edges = [p for p in range(1, len(text)) if ascii_edge(text, p)]
+    anywhere = list(range(0, len(text) + 1, max(len(text) // 500, 1)))
+    rnd = random.Random(key)
+    for _ in range(150):
+        ends = sorted(rnd.sample(edges, 2) if rnd.random() < 0.5 else
+                      [rnd.choice(edges), rnd.choice(anywhere)])
+        for start, end in (ends, (0, ends[1]), (ends[0], len(text))):
+            if end - start > 20_000:
+                start = end - rnd.randint(0, 20_000)  # keep tiktoken's own count quick
+            assert index.count(start, end) == tok.count(text[start:end]), (start, end)
+
+
+@pytest.mark.parametrize("key", ADVERSARIAL)
+@pytest.mark.parametrize("overlap", [0, 7])
+def test_windows_report_their_exact_size(key, overlap):
+    # the "tokens" a fixed window reports is its text tokenized alone, and within the budget
+    from chunkers.base import token_windows
+
+    text = ADVERSARIAL[key]
+    tok = load_tokenizer("cl100k")
+    windows = token_windows(text, 0, len(text), tok, 40, overlap)
+    assert windows
+    for start, end, n in windows:
+        assert n == tok.count(text[start:end]) <= 40

@@ -13,6 +13,7 @@ from ragkit.config import build
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import load_tokenizer
 from ragkit.types import Document
+from tests.test_contracts import CONTRACT_SPECS
 
 WORDS = " ".join(f"w{i}" for i in range(40))
 PARAGRAPHS = "First paragraph is short.\n\nSecond one is here too.\n\nThird paragraph ends it."
@@ -208,7 +209,8 @@ def test_sentence_spans_tile_the_text_and_respect_graphemes():
 
 @pytest.mark.parametrize("name", registry.names("chunker"))
 def test_chunks_carry_the_document_source(name):
-    chunks = chunk(_spec(name, chunk_size=8), PARAGRAPHS, source="notes/a.md")
+    spec = {**_spec(name, chunk_size=8), **CONTRACT_SPECS.get(name, {})}
+    chunks = chunk(spec, PARAGRAPHS, source="notes/a.md")
     assert chunks and all(c.metadata["source"] == "notes/a.md" for c in chunks)
     assert chunks[0].id == f"d:{chunks[0].start}-{chunks[0].end}"
 

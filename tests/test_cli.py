@@ -51,6 +51,20 @@ def test_index_then_query_with_hash_config(tmp_path, capsys):
     assert result["hits"][0]["citation"].startswith("printing-press.md:")
 
 
+def test_query_overrides_change_query_time_keys_only(tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert main(["index", str(CORPUS), "--config", str(ROOT / "configs" / "hash.yaml"),
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["query", "Gutenberg movable type", "--index", str(out), "--json",
+                 "-o", "k=2", "-o", "selector.name=mmr", "-o", "selector.k=1"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 1
+    assert main(["query", "Gutenberg", "--index", str(out), "-o", "chunker.chunk_size=9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("ragkit: error: chunker: fixed when the index was built"), err
+
+
 def test_bad_input_file_is_exit_2_naming_it(tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"caf\xe9 latin-1")
@@ -103,3 +117,53 @@ def test_chunk_5mb_folder_shows_progress_and_stats(tmp_path):
     assert int(lines["documents"].split()[0]) == i
     assert int(lines["chunks"]) > 1000
     assert int(lines["size"].split("max ")[1].split()[0]) <= 256
+
+
+def _tiny_model_folder(path):
+    pytest.importorskip("transformers")
+    from generation.testing import smollm2_tokenizer, tiny_llama
+
+    tiny_llama(0).save_pretrained(path)
+    smollm2_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_ask_streams_an_answer_with_sources_and_timings(tmp_path, capsys):
+    model = _tiny_model_folder(tmp_path / "tiny")
+    out = tmp_path / "idx"
+    assert main(["index", str(CORPUS), "--config", str(ROOT / "configs" / "hash.yaml"),
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    args = ["ask", "Gutenberg movable type", "--index", str(out), "-k", "2",
+            "-o", f"generator.model={model}", "-o", "generator.max_new_tokens=5",
+            "-o", "generator.kv_reuse=independent", "-o", f"generator.kv_store.path={tmp_path / 'kv'}"]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    lines = first.out.splitlines()
+    assert lines[0] == "Q: Gutenberg movable type" and lines[1].startswith("A: ")
+    assert "Sources:" in first.out and "[1] printing-press.md:" in first.out
+    assert "prefill_tokens_reused=0" in first.out
+    assert "Loading weights" not in first.out + first.err  # no library progress bar leaks in
+    assert main(args) == 0  # the chunk KVs are cached now: only the question is prefilled
+    second = capsys.readouterr().out
+    assert second.splitlines()[1] == lines[1]
+    reused = int(float(second.split("prefill_tokens_reused=")[1].split()[0]))
+    assert reused > 0
+
+
+@pytest.mark.slow
+def test_quickstart_commands_answer_with_the_packaged_models(tmp_path, capsys):
+    """The README's main job: index the bundled corpus into Chroma with the quickstart config,
+    then `ragkit ask` answers with SmolLM2, citing chunks of the right document."""
+    pytest.importorskip("chromadb")
+    out = tmp_path / "quickstart"
+    assert main(["index", str(CORPUS), "--config", str(ROOT / "configs" / "quickstart.yaml"),
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "indexed 6 documents" in capsys.readouterr().out
+    assert (out / "index" / "chroma.json").is_file()
+    assert main(["ask", "Who built the Eiffel Tower?", "--index", str(out),
+                 "-o", f"generator.kv_store.path={tmp_path / 'kv'}"]) == 0
+    text = capsys.readouterr().out
+    answer = text.split("A: ", 1)[1].split("\nSources:")[0].strip()
+    assert answer and "Eiffel" in answer, text
+    assert "[1] eiffel-tower.md:" in text and "ttft_s=" in text

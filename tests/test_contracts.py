@@ -150,13 +150,20 @@ def contract_violations(
     return out
 
 
+# What a chunker needs besides a budget to take any text. The code chunker refuses a document in
+# no known language unless told one: these documents (no code file suffix) are parsed as Python,
+# which tree-sitter does for any text, wrapping what it cannot parse in ERROR nodes.
+CONTRACT_SPECS: dict[str, dict] = {"code": {"language": "python"}}
+
+
 def make_chunker(name: str, tokenizer: str, chunk_size: int, overlap: int):
     """``name`` built with the given budget, passing only the fields it has."""
     cls = registry.resolve("chunker", name)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     if not {"chunk_size", "tokenizer"} <= fields:
         pytest.skip(f"chunker {name!r} has no chunk_size/tokenizer budget")
-    spec = {"name": name, "chunk_size": chunk_size, "tokenizer": tokenizer}
+    spec = {"name": name, "chunk_size": chunk_size, "tokenizer": tokenizer,
+            **CONTRACT_SPECS.get(name, {})}
     if "embedder" in fields:  # the budget contract does not depend on the model: the fast fake
         spec["embedder"] = "hash"
     if "llm" in fields:  # nor on the language model: a deterministic fake
@@ -189,7 +196,7 @@ def test_builds_with_defaults_and_round_trips(name):
 
 @pytest.mark.parametrize("name", CHUNKERS)
 def test_defaults_keep_the_contract(name):
-    chunker = build("chunker", name)
+    chunker = build("chunker", {"name": name, **CONTRACT_SPECS.get(name, {})})
     if "llm" in {f.name for f in dataclasses.fields(chunker)}:
         # every other default stays; the real LM runs in the LLM chunkers' own slow tests
         chunker = dataclasses.replace(chunker, llm=FAKE_LM)

@@ -105,12 +105,68 @@ def test_index_refuses_a_pipeline_with_another_embedder_or_chunker(tmp_path):
     pipe = _hash_pipe()
     pipe.add([Document("a", "alpha beta gamma")])
     pipe.save(tmp_path / "idx")
-    other = RAGPipeline.load(tmp_path / "idx", ["embedder.dim=64"])
+    from ragkit.config import build
+
+    other = RAGPipeline.load(tmp_path / "idx")  # load itself refuses such overrides: see below
+    other.embedder = build("embedder", {"name": "hash", "dim": 64})
     assert other.index.info["embedder"] == {"name": "hash", "dim": 128}
     with pytest.raises(IndexMismatchError, match=r"the index was built with embedder \{'name': 'hash', 'dim': 128\}"):
         other.retrieve("alpha")
-    rechunked = RAGPipeline.load(tmp_path / "idx", ["chunker.chunk_size=7"])
+    rechunked = RAGPipeline.load(tmp_path / "idx")
+    rechunked.chunker = build("chunker", {"name": "recursive", "chunk_size": 7,
+                                          "tokenizer": "whitespace"})
     rechunked.retrieve("alpha")  # querying is fine: same embedder
     with pytest.raises(IndexMismatchError, match="the index was built with chunker"):
         rechunked.add([Document("b", "new text")])
     assert len(rechunked.index) == 1  # nothing stored was lost
+
+
+def _saved(tmp_path, index):
+    pipe = RAGPipeline(
+        chunker={"name": "recursive", "chunk_size": 40, "tokenizer": "whitespace"},
+        embedder={"name": "hash", "dim": 64}, index=index, k=3,
+    )
+    pipe.add(load_documents(CORPUS))
+    pipe.save(tmp_path / "ix")
+    return pipe, tmp_path / "ix"
+
+
+def test_load_applies_query_time_overrides(tmp_path):
+    pytest.importorskip("faiss")
+    pipe, path = _saved(tmp_path, {"name": "faiss", "kind": "hnsw", "ef_search": 16})
+    loaded = RAGPipeline.load(path, ["index.ef_search=300", "k=2", "selector.name=mmr"])
+    assert loaded.index.ef_search == 300 and loaded.index.hnsw_m == pipe.index.hnsw_m
+    assert loaded.k == 2 and type(loaded.selector).__name__ == "MMR"
+    assert len(loaded.index) == len(pipe.index)
+    assert [h.chunk.id for h in loaded.retrieve("honeybees waggle dance")][:1] == [
+        h.chunk.id for h in pipe.retrieve("honeybees waggle dance")][:1]
+    assert RAGPipeline.load(path).index.ef_search == 16  # nothing was written back
+
+
+@pytest.mark.parametrize("override, where, message", [
+    ("index.hnsw_m=8", "index.hnsw_m", "saved: 32.*can change on a saved FaissIndex: ef_search, nprobe"),
+    ("index.kind=flat", "index.kind", "saved: 'hnsw'"),
+    ("chunker.chunk_size=10", "chunker", "fixed when the index was built"),
+    ("embedder.dim=32", "embedder", "fixed when the index was built"),
+    ("index.ef_search=0", "index.ef_search", "must be an int >= 1"),
+])
+def test_load_refuses_overrides_of_build_time_keys(tmp_path, override, where, message):
+    pytest.importorskip("faiss")
+    from ragkit.errors import ConfigError
+
+    _, path = _saved(tmp_path, {"name": "faiss", "kind": "hnsw"})
+    with pytest.raises(ConfigError, match=message) as err:
+        RAGPipeline.load(path, [override])
+    assert err.value.path == where
+
+
+def test_load_overrides_reach_a_nested_index(tmp_path):
+    pytest.importorskip("bm25s")
+    from ragkit.errors import ConfigError
+
+    _, path = _saved(tmp_path, {"name": "hybrid"})
+    loaded = RAGPipeline.load(path, ["index.fusion=weighted", "index.weight=0.8"])
+    assert (loaded.index.fusion, loaded.index.weight) == ("weighted", 0.8)
+    with pytest.raises(ConfigError, match="can change on a saved MemoryIndex: none") as err:
+        RAGPipeline.load(path, ["index.dense.metric=ip"])
+    assert err.value.path == "index.dense.metric"

@@ -175,3 +175,84 @@ def test_hf_starts_are_code_point_offsets():
     text = "👍🏽 日本 𝔘x 語"  # astral characters before the CJK ones
     starts = load_tokenizer("all-MiniLM-L6-v2").token_starts(text).tolist()
     assert [text[s] for s in starts] == ["👍", "日", "本", "𝔘", "語"]
+
+
+# -- ASCII edges: where cl100k's tokens of a text are those of its two sides (module docstring) --
+
+# Characters around which cl100k's pattern behaves differently: letters (and the contraction
+# letters s, t, l), digits (grouped by three), the \s characters, newlines, punctuation and the
+# apostrophe, \x1c (space to Python, not to the pattern), and non-ASCII letters, marks,
+# whitespace, digits and emoji.
+EDGE_ALPHABET = ["a", "s", "t", "l", "L", "1", "2", " ", "\t", "\n", "\r", "\x0b", ".", "'", "(",
+                 "\x1c", "é", "日", "\u0301", "\u00a0", "\u3000", "😀", "\x85", "/", "١"]
+
+
+def test_ascii_edge_pattern_agrees_with_the_predicate():
+    from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, ascii_edge
+
+    chars = [chr(i) for i in range(128)] + ["é", "\x85", "\u00a0", "日", "😀", "\u0301", "١"]
+    for a in chars:
+        for b in chars:
+            text = f"x{a}{b}y"
+            want = ascii_edge(text, 2)
+            assert any(m.end() == 2 for m in ASCII_EDGE.finditer(text)) == want, (a, b)
+            m = LAST_ASCII_EDGE.match(text, 0, 3)  # reads text[3] for the lookahead, no further
+            assert (m is not None and m.end() == 2) == want, (a, b)
+    assert ascii_edge("ab.", 2) and ascii_edge("a1", 1) and ascii_edge("1a", 1)
+    assert ascii_edge("\nx", 1) and ascii_edge(". x", 1) and ascii_edge("it's", 2)
+    assert not ascii_edge("ab", 1) and not ascii_edge("12", 1) and not ascii_edge(" x", 1)
+    assert not ascii_edge(".\n", 1) and not ascii_edge("\n ", 1) and not ascii_edge("aé", 1)
+
+
+def _edges_split(enc, text: str) -> None:
+    from ragkit.tokenizers import ascii_edge
+
+    whole = enc.encode_ordinary(text)
+    for p in range(1, len(text)):
+        if ascii_edge(text, p):
+            assert enc.encode_ordinary(text[:p]) + enc.encode_ordinary(text[p:]) == whole, (
+                text, p)
+
+
+def test_cl100k_splits_at_every_ascii_edge_of_short_strings(tiktoken_enc):
+    import itertools
+
+    assert load_tokenizer("cl100k").splits_at_ascii_edges is True
+    for length in (2, 3):
+        for chars in itertools.product(EDGE_ALPHABET, repeat=length):
+            _edges_split(tiktoken_enc, "".join(chars))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cl100k_splits_at_every_ascii_edge_of_random_text(tiktoken_enc, seed):
+    import random
+
+    rnd = random.Random(seed)
+    pieces = [*EDGE_ALPHABET, *map(chr, range(128)), "'s", "'LL", "\r\n", "  ", "\n\n", " \n \n",
+              "<|endoftext|>", "👨\u200d👩\u200d👧", "本語", "e\u0301", "12345", "x" * 40]
+    for _ in range(3000):
+        _edges_split(tiktoken_enc, "".join(rnd.choice(pieces) for _ in range(rnd.randint(2, 30))))
+
+
+def test_only_cl100k_claims_ascii_edges():
+    assert load_tokenizer("character").splits_at_ascii_edges is True  # every offset splits
+    assert getattr(load_tokenizer("whitespace"), "splits_at_ascii_edges", False) is False
+    assert getattr(load_tokenizer("all-MiniLM-L6-v2"), "splits_at_ascii_edges", False) is False
+
+
+def test_cl100k_counts_every_letter_token_as_one(tiktoken_enc):
+    tok = load_tokenizer("cl100k")
+    words = tok._letter_tokens
+    assert len(words) > 10_000 and "the" in words and "circumstances" not in words
+    for word in words:  # the shortcut in count() against tiktoken itself
+        assert len(tiktoken_enc.encode_ordinary(word)) == 1, word
+    for text in ("circumstances", "Hello", "THE", "a" * 1000, "ab" * 5000):
+        assert tok.count(text) == len(tiktoken_enc.encode_ordinary(text))
+
+
+def test_cl100k_char_table_is_compact_and_exact(tiktoken_enc):
+    begun, lead = load_tokenizer("cl100k")._char_table
+    assert begun.dtype == lead.dtype == np.uint8
+    text = "".join(TEXTS.values()) * 3
+    assert load_tokenizer("cl100k").token_starts(text).tolist() == reference_tiktoken_starts(
+        tiktoken_enc, text)
