@@ -12,13 +12,14 @@ of each corpus with SmolLM2 (the full corpora would take hours on 2 CPU cores):
 
     HF_HUB_OFFLINE=1 python benchmarks/llm_chunkers.py runs/eval-llm/results.json \\
         --data ../shared/data/chunking_eval --config configs/eval/llm_chunkers.yaml \\
-        --quality-chars 8000
+        --quality-chars 6000 --stickiness-k 0.8 0.2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", default="5")
     p.add_argument("--quality-chars", type=int, default=0,
                    help="also score MoC metrics on the first N chars of each corpus")
+    p.add_argument("--stickiness-k", type=float, nargs="+", default=[0.8],
+                   help="edge thresholds K for chunk stickiness (one column each)")
     p.add_argument("--llm", default="transformers",
                    help="generator for the MoC metrics (a registered name or pkg.mod:Class)")
     args = p.parse_args(argv)
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def quality(args: argparse.Namespace, dataset) -> None:
     from ragkit.config import build, load_yaml
-    from ragkit.evaluation.quality import chunk_quality
+    from ragkit.evaluation.quality import Perplexities, boundary_clarity, stickiness
     from ragkit.types import Document
 
     config = load_yaml(args.config)
@@ -73,21 +76,32 @@ def quality(args: argparse.Namespace, dataset) -> None:
     print()
     print(f"MoC metrics on the first {args.quality_chars} chars of each corpus, LM {args.llm} "
           "(boundary clarity: mean ± std over adjacent pairs, higher is better; stickiness: "
-          "incomplete graph, K = 0.8, adjacent pairs, lower is better)")
+          "incomplete graph, adjacent pairs, structural entropy (edges), lower is better)")
     print()
-    print("| chunker | chunks | boundary clarity | stickiness | edges | seconds |")
-    print("|---|---:|---:|---:|---:|---:|")
+    ks = args.stickiness_k
+    print("| chunker | chunks | mean tokens | boundary clarity | "
+          + " | ".join(f"stickiness K={k}" for k in ks) + " | seconds |")
+    print("|---|---:|---:|---:|" + "---:|" * len(ks) + "---:|")
     for label, spec in config["chunkers"].items():
         chunker = build("chunker", spec, path=f"chunkers.{label}")
-        docs = {}
+        docs, tokens = {}, []
         for cid, doc in dataset.corpora.items():
             part = Document(cid, doc.text[: args.quality_chars], doc.metadata)
-            docs[cid] = [c.text for c in chunker.chunk(part)]
+            chunks = chunker.chunk(part)
+            docs[cid] = [c.text for c in chunks]
+            tokens += [c.metadata.get("tokens", 0) for c in chunks]
         t0 = time.perf_counter()
-        s = chunk_quality(docs, llm).summary()
-        bc, cs = s["boundary_clarity"], s["stickiness"]
-        print(f"| {label} | {sum(len(v) for v in docs.values())} | {bc['mean']:.3f} ± "
-              f"{bc['std']:.3f} | {cs['mean']:.3f} | {cs['edges']} | "
+        bc, cells = [], {k: [] for k in ks}
+        for texts in docs.values():
+            ppl = Perplexities(texts, llm)
+            bc += boundary_clarity(ppl)
+            for k in ks:
+                cells[k].append(stickiness(ppl, k=k))
+        cs = " | ".join(
+            f"{sum(e for e, _ in cells[k]) / len(cells[k]):.3f} ({sum(m for _, m in cells[k])})"
+            for k in ks)
+        print(f"| {label} | {len(tokens)} | {sum(tokens) / max(len(tokens), 1):.1f} | "
+              f"{statistics.fmean(bc):.3f} ± {statistics.pstdev(bc):.3f} | {cs} | "
               f"{time.perf_counter() - t0:.0f} |", flush=True)
 
 

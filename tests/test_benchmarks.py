@@ -177,4 +177,4 @@ def test_llm_chunkers_report_smoke(tmp_path, capsys):
                                "--llm", "ragkit.testing:FakeLM"])
     out = capsys.readouterr().out
     assert "| rec | " in out and "| ppl | " in out and "| lumber | " in out
-    assert "boundary clarity" in out and out.count("| lumber |") == 2
+    assert "boundary clarity" in out and out.count("| lumber |") == 2 and "K=0.8" in out
