@@ -64,7 +64,9 @@ def test_ray_gives_the_local_engines_chunks_and_vectors(cluster, corpus, tmp_pat
     local = ingest(root, CONFIG, tmp_path / "local")
     on_ray = ingest(root, CONFIG, tmp_path / "ray", engine=RAY, batch_size=16)
     assert on_ray.engine == "ray" and on_ray.workers == 2
-    assert on_ray.workers_seen == 2 and local.workers_seen == 1  # both Ray workers had a share
+    # how many of the 2 workers got blocks is Ray's scheduling: on an idle machine the first
+    # actor can finish every block before the second is up, so only the bounds are asserted
+    assert 1 <= on_ray.workers_seen <= 2 and local.workers_seen == 1
     a = RAGPipeline.load(tmp_path / "local")
     b = RAGPipeline.load(tmp_path / "ray")
     chunks_a, chunks_b = list(a.index.chunks()), list(b.index.chunks())
