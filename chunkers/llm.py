@@ -20,17 +20,16 @@ on each chunk's own text:
 
 from __future__ import annotations
 
-import heapq
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from typing import Any
 
 import numpy as np
 
 from chunkers.base import make_chunks, trim
-from chunkers.semantic import Budget, Sizes, split_to_fit
+from chunkers.semantic import Budget, Sizes, merge_small, split_to_fit
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer
@@ -121,48 +120,18 @@ def chunks_from_cuts(
         if b > a:
             segments.extend(split_to_fit(a, b, strength, sizes))
     if min_size > 0:
-        segments = merge_small(segments, strength, sizes, min_size)
+        segments = merge_small(segments, sizes, min_size, weaker_boundary(strength))
     spans = [trim(text, units[a][0], units[b - 1][1]) for a, b in segments]
     return make_chunks(doc, spans, [sizes.tokens(a, b) for a, b in segments])
 
 
-def merge_small(
-    segments: list[tuple[int, int]], strength: np.ndarray, sizes: Sizes, min_size: int
-) -> list[tuple[int, int]]:
-    """Merge each segment under ``min_size`` tokens into the neighbour across its weaker boundary
-    (ties: the left one), smallest first, when the merged chunk fits (else it stays small)."""
-    n = len(segments)
-    lo = [a for a, _ in segments]
-    hi = [b for _, b in segments]
-    prev = list(range(-1, n - 1))
-    nxt = list(range(1, n + 1))
-    alive = [True] * n
-    size = [sizes.tokens(a, b) for a, b in segments]
-    version = [0] * n
-    heap = [(size[i], i, 0) for i in range(n) if size[i] < min_size]
-    heapq.heapify(heap)
-    while heap:
-        _, i, ver = heapq.heappop(heap)
-        if not alive[i] or ver != version[i]:
-            continue
-        options = []
-        for j in (prev[i], nxt[i]):
-            if 0 <= j < n:
-                a, b = (lo[j], hi[i]) if j < i else (lo[i], hi[j])
-                if sizes.fits(a, b):
-                    boundary = hi[j] - 1 if j < i else hi[i] - 1
-                    options.append((float(strength[boundary]), j > i, j))
-        if not options:
-            continue  # neighbours only grow: it will never fit with either
-        _, _, j = min(options)
-        keep, drop = (j, i) if j < i else (i, j)
-        hi[keep] = hi[drop]
-        alive[drop] = False
-        nxt[keep] = nxt[drop]
-        if nxt[drop] < n:
-            prev[nxt[drop]] = keep
-        size[keep] = sizes.tokens(lo[keep], hi[keep])
-        version[keep] += 1
-        if size[keep] < min_size:
-            heapq.heappush(heap, (size[keep], keep, version[keep]))
-    return [(lo[i], hi[i]) for i in range(n) if alive[i]]
+def weaker_boundary(
+    strength: np.ndarray,
+) -> Callable[[list[int], list[int], int, int], float]:
+    """``merge_small``'s affinity for the LLM chunkers: merge across the weaker boundary
+    (``strength[k]`` is the boundary after unit ``k``)."""
+
+    def affinity(lo: list[int], hi: list[int], i: int, j: int) -> float:
+        return -float(strength[hi[min(i, j)] - 1])
+
+    return affinity

@@ -27,7 +27,7 @@ import heapq
 import inspect
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -153,7 +153,7 @@ class SemanticChunker:
         for a, b in zip([0, *cuts], [*cuts, len(units)]):  # unit ranges [a, b)
             segments.extend(split_to_fit(a, b, dist, sizes))
         if self.min_size > 0:
-            segments = merge_small(segments, prefix, sizes, self.min_size)
+            segments = merge_small(segments, sizes, self.min_size, mean_vector_similarity(prefix))
         spans = [trim(text, units[a][0], units[b - 1][1]) for a, b in segments]
         return make_chunks(doc, spans, [sizes.tokens(a, b) for a, b in segments])
 
@@ -367,10 +367,14 @@ def split_to_fit(a: int, b: int, dist: np.ndarray, sizes: Sizes) -> list[tuple[i
 
 
 def merge_small(
-    segments: list[tuple[int, int]], prefix: np.ndarray, sizes: Sizes, min_size: int
+    segments: list[tuple[int, int]],
+    sizes: Sizes,
+    min_size: int,
+    affinity: Callable[[list[int], list[int], int, int], float],
 ) -> list[tuple[int, int]]:
-    """Merge each segment under ``min_size`` tokens into the neighbour whose mean vector is more
-    similar, smallest first, when the merged chunk fits the budget (else it stays small)."""
+    """Merge each segment under ``min_size`` tokens into the neighbour it has more ``affinity``
+    with (``affinity(lo, hi, i, j)`` over the current segment bounds; ties go to the left one),
+    smallest first, when the merged chunk fits the budget (else it stays small)."""
     n = len(segments)
     lo = [a for a, _ in segments]
     hi = [b for _, b in segments]
@@ -381,15 +385,8 @@ def merge_small(
     version = [0] * n
     heap = [(size[i], i, 0) for i in range(n) if size[i] < min_size]
     heapq.heapify(heap)
-
-    def sim(i: int, j: int) -> float:
-        u = prefix[hi[i]] - prefix[lo[i]]
-        v = prefix[hi[j]] - prefix[lo[j]]
-        den = float(np.linalg.norm(u) * np.linalg.norm(v))
-        return float(u @ v) / den if den > 0 else 0.0
-
     while heap:
-        s, i, ver = heapq.heappop(heap)
+        _, i, ver = heapq.heappop(heap)
         if not alive[i] or ver != version[i]:
             continue
         options = []
@@ -397,7 +394,7 @@ def merge_small(
             if 0 <= j < n:
                 a, b = (lo[j], hi[i]) if j < i else (lo[i], hi[j])
                 if sizes.fits(a, b):
-                    options.append((sim(i, j), j < i, j))  # ties go to the left neighbour
+                    options.append((affinity(lo, hi, i, j), j < i, j))  # ties: the left one
         if not options:
             continue  # neighbours only grow: it will never fit with either
         _, _, j = max(options)
@@ -412,6 +409,21 @@ def merge_small(
         if size[keep] < min_size:
             heapq.heappush(heap, (size[keep], keep, version[keep]))
     return [(lo[i], hi[i]) for i in range(n) if alive[i]]
+
+
+def mean_vector_similarity(
+    prefix: np.ndarray,
+) -> Callable[[list[int], list[int], int, int], float]:
+    """``merge_small``'s affinity for the semantic chunker: the cosine of the two segments' summed
+    unit vectors (``prefix`` is the running sum of the units' vectors)."""
+
+    def sim(lo: list[int], hi: list[int], i: int, j: int) -> float:
+        u = prefix[hi[i]] - prefix[lo[i]]
+        v = prefix[hi[j]] - prefix[lo[j]]
+        den = float(np.linalg.norm(u) * np.linalg.norm(v))
+        return float(u @ v) / den if den > 0 else 0.0
+
+    return sim
 
 
 # -- helpers ------------------------------------------------------------------------------------
