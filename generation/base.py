@@ -9,7 +9,7 @@ each new piece of text as soon as it is decoded. A generator that can precompute
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ragkit.types import Answer, Chunk, Hit
@@ -59,3 +59,15 @@ class TokenLogprobLLM(Protocol):
         window: int = 1024,
         progress: ProgressCallback | None = None,
     ) -> list[Any]: ...
+
+
+def drain(run: Iterator[str], stream: StreamCallback | None) -> Answer:
+    """Run a generator's piece iterator to its end, passing each piece to ``stream``; return the
+    ``Answer`` it returns (the shared body of every backend's ``generate``)."""
+    while True:
+        try:
+            piece = next(run)
+        except StopIteration as done:
+            return done.value
+        if stream is not None:
+            stream(piece)

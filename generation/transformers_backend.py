@@ -159,14 +159,9 @@ class TransformersGenerator:
         self, query: str, hits: Sequence[Hit], stream: Callable[[str], None] | None = None
     ) -> Answer:
         """The answer to ``query`` from ``hits`` (in order); ``stream`` receives text pieces."""
-        run = self._run(query, hits)
-        while True:
-            try:
-                piece = next(run)
-            except StopIteration as done:
-                return done.value
-            if stream is not None:
-                stream(piece)
+        from generation.base import drain
+
+        return drain(self._run(query, hits), stream)
 
     def stream(self, query: str, hits: Sequence[Hit]) -> Iterator[str]:
         """Text pieces as they are decoded; the iterator's return value is the ``Answer``."""

@@ -242,14 +242,9 @@ class VLLMGenerator:
         self, query: str, hits: Sequence[Hit], stream: Callable[[str], None] | None = None
     ) -> Answer:
         """The answer to ``query`` from ``hits``; ``stream`` receives text pieces as decoded."""
-        run = self._run(query, hits)
-        while True:
-            try:
-                piece = next(run)
-            except StopIteration as done:
-                return done.value
-            if stream is not None:
-                stream(piece)
+        from generation.base import drain
+
+        return drain(self._run(query, hits), stream)
 
     def stream(self, query: str, hits: Sequence[Hit]) -> Iterator[str]:
         """Text pieces as they are decoded; the iterator's return value is the ``Answer``."""
