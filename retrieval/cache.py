@@ -105,3 +105,37 @@ def embed_with_cache(
     if not texts:
         return np.zeros((0, int(embedder.dim)), dtype=np.float32)
     return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+
+
+class GradeCache:
+    """An on-disk cache of LLM reranker grades, keyed by the LLM's fingerprint (weights,
+    tokenizer, dtype) and the sha256 of the exact prompt. A grade that could not be read is
+    stored too (as ``None`` with its raw answer), so a re-run reproduces the first one."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS grade (llm TEXT, prompt TEXT, value REAL, answer TEXT, "
+            "PRIMARY KEY (llm, prompt))"
+        )
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, llm: str, prompt: str) -> tuple[float | None, str] | None:
+        row = self._db.execute("SELECT value, answer FROM grade WHERE llm = ? AND prompt = ?",
+                               (llm, text_key(prompt))).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return (None if row[0] is None else float(row[0])), row[1]
+
+    def put(self, llm: str, prompt: str, value: float | None, answer: str) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO grade VALUES (?, ?, ?, ?)",
+                             (llm, text_key(prompt), value, answer))
+
+    def close(self) -> None:
+        self._db.close()

@@ -190,11 +190,19 @@ class LLMReranker:
     it, and its score copies the hit before it (the next one's if it comes first); if no answer
     parses, the hits come back in the given order with their first-stage scores. Each such answer is logged as a warning and
     counted in ``stats["unparsed"]`` (``stats["graded"]`` counts the answers read).
+
+    ``cache``: a sqlite file (e.g. ``~/.cache/ragkit/grades.sqlite``) that keeps every grade,
+    keyed by the LLM's ``fingerprint`` (weights, tokenizer, dtype) and the exact prompt, so a
+    re-run, or another path of ``ragkit eval retrieval`` grading the same passages, asks the LLM
+    only for prompts it has not seen. Needs an LLM with a ``fingerprint`` (the generation
+    backends have one). A sampled ``complete`` answer is cached like any other: delete the file
+    to sample again. ``stats["cached"]`` counts grades taken from it.
     """
 
     llm: Any = field(default=None, metadata={COMPONENT_KIND: "generator"})
     template: str = DEFAULT_TEMPLATE
     mode: Literal["auto", "complete", "score"] = "auto"
+    cache: str | None = None
 
     def __post_init__(self) -> None:
         if self.llm is None:
@@ -220,7 +228,32 @@ class LLMReranker:
                 f"{type(self.llm).__name__} has no {what} method (mode={self.mode!r})", path="llm"
             )
         self._check_template()
-        self.stats: dict[str, int] = {"graded": 0, "unparsed": 0}
+        if self.cache is not None:
+            if not isinstance(self.cache, str | Path) or not str(self.cache):
+                raise ConfigError(f"must be a file path or null; got {self.cache!r}",
+                                  path="cache")
+            if not hasattr(type(self.llm), "fingerprint") and not hasattr(self.llm, "fingerprint"):
+                raise ConfigError(
+                    f"a grade cache needs an LLM with a fingerprint (weights, tokenizer) to key "
+                    f"its grades by; {type(self.llm).__name__} has none: set cache: null",
+                    path="cache",
+                )
+            self.cache = str(self.cache)
+        self.stats: dict[str, int] = {"graded": 0, "unparsed": 0, "cached": 0}
+
+    @cached_property
+    def _grade_cache(self) -> Any:
+        from retrieval.cache import GradeCache
+
+        return GradeCache(self.cache)
+
+    @cached_property
+    def _llm_key(self) -> str:
+        import hashlib
+        import json
+
+        spec = {"llm": self.llm.fingerprint, "mode": "score" if self._scores_options else "complete"}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
     def _check_template(self) -> None:
         if not isinstance(self.template, str):
@@ -246,11 +279,20 @@ class LLMReranker:
     def grade(self, query: str, text: str) -> tuple[float | None, str]:
         """The grade of one passage (``None`` if the answer cannot be read) and the raw answer."""
         prompt = self.template.format(query=query, text=text)
+        if self.cache is not None:
+            found = self._grade_cache.get(self._llm_key, prompt)
+            if found is not None:
+                self.stats["cached"] += 1
+                return found
         if self._scores_options:
             logprobs = self.llm.score(prompt, GRADES)
-            return _expected_grade(logprobs), repr(logprobs)
-        answer = self.llm.complete(prompt)
-        return parse_grade(answer), answer
+            value, answer = _expected_grade(logprobs), repr(logprobs)
+        else:
+            answer = self.llm.complete(prompt)
+            value = parse_grade(answer)
+        if self.cache is not None:
+            self._grade_cache.put(self._llm_key, prompt, value, answer)
+        return value, answer
 
     def scores(self, query: str, hits: Sequence[Hit]) -> list[float | None]:
         """The grade of each hit in the given order; ``None`` where the answer did not parse."""

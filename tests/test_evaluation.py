@@ -128,6 +128,24 @@ def test_sentence_chunks_on_tiny_data_give_exact_scores(tmp_path):
     assert set(res.results["1"]["per_corpus"]) == {"a", "b"}
 
 
+def test_progress_has_a_chunking_bar_per_chunker(tmp_path):
+    """The LLM chunkers take minutes per corpus: the run shows a bar over corpora while it chunks,
+    then one while it embeds."""
+    ds = load_dataset(_tiny(tmp_path))
+    cfg = ChunkingEval(chunkers={"s": {"name": "sentence", "chunk_size": 4, "tokenizer": "whitespace"}},
+                       embedder={"name": "hash", "dim": 64}, ks=(1,))
+    seen = []
+
+    def progress(items, desc, total):
+        items = list(items)
+        seen.append((desc, total, len(items)))
+        yield from items
+
+    evaluate_chunking(ds, cfg, progress=progress)
+    assert ("chunking s", 2, 2) in seen  # two corpora
+    assert [d for d, _, _ in seen].index("chunking s") < [d for d, _, _ in seen].index("embedding s")
+
+
 def test_token_unit_changes_the_numbers_not_their_range(tmp_path):
     ds = load_dataset(_tiny(tmp_path))
     base = dict(chunkers={"f": {"name": "fixed", "chunk_size": 5, "tokenizer": "character"}},

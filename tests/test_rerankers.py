@@ -181,7 +181,7 @@ def test_llm_reranker_sorts_by_grade_and_records_prompts():
     assert [h.rank for h in out] == [0, 1, 2, 3]
     assert len(llm.prompts) == 4 and llm.prompts[0] == DEFAULT_TEMPLATE.format(
         query="which is best?", text="alpha")
-    assert reranker.stats == {"graded": 4, "unparsed": 0}
+    assert reranker.stats == {"graded": 4, "unparsed": 0, "cached": 0}
     assert isinstance(reranker, Reranker) and isinstance(llm, LLM)
 
 
@@ -210,7 +210,7 @@ def test_llm_reranker_with_no_parsable_answer_returns_the_first_stage(caplog):
     reranker = LLMReranker(llm=ScriptedLLM(answers=["no", "idea", "sorry"]))
     with caplog.at_level(logging.WARNING, logger="retrieval.rerankers"):
         assert reranker.rerank("q", hits) == hits
-    assert reranker.stats == {"graded": 3, "unparsed": 3} and len(caplog.records) == 3
+    assert reranker.stats == {"graded": 3, "unparsed": 3, "cached": 0} and len(caplog.records) == 3
     assert reranker.rerank("q", []) == []
 
 
@@ -276,6 +276,48 @@ def test_llm_reranker_config_round_trip_with_a_scripted_llm():
     assert build("reranker", config) == reranker
 
 
+class FingerprintedLLM(ScriptedLLM):
+    """A scripted LLM with a fingerprint, as the generation backends have."""
+
+    def __init__(self, answers, weights="v1"):
+        super().__init__(answers=answers)
+        self.fingerprint = {"model": weights}
+
+
+def test_llm_reranker_grade_cache_asks_each_prompt_once_across_rerankers(tmp_path):
+    path = tmp_path / "grades.sqlite"
+    script = by_text({"alpha": "2", "beta": "9", "gamma": "no idea"})
+    first = LLMReranker(llm=FingerprintedLLM(script), cache=str(path))
+    out1 = first.rerank("q", first_stage(["alpha", "beta", "gamma"]))
+    assert len(first.llm.prompts) == 3 and first.stats["cached"] == 0
+
+    # another reranker on the same file and LLM (another eval path, a re-run): only new prompts
+    second = LLMReranker(llm=FingerprintedLLM(by_text({"delta": "5"})), cache=str(path))
+    out2 = second.rerank("q", first_stage(["alpha", "beta", "gamma", "delta"]))
+    assert [p.split("Passage: ")[1].split("\n")[0] for p in second.llm.prompts] == ["delta"]
+    assert second.stats == {"graded": 4, "unparsed": 1, "cached": 3}  # the unread grade too
+    assert [h.chunk.text for h in out1] == ["beta", "alpha", "gamma"]
+    assert [h.chunk.text for h in out2] == ["beta", "delta", "gamma", "alpha"]
+
+    # other weights, or another question: asked again
+    other = LLMReranker(llm=FingerprintedLLM(by_text({"alpha": "4"}), weights="v2"),
+                        cache=str(path))
+    other.rerank("q", first_stage(["alpha"]))
+    again = LLMReranker(llm=FingerprintedLLM(by_text({"alpha": "4"})), cache=str(path))
+    again.rerank("another q", first_stage(["alpha"]))
+    assert len(other.llm.prompts) == 1 and len(again.llm.prompts) == 1
+    assert other.stats["cached"] == again.stats["cached"] == 0
+
+
+def test_llm_reranker_grade_cache_needs_a_fingerprint(tmp_path):
+    with pytest.raises(ConfigError, match="ScriptedLLM has none") as err:
+        LLMReranker(llm=ScriptedLLM(answers=["1"]), cache=str(tmp_path / "g.sqlite"))
+    assert err.value.path == "cache"
+    with pytest.raises(ConfigError, match="file path or null") as err:
+        LLMReranker(llm=FingerprintedLLM(["1"]), cache=3)
+    assert err.value.path == "cache"
+
+
 def test_scripted_llm_runs_out_loudly():
     llm = ScriptedLLM(answers=["only one"])
     assert llm.complete("first") == "only one"
@@ -306,5 +348,5 @@ def test_llm_reranker_on_the_packaged_smollm2():
         want[h.chunk.text] = float(np.array([float(g) for g in lp]) @ w / w.sum())
     assert [h.chunk.text for h in out] == sorted(want, key=lambda t: -want[t])
     assert [h.score for h in out] == pytest.approx([want[h.chunk.text] for h in out], abs=1e-6)
-    assert reranker.stats == {"graded": 4, "unparsed": 0}
+    assert reranker.stats == {"graded": 4, "unparsed": 0, "cached": 0}
     assert isinstance(reranker.llm.complete("Reply with one word.", max_new_tokens=4), str)

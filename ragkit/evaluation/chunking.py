@@ -168,7 +168,9 @@ def evaluate_chunking(
         texts: list[str] = []
         tokens: list[int] = []
         own_vecs: list[np.ndarray] = []  # from chunkers that embed their own chunks (late)
-        for cid in corpus_ids:
+        # a bar per corpus: the LLM chunkers take minutes per corpus
+        loop = progress(corpus_ids, f"chunking {label}", len(corpus_ids)) if progress else corpus_ids
+        for cid in loop:
             doc = dataset.corpora[cid]
             if hasattr(chunker, "chunk_and_embed"):
                 chunks, v = chunker.chunk_and_embed(doc)
