@@ -105,6 +105,29 @@ def test_eval_chunking_reports_quality_metrics():
     assert data["runs"][0]["quality"]["stickiness"]["edges"] >= 0
 
 
+def test_eval_chunking_reports_the_llm_chunkers_counts():
+    """An LLM chunker's unreadable answers reach the evaluation's table and JSON, per run."""
+    from chunkers.lumber import LumberChunker
+    from ragkit.testing import ScriptedLLM
+
+    text = "\n".join(f"Paragraph {i} says something about topic {i % 3} here." for i in range(12))
+    doc = Document("c", text)
+    dataset = EvalDataset({"c": doc}, (Question("topic 1?", "c", ((0, 40),)),), "tiny")
+    chunker = LumberChunker(llm=ScriptedLLM(answers=lambda prompt: "no idea"), chunk_size=40,
+                            window=24, tokenizer="whitespace")
+    chunker.chunk(doc)  # an earlier run: the evaluation counts only its own
+    before = dict(chunker.stats)
+    config = ChunkingEval(chunkers={"lumber": chunker, "rec": {"name": "recursive"}},
+                          embedder="hash", ks=(1,))
+    results = evaluate_chunking(dataset, config)
+    stats = results[0].chunker_stats
+    assert stats["documents"] == 1 and stats["unparsed"] == before["unparsed"] > 0
+    assert stats["llm_calls"] == before["llm_calls"] and results[1].chunker_stats is None
+    table = markdown(results, config)
+    assert f"- lumber: documents 1, llm_calls {stats['llm_calls']}" in table
+    assert to_json(results, config, "tiny", dataset.questions)["runs"][0]["chunker_stats"] == stats
+
+
 def test_eval_chunking_quality_config_errors():
     base = {"chunkers": {"rec": {"name": "recursive"}}, "embedder": "hash"}
     with pytest.raises(ConfigError, match="quality_metrics"):

@@ -139,6 +139,9 @@ class ChunkerResult:
     # MoC metrics when asked for: {"boundary_clarity": {mean, std, n, per_corpus}, "stickiness":
     # {mean, std, n, per_corpus, edges}, "lm_passes": int, "per_document": {...}}
     quality: dict[str, Any] | None = None
+    # what a chunker counts about its own run (the LLM chunkers: LM calls, unreadable answers and
+    # fallbacks), where it keeps a ``stats`` dict; counted over this evaluation's corpora only
+    chunker_stats: dict[str, Any] | None = None
 
 
 def evaluate_chunking(
@@ -163,6 +166,7 @@ def evaluate_chunking(
     out: list[ChunkerResult] = []
     for label, chunker in config.chunkers.items():
         t0 = time.perf_counter()
+        stats_before = dict(getattr(chunker, "stats", None) or {})
         spans: list[Span] = []
         owners: list[str] = []
         texts: list[str] = []
@@ -185,6 +189,9 @@ def evaluate_chunking(
                 if "tokens" in c.metadata:
                     tokens.append(int(c.metadata["tokens"]))
         t_chunk = time.perf_counter() - t0
+        stats = getattr(chunker, "stats", None)
+        chunker_stats = ({k: v - stats_before.get(k, 0) if isinstance(v, int | float) else v
+                          for k, v in stats.items()} if isinstance(stats, dict) else None)
         if not spans:
             raise RagkitError(f"chunker {label!r} produced no chunks for the dataset")
         if hasattr(chunker, "chunk_and_embed"):
@@ -217,6 +224,7 @@ def evaluate_chunking(
             per_question=per_q,
             seconds=seconds,
             quality=quality,
+            chunker_stats=chunker_stats,
         ))
     return out
 

@@ -32,6 +32,13 @@ def markdown(results: Sequence[ChunkerResult], config: ChunkingEval, *, std: boo
             lines.append(f"| {r.label} | {r.n_chunks} | {r.mean_chunk_chars:.1f} | {tokens} | "
                          + " | ".join(cells) + " |")
         lines.append("")
+    counted = [r for r in results if r.chunker_stats]
+    if counted:
+        lines += ["**Chunker counts** (LM calls, unreadable answers, fallbacks):", ""]
+        lines += [f"- {r.label}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                               for k, v in r.chunker_stats.items())
+                  for r in counted]
+        lines.append("")
     if config.quality_metrics:
         lines += quality_table(results, config)
     return "\n".join(lines)
