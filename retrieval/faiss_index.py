@@ -57,6 +57,7 @@ import numpy as np
 from ragkit._deps import require
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError
 from ragkit.types import Chunk, Hit
+from retrieval.base import filter_rows
 from retrieval.memory_index import (
     IndexFileError,
     _normalise,
@@ -377,32 +378,17 @@ class FaissIndex:
             return None
         if not isinstance(filter, Mapping):
             raise TypeError(f"filter must be a mapping of metadata key -> value; got {filter!r}")
-        wanted = {
-            key: (tuple(v) if isinstance(v, list | tuple | set | frozenset) else (v,))
-            for key, v in filter.items()
-        }
-        if "doc_id" in wanted:  # narrow by document first: no scan over every chunk
-            ids = (cid for doc in dict.fromkeys(wanted["doc_id"]) if isinstance(doc, str)
+        docs = filter.get("doc_id")
+        if docs is not None:  # narrow by document first: no scan over every chunk
+            docs = tuple(docs) if isinstance(docs, list | tuple | set | frozenset) else (docs,)
+            ids = (cid for doc in dict.fromkeys(docs) if isinstance(doc, str)
                    for cid in self._by_doc.get(doc, ()))
             candidates = [self._chunk[self._labels[cid]] for cid in ids]
         else:
-            candidates = self._chunk.values()
-
-        def matches(c: Chunk) -> bool:
-            for key, values in wanted.items():
-                if key == "doc_id":
-                    value = c.doc_id
-                elif key in c.metadata:
-                    value = c.metadata[key]
-                else:
-                    return False
-                if not any(value == v for v in values):
-                    return False
-            return True
-
-        labels = np.fromiter(
-            (self._labels[c.id] for c in candidates if matches(c)), dtype=np.int64
-        )
+            candidates = list(self._chunk.values())
+        rows = filter_rows(candidates, filter)  # the one definition of a match, shared by all
+        labels = np.fromiter((self._labels[candidates[i].id] for i in rows), dtype=np.int64,
+                             count=len(rows))
         labels.sort()
         return labels
 
