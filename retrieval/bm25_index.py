@@ -43,7 +43,15 @@ from ragkit.config import build_dataclass, to_config
 from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.types import Chunk, Hit
 from retrieval.base import filter_rows
-from retrieval.memory_index import IndexFileError, _read_chunks, _sha256, _swap_in
+from retrieval.memory_index import (
+    IndexFileError,
+    _read_chunks,
+    _sha256,
+    _swap_in,
+    check_save_target,
+    chunks_jsonl,
+    read_meta,
+)
 
 FORMAT = "ragkit.bm25_index"
 VERSION = 1
@@ -350,50 +358,3 @@ def _check_queries(queries: Any, query_vecs: Any, who: str) -> list[str]:
                 f"{who}.search got {m} query vectors but {len(queries)} queries; they must align"
             )
     return queries
-
-
-
-
-def check_save_target(path: Path) -> None:
-    if path.exists() and not path.is_dir():
-        raise IndexFileError(f"{path}: exists and is not a folder; cannot save an index there")
-    if path.is_dir() and any(path.iterdir()) and not (path / "meta.json").exists():
-        raise IndexFileError(
-            f"{path}: folder is not empty and holds no saved index (no meta.json); "
-            "refusing to overwrite it"
-        )
-
-
-def chunks_jsonl(chunks: Sequence[Chunk], path: Path) -> bytes:
-    """One JSON record per chunk and line (the format ``memory_index._read_chunks`` reads)."""
-    lines = []
-    for c in chunks:
-        record = {"doc_id": c.doc_id, "start": c.start, "end": c.end, "text": c.text,
-                  "index": c.index, "metadata": dict(c.metadata)}
-        try:
-            lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            raise IndexFileError(
-                f"{path}: chunk {c.id!r} cannot be saved: its metadata is not plain JSON "
-                f"data ({exc})"
-            ) from None
-    return "".join(line + "\n" for line in lines).encode("utf-8")
-
-
-def read_meta(path: Path, fmt: str, version: int) -> dict[str, Any]:
-    file = path / "meta.json"
-    if not path.is_dir():
-        raise IndexFileError(f"{path}: no saved index here (not a folder)")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise IndexFileError(f"{file}: cannot read ({exc.strerror})") from None
-    except ValueError as exc:
-        raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise IndexFileError(f"{file}: not a {fmt} meta file")
-    if meta.get("version") != version:
-        raise IndexFileError(
-            f"{file}: format version {meta.get('version')!r}; this ragkit reads version {version}"
-        )
-    return meta

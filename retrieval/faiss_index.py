@@ -60,6 +60,10 @@ from ragkit.types import Chunk, Hit
 from retrieval.base import filter_rows
 from retrieval.memory_index import (
     IndexFileError,
+    check_count_dim,
+    check_save_target,
+    chunks_jsonl,
+    read_meta,
     _normalise,
     _read_chunks,
     _sha256,
@@ -459,31 +463,15 @@ class FaissIndex:
         """Write the index to folder ``path`` (replacing an index saved there before)."""
         faiss = _faiss()
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise IndexFileError(f"{path}: exists and is not a folder; cannot save an index there")
-        if path.is_dir() and any(path.iterdir()) and not (path / "meta.json").exists():
-            raise IndexFileError(
-                f"{path}: folder is not empty and holds no saved index (no meta.json); "
-                "refusing to overwrite it"
-            )
-        lines = []
-        for c in self.chunks():
-            record = {"doc_id": c.doc_id, "start": c.start, "end": c.end, "text": c.text,
-                      "index": c.index, "metadata": dict(c.metadata)}
-            try:
-                lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
-            except (TypeError, ValueError) as exc:
-                raise IndexFileError(
-                    f"{path}: chunk {c.id!r} cannot be saved: its metadata is not plain JSON "
-                    f"data ({exc})"
-                ) from None
+        check_save_target(path)
+        chunks_bytes = chunks_jsonl(list(self.chunks()), path)
         labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self))
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
             files = ["chunks.jsonl", "labels.npy"]
-            (tmp / "chunks.jsonl").write_bytes("".join(x + "\n" for x in lines).encode("utf-8"))
+            (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
             np.save(tmp / "labels.npy", labels, allow_pickle=False)
             if self._index is not None:
                 faiss.write_index(self._index, str(tmp / "index.faiss"))
@@ -636,29 +624,12 @@ def _read_index(faiss: Any, file: Path) -> Any:
 
 def _read_meta(path: Path) -> dict[str, Any]:
     file = path / "meta.json"
-    if not path.is_dir():
-        raise IndexFileError(f"{path}: no saved index here (not a folder)")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise IndexFileError(f"{file}: cannot read ({exc.strerror})") from None
-    except ValueError as exc:
-        raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise IndexFileError(f"{file}: not a {FORMAT} meta file")
-    if meta.get("version") != VERSION:
-        raise IndexFileError(
-            f"{file}: format version {meta.get('version')!r}; this ragkit reads version {VERSION}"
-        )
+    meta = read_meta(path, FORMAT, VERSION)
     config = meta.get("config")
     known = {f.name for f in fields(FaissIndex)}
     if not isinstance(config, dict) or not set(config) <= known:
         raise IndexFileError(f"{file}: config must be a mapping of {', '.join(sorted(known))}")
-    count, dim = meta.get("count"), meta.get("dim")
-    if not isinstance(count, int) or count < 0:
-        raise IndexFileError(f"{file}: count must be an int >= 0; got {count!r}")
-    if not (dim is None and count == 0) and not (isinstance(dim, int) and dim >= 1):
-        raise IndexFileError(f"{file}: dim must be an int >= 1; got {dim!r}")
+    check_count_dim(meta, file)
     for key in ("tombstones", "next_label"):
         if not isinstance(meta.get(key), int) or meta[key] < 0:
             raise IndexFileError(f"{file}: {key} must be an int >= 0; got {meta.get(key)!r}")

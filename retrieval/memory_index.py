@@ -189,25 +189,8 @@ class MemoryIndex:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to folder ``path`` (replacing an index saved there before)."""
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise IndexFileError(f"{path}: exists and is not a folder; cannot save an index there")
-        if path.is_dir() and any(path.iterdir()) and not (path / "meta.json").exists():
-            raise IndexFileError(
-                f"{path}: folder is not empty and holds no saved index (no meta.json); "
-                "refusing to overwrite it"
-            )
-        lines = []
-        for c in self._chunks:
-            record = {"doc_id": c.doc_id, "start": c.start, "end": c.end, "text": c.text,
-                      "index": c.index, "metadata": dict(c.metadata)}
-            try:
-                lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
-            except (TypeError, ValueError) as exc:
-                raise IndexFileError(
-                    f"{path}: chunk {c.id!r} cannot be saved: its metadata is not plain JSON "
-                    f"data ({exc})"
-                ) from None
-        chunks_bytes = "".join(line + "\n" for line in lines).encode("utf-8")
+        check_save_target(path)
+        chunks_bytes = chunks_jsonl(self._chunks, path)
         if self._chunks:
             vecs = np.ascontiguousarray(self._vecs[: len(self._chunks)])  # (count, dim)
         else:
@@ -334,27 +317,10 @@ def _swap_in(tmp: Path, path: Path) -> None:
 
 def _read_meta(path: Path) -> dict[str, Any]:
     file = path / "meta.json"
-    if not path.is_dir():
-        raise IndexFileError(f"{path}: no saved index here (not a folder)")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise IndexFileError(f"{file}: cannot read ({exc.strerror})") from None
-    except ValueError as exc:
-        raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise IndexFileError(f"{file}: not a {FORMAT} meta file")
-    if meta.get("version") != VERSION:
-        raise IndexFileError(
-            f"{file}: format version {meta.get('version')!r}; this ragkit reads version {VERSION}"
-        )
+    meta = read_meta(path, FORMAT, VERSION)
     if meta.get("metric") not in METRICS:
         raise IndexFileError(f"{file}: unknown metric {meta.get('metric')!r}")
-    count, dim = meta.get("count"), meta.get("dim")
-    if not isinstance(count, int) or count < 0:
-        raise IndexFileError(f"{file}: count must be an int >= 0; got {count!r}")
-    if not (dim is None and count == 0) and not (isinstance(dim, int) and dim >= 1):
-        raise IndexFileError(f"{file}: dim must be an int >= 1; got {dim!r}")
+    check_count_dim(meta, file)
     sums = meta.get("sha256")
     if not isinstance(sums, dict) or not all(isinstance(sums.get(n), str) for n in _FILES):
         raise IndexFileError(f"{file}: missing sha256 checksums of {', '.join(_FILES)}")
@@ -379,3 +345,59 @@ def _read_chunks(file: Path) -> list[Chunk]:
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexFileError(f"{file}:{lineno}: not a valid chunk record ({exc})") from None
     return chunks
+
+
+# -- shared by the saved index formats (memory, faiss, bm25, hybrid) ---------------------------
+
+
+def check_save_target(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise IndexFileError(f"{path}: exists and is not a folder; cannot save an index there")
+    if path.is_dir() and any(path.iterdir()) and not (path / "meta.json").exists():
+        raise IndexFileError(
+            f"{path}: folder is not empty and holds no saved index (no meta.json); "
+            "refusing to overwrite it"
+        )
+
+
+def chunks_jsonl(chunks: Sequence[Chunk], path: Path) -> bytes:
+    """One JSON record per chunk and line (the format ``memory_index._read_chunks`` reads)."""
+    lines = []
+    for c in chunks:
+        record = {"doc_id": c.doc_id, "start": c.start, "end": c.end, "text": c.text,
+                  "index": c.index, "metadata": dict(c.metadata)}
+        try:
+            lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise IndexFileError(
+                f"{path}: chunk {c.id!r} cannot be saved: its metadata is not plain JSON "
+                f"data ({exc})"
+            ) from None
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def read_meta(path: Path, fmt: str, version: int) -> dict[str, Any]:
+    file = path / "meta.json"
+    if not path.is_dir():
+        raise IndexFileError(f"{path}: no saved index here (not a folder)")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise IndexFileError(f"{file}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise IndexFileError(f"{file}: not a {fmt} meta file")
+    if meta.get("version") != version:
+        raise IndexFileError(
+            f"{file}: format version {meta.get('version')!r}; this ragkit reads version {version}"
+        )
+    return meta
+
+
+def check_count_dim(meta: dict[str, Any], file: Path) -> None:
+    count, dim = meta.get("count"), meta.get("dim")
+    if not isinstance(count, int) or count < 0:
+        raise IndexFileError(f"{file}: count must be an int >= 0; got {count!r}")
+    if not (dim is None and count == 0) and not (isinstance(dim, int) and dim >= 1):
+        raise IndexFileError(f"{file}: dim must be an int >= 1; got {dim!r}")
