@@ -57,7 +57,7 @@ import numpy as np
 from ragkit._deps import require
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError, RagkitError
 from ragkit.types import Chunk, Hit
-from retrieval.memory_index import IndexFileError, _normalise, _swap_in
+from retrieval.memory_index import IndexFileError, _normalise, _swap_in, check_vecs
 
 log = logging.getLogger(__name__)
 
@@ -510,20 +510,7 @@ class ChromaIndex:
         return max(1, min(self.batch_size, self._client.get_max_batch_size()))
 
     def _check_vecs(self, vecs: Any, *, what: str) -> np.ndarray:
-        vecs = np.asarray(vecs)
-        if vecs.ndim != 2:
-            raise IndexMismatchError(f"{what} must be a 2-D (n, dim) array; got shape {vecs.shape}")
-        if not (np.issubdtype(vecs.dtype, np.floating) or np.issubdtype(vecs.dtype, np.integer)):
-            raise IndexMismatchError(f"{what} must be numeric; got dtype {vecs.dtype}")
-        if self._dim is not None and vecs.shape[1] != self._dim:
-            raise IndexMismatchError(
-                f"{what} have dim {vecs.shape[1]} but the index holds dim {self._dim} vectors; "
-                "embed with the same model the index was built with"
-            )
-        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-        if not np.isfinite(vecs).all():
-            raise IndexMismatchError(f"{what} contain NaN or infinite values")
-        return vecs
+        return check_vecs(vecs, self._dim, what=what)
 
 
 def _space(col: Any) -> str | None:

@@ -61,6 +61,7 @@ from retrieval.base import filter_rows
 from retrieval.memory_index import (
     IndexFileError,
     check_count_dim,
+    check_vecs,
     check_save_target,
     chunks_jsonl,
     read_meta,
@@ -593,20 +594,7 @@ class FaissIndex:
     # -- helpers -------------------------------------------------------------------------------
 
     def _check_vecs(self, vecs: Any, *, what: str) -> np.ndarray:
-        vecs = np.asarray(vecs)
-        if vecs.ndim != 2:
-            raise IndexMismatchError(f"{what} must be a 2-D (n, dim) array; got shape {vecs.shape}")
-        if not (np.issubdtype(vecs.dtype, np.floating) or np.issubdtype(vecs.dtype, np.integer)):
-            raise IndexMismatchError(f"{what} must be numeric; got dtype {vecs.dtype}")
-        if self.dim is not None and vecs.shape[1] != self.dim:
-            raise IndexMismatchError(
-                f"{what} have dim {vecs.shape[1]} but the index holds dim {self.dim} vectors; "
-                "embed with the same model the index was built with"
-            )
-        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-        if not np.isfinite(vecs).all():
-            raise IndexMismatchError(f"{what} contain NaN or infinite values")
-        return vecs
+        return check_vecs(vecs, self.dim, what=what)
 
 
 def _check_int(name: str, value: Any, low: int, *, null: bool = False) -> None:

@@ -260,20 +260,7 @@ class MemoryIndex:
     # -- helpers -------------------------------------------------------------------------------
 
     def _check_vecs(self, vecs: Any, *, what: str) -> np.ndarray:
-        vecs = np.asarray(vecs)
-        if vecs.ndim != 2:
-            raise IndexMismatchError(f"{what} must be a 2-D (n, dim) array; got shape {vecs.shape}")
-        if not (np.issubdtype(vecs.dtype, np.floating) or np.issubdtype(vecs.dtype, np.integer)):
-            raise IndexMismatchError(f"{what} must be numeric; got dtype {vecs.dtype}")
-        if self.dim is not None and vecs.shape[1] != self.dim:
-            raise IndexMismatchError(
-                f"{what} have dim {vecs.shape[1]} but the index holds dim {self.dim} vectors; "
-                "embed with the same model the index was built with"
-            )
-        vecs = vecs.astype(np.float32, copy=False)
-        if not np.isfinite(vecs).all():
-            raise IndexMismatchError(f"{what} contain NaN or infinite values")
-        return vecs
+        return check_vecs(vecs, self.dim, what=what)
 
     def _reserve(self, n: int) -> None:
         if n > self._vecs.shape[0]:
@@ -401,3 +388,22 @@ def check_count_dim(meta: dict[str, Any], file: Path) -> None:
         raise IndexFileError(f"{file}: count must be an int >= 0; got {count!r}")
     if not (dim is None and count == 0) and not (isinstance(dim, int) and dim >= 1):
         raise IndexFileError(f"{file}: dim must be an int >= 1; got {dim!r}")
+
+
+def check_vecs(vecs: Any, dim: int | None, *, what: str) -> np.ndarray:
+    """``vecs`` as a float32 ``(n, dim)`` array, or an IndexMismatchError naming what is wrong:
+    not 2-D, not numeric, another dimension than the index's ``dim``, NaN or infinite values."""
+    vecs = np.asarray(vecs)
+    if vecs.ndim != 2:
+        raise IndexMismatchError(f"{what} must be a 2-D (n, dim) array; got shape {vecs.shape}")
+    if not (np.issubdtype(vecs.dtype, np.floating) or np.issubdtype(vecs.dtype, np.integer)):
+        raise IndexMismatchError(f"{what} must be numeric; got dtype {vecs.dtype}")
+    if dim is not None and vecs.shape[1] != dim:
+        raise IndexMismatchError(
+            f"{what} have dim {vecs.shape[1]} but the index holds dim {dim} vectors; "
+            "embed with the same model the index was built with"
+        )
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    if not np.isfinite(vecs).all():
+        raise IndexMismatchError(f"{what} contain NaN or infinite values")
+    return vecs
