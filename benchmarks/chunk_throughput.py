@@ -60,7 +60,6 @@ import json
 import os
 import platform
 import shlex
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -540,13 +539,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    print(f"$ {command_line(args.argv)}", flush=True)
-    result = run(args, lambda line: print(line, flush=True))
-    print(markdown(result), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return result
+    from ragkit.bench import report_main
+
+    return report_main(argv, parse_args, run, markdown, command_line)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -203,16 +203,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def command_line(argv: Sequence[str]) -> str:
+    return shlex.join(["python", "benchmarks/exact_encoder.py", *argv])
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from ragkit.bench import report_main
+
     if importlib.util.find_spec("bpe_openai") is None:
         raise SystemExit("exact_encoder.py needs bpe-openai: pip install 'ragkit[tiktoken]'")
-    print(f"$ {' '.join(['python', 'benchmarks/exact_encoder.py', *args.argv])}", flush=True)
-    result = run(args, lambda line: print(line, flush=True))
-    print(markdown(result), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return result
+    return report_main(argv, parse_args, run, markdown, command_line)
 
 
 if __name__ == "__main__":
