@@ -49,6 +49,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "reranker": {
         "cross-encoder": "retrieval.rerankers:CrossEncoderReranker",
         "llm": "retrieval.rerankers:LLMReranker",
+        "query-likelihood": "retrieval.rerankers:QueryLikelihoodReranker",
     },
     "engine": {  # ingestion: where reading, chunking and embedding run (ragkit.ingest)
         "local": "ragkit.ingest.local:LocalEngine",

@@ -8,6 +8,8 @@ use ``scores(query, hits)``, which returns the new scores aligned with the hits 
   text) pair. No cross-encoder ships its weights on PyPI, so ``model`` must name a local folder
   (or a hub id already in the local Hugging Face cache).
 - ``LLMReranker``: pointwise; asks an LLM for a 0-10 relevance grade per hit.
+- ``QueryLikelihoodReranker``: scores a hit by how likely the LLM finds the query after the
+  hit's text (UPR); nothing to parse, so it suits small models.
 """
 
 from __future__ import annotations
@@ -228,17 +230,7 @@ class LLMReranker:
                 f"{type(self.llm).__name__} has no {what} method (mode={self.mode!r})", path="llm"
             )
         self._check_template()
-        if self.cache is not None:
-            if not isinstance(self.cache, str | Path) or not str(self.cache):
-                raise ConfigError(f"must be a file path or null; got {self.cache!r}",
-                                  path="cache")
-            if not hasattr(type(self.llm), "fingerprint") and not hasattr(self.llm, "fingerprint"):
-                raise ConfigError(
-                    f"a grade cache needs an LLM with a fingerprint (weights, tokenizer) to key "
-                    f"its grades by; {type(self.llm).__name__} has none: set cache: null",
-                    path="cache",
-                )
-            self.cache = str(self.cache)
+        self.cache = _check_cache(self.cache, self.llm)
         self.stats: dict[str, int] = {"graded": 0, "unparsed": 0, "cached": 0}
 
     @cached_property
@@ -249,11 +241,7 @@ class LLMReranker:
 
     @cached_property
     def _llm_key(self) -> str:
-        import hashlib
-        import json
-
-        spec = {"llm": self.llm.fingerprint, "mode": "score" if self._scores_options else "complete"}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        return _llm_key(self.llm, "score" if self._scores_options else "complete")
 
     def _check_template(self) -> None:
         if not isinstance(self.template, str):
@@ -329,6 +317,29 @@ class LLMReranker:
                 for r, (i, s) in enumerate(zip(placed, out_scores))]
 
 
+def _check_cache(cache: Any, llm: Any) -> str | None:
+    """A reranker's ``cache`` setting: null, or a file path when ``llm`` has a fingerprint."""
+    if cache is None:
+        return None
+    if not isinstance(cache, str | Path) or not str(cache):
+        raise ConfigError(f"must be a file path or null; got {cache!r}", path="cache")
+    if not hasattr(type(llm), "fingerprint") and not hasattr(llm, "fingerprint"):
+        raise ConfigError(
+            f"a grade cache needs an LLM with a fingerprint (weights, tokenizer) to key its "
+            f"grades by; {type(llm).__name__} has none: set cache: null",
+            path="cache",
+        )
+    return str(cache)
+
+
+def _llm_key(llm: Any, kind: str) -> str:
+    import hashlib
+    import json
+
+    spec = {"llm": llm.fingerprint, "mode": kind}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
 def _expected_grade(logprobs: Any) -> float | None:
     if not isinstance(logprobs, Mapping):
         return None
@@ -340,3 +351,89 @@ def _expected_grade(logprobs: Any) -> float | None:
     lp = np.array([p for _, p in pairs])
     weights = np.exp(lp - lp.max())  # softmax over the offered options
     return float(values @ weights / weights.sum())
+
+
+# -- query likelihood (UPR) -----------------------------------------------------------------------
+
+QUERY_LIKELIHOOD_TEMPLATE = (
+    "Passage: {text}\n\nPlease write a question based on this passage.\nQuestion:"
+)
+
+
+@dataclass(kw_only=True)
+class QueryLikelihoodReranker:
+    """Query likelihood (UPR, Sachan et al. 2022): a hit's score is the mean log-probability per
+    token of the query, read by ``llm`` right after ``template`` filled with the hit's text
+    (``{text}``; the query follows after one space). No grade is asked for and none can fail
+    to parse, which suits small models that are poor judges but fair language models.
+
+    ``llm`` needs ``token_logprobs(segments)`` (``generation.base.TokenLogprobLLM``; the
+    transformers generator has it, as does ``ragkit.testing:FakeLM`` for tests). ``window``:
+    the LM context in its tokens (passage plus query). ``cache``: as for the ``llm`` reranker, a
+    sqlite file of scores keyed by the LLM's fingerprint and the exact text read.
+    ``stats["scored"]`` counts passages read, ``stats["cached"]`` those taken from the cache.
+    """
+
+    llm: Any = field(default=None, metadata={COMPONENT_KIND: "generator"})
+    template: str = QUERY_LIKELIHOOD_TEMPLATE
+    window: int = 2048
+    cache: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.llm is None:
+            raise ConfigError("an LLM with token_logprobs(segments) is required, such as "
+                              "{name: transformers}", path="llm")
+        if isinstance(self.llm, str | Mapping):
+            self.llm = build("generator", self.llm, path="llm")
+        if not callable(getattr(self.llm, "token_logprobs", None)):
+            raise ConfigError(f"{type(self.llm).__name__} has no token_logprobs(segments) method, "
+                              "which query likelihood needs", path="llm")
+        if not isinstance(self.template, str):
+            raise ConfigError(f"must be a str; got {self.template!r}", path="template")
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+        except ValueError as exc:
+            raise ConfigError(f"not a valid format string ({exc}); write a literal brace as "
+                              "'{{' or '}}'", path="template") from None
+        if names != {"text"}:
+            raise ConfigError(f"must contain the placeholder {{text}} and no others; got "
+                              f"{sorted(names)}", path="template")
+        _check_int(self.window, "window", minimum=2)
+        self.cache = _check_cache(self.cache, self.llm)
+        self.stats: dict[str, int] = {"scored": 0, "cached": 0}
+
+    @cached_property
+    def _score_cache(self) -> Any:
+        from retrieval.cache import GradeCache
+
+        return GradeCache(self.cache)
+
+    @cached_property
+    def _llm_key(self) -> str:
+        return _llm_key(self.llm, f"query-likelihood/{self.window}")
+
+    def score(self, query: str, text: str) -> float:
+        """Mean log-probability per token of ``query`` after the template filled with ``text``."""
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError(f"must be a non-empty string; got {query!r}", path="query")
+        prefix = self.template.format(text=text)
+        key = prefix + "\x00" + query
+        if self.cache is not None:
+            found = self._score_cache.get(self._llm_key, key)
+            if found is not None and found[0] is not None:
+                self.stats["cached"] += 1
+                return found[0]
+        _, lps = self.llm.token_logprobs([prefix, " " + query.strip()], window=self.window)
+        value = float(np.mean(lps)) if len(lps) else -math.inf
+        self.stats["scored"] += 1
+        if self.cache is not None and math.isfinite(value):
+            self._score_cache.put(self._llm_key, key, value, "")
+        return value
+
+    def scores(self, query: str, hits: Sequence[Hit]) -> list[float]:
+        return [self.score(query, h.chunk.text) for h in hits]
+
+    def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]:
+        """The hits sorted by query likelihood; ties keep their first-stage order."""
+        hits = list(hits)
+        return _sorted_hits(hits, self.scores(query, hits))

@@ -350,3 +350,88 @@ def test_llm_reranker_on_the_packaged_smollm2():
     assert [h.score for h in out] == pytest.approx([want[h.chunk.text] for h in out], abs=1e-6)
     assert reranker.stats == {"graded": 4, "unparsed": 0, "cached": 0}
     assert isinstance(reranker.llm.complete("Reply with one word.", max_new_tokens=4), str)
+
+
+# -- query likelihood -----------------------------------------------------------------------------
+
+
+def test_query_likelihood_prefers_the_passage_that_predicts_the_query():
+    """FakeLM gives a word already in the context a high probability: the passage holding the
+    query's words makes the query likeliest."""
+    from ragkit.testing import FakeLM
+    from retrieval.rerankers import QueryLikelihoodReranker
+
+    hits = first_stage(["cats purr and sleep all day", "the eiffel tower stands in paris",
+                        "tower of paris: the eiffel tower", "bread needs flour and water"])
+    reranker = QueryLikelihoodReranker(llm=FakeLM())
+    out = reranker.rerank("where is the eiffel tower", hits)
+    assert [h.chunk.text for h in out][:2] == ["the eiffel tower stands in paris",
+                                               "tower of paris: the eiffel tower"]
+    assert [h.rank for h in out] == [0, 1, 2, 3]
+    assert out[0].score == pytest.approx(reranker.score("where is the eiffel tower", hits[1].chunk.text))
+    assert out[0].score > out[2].score and reranker.stats["scored"] == 5
+    assert isinstance(reranker, Reranker)
+
+
+def test_query_likelihood_reads_the_query_after_the_filled_template():
+    from retrieval.rerankers import QueryLikelihoodReranker
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def token_logprobs(self, segments, *, window=1024):
+            self.calls.append((list(segments), window))
+            return [np.zeros(3), np.array([-1.0, -2.0, -3.0])]
+
+    llm = Recorder()
+    reranker = QueryLikelihoodReranker(llm=llm, template="P: {text} Q:", window=64)
+    assert reranker.score("  why?  ", "alpha") == pytest.approx(-2.0)  # the mean over the query
+    assert llm.calls == [(["P: alpha Q:", " why?"], 64)]
+
+
+def test_query_likelihood_cache_and_config_errors(tmp_path):
+    from ragkit.testing import FakeLM
+    from retrieval.rerankers import QueryLikelihoodReranker
+
+    class Fingerprinted(FakeLM):
+        fingerprint = {"model": "fake-v1"}
+
+    path = str(tmp_path / "scores.sqlite")
+    first = QueryLikelihoodReranker(llm=Fingerprinted(), cache=path)
+    value = first.score("eiffel tower", "the eiffel tower")
+    again = QueryLikelihoodReranker(llm=Fingerprinted(), cache=path)
+    assert again.score("eiffel tower", "the eiffel tower") == value
+    assert again.stats == {"scored": 0, "cached": 1}
+    other = QueryLikelihoodReranker(llm=Fingerprinted(), cache=path, window=99)
+    assert other.score("eiffel tower", "the eiffel tower") == value
+    assert other.stats == {"scored": 1, "cached": 0}  # another window is another key
+    cases = [
+        ({}, "llm", "token_logprobs"),
+        ({"llm": ScriptedLLM()}, "llm", "no token_logprobs"),
+        ({"llm": FakeLM(), "template": "{text} {query}"}, "template", "placeholder {text}"),
+        ({"llm": FakeLM(), "window": 1}, "window", "int >= 2"),
+        ({"llm": FakeLM(), "cache": path}, "cache", "FakeLM has none"),
+    ]
+    for params, field, message in cases:
+        with pytest.raises(ConfigError, match=message) as err:
+            QueryLikelihoodReranker(**params)
+        assert err.value.path == field
+    with pytest.raises(ConfigError, match="non-empty") as err:
+        QueryLikelihoodReranker(llm=FakeLM()).score(" ", "text")
+    built = build("reranker", {"name": "query-likelihood", "llm": "ragkit.testing:FakeLM"})
+    assert isinstance(built, QueryLikelihoodReranker)
+    assert to_config(built, "reranker")["llm"] == {"name": "ragkit.testing:FakeLM", "seen": 0.5}
+
+
+@pytest.mark.slow
+def test_query_likelihood_on_the_packaged_smollm2():
+    """SmolLM2 finds the question likeliest after the one passage about its subject."""
+    pytest.importorskip("transformers")
+    reranker = build("reranker", {"name": "query-likelihood",
+                                  "llm": {"name": "transformers", "kv_store": None}})
+    hits = first_stage(TEXTS[:4])
+    out = reranker.rerank("When was the Eiffel Tower finished?", hits)
+    assert out[0].chunk.text == "The Eiffel Tower was finished in 1889."
+    assert all(np.isfinite(h.score) and h.score < 0 for h in out)
+    assert reranker.stats["scored"] == 4
