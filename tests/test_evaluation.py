@@ -263,6 +263,23 @@ def test_eval_retrieval_scores_paths_like_the_chunking_eval(tmp_path):
     assert res.mean_hits == {"1": 1.0, "6": 6.0}
 
 
+def test_eval_retrieval_reports_the_rerankers_counts(tmp_path):
+    """A reranker's unreadable grades are counted in the path's results, next to its scores."""
+    from ragkit.evaluation.retrieval import RetrievalEval, evaluate_retrieval, markdown
+
+    ds = load_dataset(_tiny(tmp_path))
+    base = {"chunker": {"name": "sentence", "chunk_size": 4, "tokenizer": "whitespace"},
+            "embedder": {"name": "hash", "dim": 64}, "index": {"name": "memory"}, "candidates": 3}
+    llm = {"name": "ragkit.testing:ScriptedLLM", "answers": ["7", "no idea", "2"] * 2}
+    cfg = RetrievalEval(paths={"plain": base, "graded": {**base, "reranker": {"name": "llm",
+                                                                              "llm": llm}}},
+                        ks=(2,))
+    plain, graded = evaluate_retrieval(ds, cfg)  # two questions, three candidates each
+    assert plain.reranker_stats is None
+    assert graded.reranker_stats == {"graded": 6, "unparsed": 2, "cached": 0}
+    assert "- graded: graded 6, unparsed 2, cached 0" in markdown([plain, graded], cfg)
+
+
 def test_eval_retrieval_config_errors_name_the_path():
     from ragkit.evaluation.retrieval import RetrievalEval
 

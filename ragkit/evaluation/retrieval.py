@@ -63,6 +63,9 @@ class PathResult:
     results: dict[str, Any]
     per_question: dict[str, dict[str, list[float]]]
     seconds: dict[str, float]
+    # what the reranker counts about this run (passages graded or scored, unreadable answers,
+    # cache hits), where it keeps a ``stats`` dict
+    reranker_stats: dict[str, Any] | None = None
 
 
 def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=None) -> list[PathResult]:
@@ -83,6 +86,8 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
         questions = dataset.questions
         loop = progress(questions, f"retrieving {label}", len(questions)) if progress else questions
         answers: dict[int, list[list[Any]]] = {k: [] for k in config.ks}
+        stats = getattr(pipe.reranker, "stats", None)
+        before = dict(stats) if isinstance(stats, dict) else None
         for q in loop:
             for k in config.ks:
                 answers[k].append(pipe.retrieve(q.text, k=k))
@@ -108,6 +113,9 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
             results=_aggregate(per_q, [q.corpus_id for q in questions]),
             per_question=per_q,
             seconds={"index": t_add, "retrieve": time.perf_counter() - t0 - t_add},
+            reranker_stats=None if before is None else {
+                key: v - before.get(key, 0) if isinstance(v, int | float) else v
+                for key, v in stats.items()},
         ))
     return out
 
@@ -123,5 +131,12 @@ def markdown(results: list[PathResult], config: RetrievalEval) -> str:
                      for m in ("recall", "precision", "iou", "precision_omega")]
             lines.append(f"| {r.label} | {r.n_chunks} | {r.mean_hits[str(k)]:.1f} | "
                          + " | ".join(cells) + " |")
+        lines.append("")
+    counted = [r for r in results if r.reranker_stats]
+    if counted:
+        lines += ["**Reranker counts**:", ""]
+        lines += [f"- {r.label}: " + ", ".join(f"{key} {v:,}" if isinstance(v, int) else f"{key} {v}"
+                                               for key, v in r.reranker_stats.items())
+                  for r in counted]
         lines.append("")
     return "\n".join(lines)
