@@ -17,6 +17,8 @@ import importlib.util
 import logging
 import os
 import shutil
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,26 @@ def ensure_default_model(root: Path | None = None) -> Path:
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
     return folder
+
+
+_SHARED: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # key -> (weakref to the LM, tokenizer)
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_model(model: str, *, dtype: str = "float32", attn: str = "sdpa") -> tuple[Any, Any]:
+    """``load_model``, but one copy per process: components that name the same model, dtype and
+    attention (a reranker and a generator, the paths of one evaluation) share the loaded
+    weights, which are only read. The copy lives while some component holds it."""
+    where = Path(model).expanduser()
+    key = (str(where.resolve()) if where.exists() else model, dtype, attn)
+    with _SHARED_LOCK:
+        hit = _SHARED.get(key)
+        lm = hit[0]() if hit is not None else None
+        if lm is not None:
+            return hit[1], lm
+        tok, lm = load_model(model, dtype=dtype, attn=attn)
+        _SHARED[key] = (weakref.ref(lm), tok)
+        return tok, lm
 
 
 def load_model(model: str, *, dtype: str = "float32", attn: str = "sdpa") -> tuple[Any, Any]:

@@ -40,7 +40,7 @@ from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.types import Answer, Chunk, Hit
 
-from generation.models import DEFAULT_MODEL, load_model
+from generation.models import DEFAULT_MODEL, shared_model
 from generation.prompt import (
     DEFAULT_CHUNK_FORMAT,
     DEFAULT_INSTRUCTION,
@@ -113,7 +113,7 @@ class TransformersGenerator:
 
     @cached_property
     def _loaded(self) -> tuple[Any, Any]:
-        return load_model(self.model, dtype=self.dtype, attn=self.attn)
+        return shared_model(self.model, dtype=self.dtype, attn=self.attn)
 
     @property
     def tokenizer(self) -> Any:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,6 +23,11 @@ from ragkit._deps import require
 from ragkit.errors import ConfigError, RagkitError
 
 log = logging.getLogger(__name__)
+
+# loaded models by (where, device), shared by every embedder naming them; a model lives while some
+# embedder holds it
+_SHARED: dict[tuple[str, str], Any] = {}
+_SHARED_LOCK = threading.Lock()
 
 class EmbeddingInputError(RagkitError, ValueError):
     """A text is longer than the embedding model reads and truncation was not asked for."""
@@ -94,6 +101,16 @@ class SentenceTransformerEmbedder:
             "sentence_transformers", extra="embed", component="embedder 'sentence-transformers'"
         )
         where = str(self._local_path) if self._local_path is not None else self.model
+        with _SHARED_LOCK:  # one copy per model and device in a process (weights are only read)
+            hit = _SHARED.get((where, self.device))
+            model = hit() if hit is not None else None
+            if model is not None:
+                return model
+            model = self._load(st, where)
+            _SHARED[(where, self.device)] = weakref.ref(model)
+            return model
+
+    def _load(self, st: Any, where: str) -> Any:
         log.info("loading sentence-transformers model %s on %s", where, self.device)
         try:
             with _no_load_progress_bars():

@@ -206,6 +206,28 @@ def test_minilm_model_loads_once(minilm):
 
 
 @pytest.mark.slow
+def test_embedders_naming_one_model_share_it_while_one_holds_it(minilm):
+    """An evaluation of twelve chunkers builds twelve embedders: one copy of the weights."""
+    import gc
+
+    from retrieval.embedders import _SHARED
+
+    model = minilm._model
+    other = SentenceTransformerEmbedder(model="sentence-transformers/all-MiniLM-L6-v2", batch_size=8)
+    assert other._model is model  # another name for the packaged model, other settings
+    assert np.allclose(other.embed(["shared"]), minilm.embed(["shared"]))
+    key = next(k for k, ref in _SHARED.items() if ref() is model)
+    del model, other
+    gc.collect()
+    assert _SHARED[key]() is minilm._model  # still held by the fixture
+    lone = SentenceTransformerEmbedder(device="cpu:0")  # another device string: its own copy
+    assert lone._model is not minilm._model and _SHARED[(key[0], "cpu:0")]() is lone._model
+    del lone
+    gc.collect()
+    assert _SHARED[(key[0], "cpu:0")]() is None  # freed with its last holder
+
+
+@pytest.mark.slow
 def test_minilm_paraphrase_is_closer_than_unrelated(minilm):
     q, para, other = minilm.embed(
         [

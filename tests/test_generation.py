@@ -149,8 +149,9 @@ def test_smollm2_answers_from_the_given_context(tmp_path):
         assert "1889" in answer.text, answer.text
     assert answer.timings["prefill_tokens_reused"] > 0
     full = TransformersGenerator(max_new_tokens=40, kv_store=None)
-    full.__dict__["_loaded"] = gen._loaded  # the same model, loaded once
+    assert full.lm is gen.lm  # same model, dtype and attention: one shared copy
     assert "1889" in full.generate(question, _hits([EIFFEL, BANANAS])).text
+    assert TransformersGenerator(dtype="bfloat16", kv_store=None).lm is not gen.lm
 
 
 def test_complete_matches_a_manual_greedy_decode():
