@@ -16,8 +16,11 @@ it a new label and retires the old one, so the replaced vector can never come ba
   map, so deletes and replacements remove vectors for real. Training needs data, so until
   ``train_size`` live vectors are stored they sit in an exact flat index (searches are exact
   meanwhile); the add that reaches ``train_size`` trains on everything stored so far (a sample of
-  at most ``max(65536, 40 * nlist)`` vectors) and moves it into the IVF-PQ index. ``nlist`` and
-  ``pq_m`` are fixed from then on. With ``refine_factor > 0`` (the default) an fp16 copy of each
+  at most ``max(65536, 40 * nlist)`` vectors) and moves it into the IVF-PQ index. Lists trained
+  on few vectors fit a grown index badly, so once the live vectors reach ``retrain_growth``
+  (default 4) times the number trained on, the index retrains on all of them from their fp16
+  copies (``retrain()`` does it on demand; with ``refine_factor=0`` there are no copies, and a
+  warning says so once). With ``refine_factor > 0`` (the default) an fp16 copy of each
   vector is kept too: a search takes ``k * refine_factor`` candidates from the PQ codes and
   re-scores them with the fp16 vectors, which restores recall at the cost of 2 bytes per
   dimension per vector; ``refine_factor=0`` keeps only the PQ codes (smallest, least accurate).
@@ -109,6 +112,9 @@ class FaissIndex:
     nprobe: int = 16
     train_size: int = 10_000  # live vectors needed before IVF-PQ trains (exact until then)
     refine_factor: int = 8  # IVF-PQ: re-score k * refine_factor candidates with fp16 vectors
+    # IVF-PQ: retrain (lists and codebooks) from the fp16 copies once the live vectors reach this
+    # many times the number it was trained on; null: never (retrain() still can)
+    retrain_growth: float | None = 4.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -125,6 +131,12 @@ class FaissIndex:
         for name in ("nlist", "pq_m"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, null=True)
+        if self.retrain_growth is not None and (
+            isinstance(self.retrain_growth, bool)
+            or not isinstance(self.retrain_growth, int | float) or not self.retrain_growth > 1
+        ):
+            raise ConfigError(f"must be a number > 1 or null; got {self.retrain_growth!r}",
+                              path="retrain_growth")
         if self.nlist is not None and self.nlist > self.train_size:
             raise ConfigError(
                 f"nlist={self.nlist} needs at least that many training vectors; raise train_size "
@@ -144,6 +156,8 @@ class FaissIndex:
         self._index: Any = None  # the faiss index; built on the first add
         self._refine: Any = None  # IVF-PQ: IndexIDMap2(fp16 scalar quantizer), or None
         self._trained = False  # IVF-PQ: False while vectors sit in the exact flat buffer
+        self._trained_on = 0  # IVF-PQ: how many live vectors the lists were trained on
+        self._warned_growth = False
         self._labels: dict[str, int] = {}  # chunk id -> label, in chunks() order
         self._chunk: dict[int, Chunk] = {}  # label -> chunk
         self._by_doc: dict[str, set[str]] = {}  # doc id -> chunk ids
@@ -230,6 +244,17 @@ class FaissIndex:
             self._index.add_with_ids(rows, new)
             if self._refine is not None:
                 self._refine.add_with_ids(rows, new)
+            growth = self.retrain_growth
+            if growth is not None and len(self) >= growth * max(self._trained_on, 1):
+                if self._refine is not None:
+                    self.retrain()
+                elif not self._warned_growth:
+                    self._warned_growth = True
+                    log.warning(
+                        "IVF-PQ index holds %d vectors, %.1fx the %d it was trained on, but "
+                        "cannot retrain: refine_factor=0 keeps no copy of the vectors. Rebuild it "
+                        "from the documents (or use refine_factor > 0) for lists that fit the "
+                        "data.", len(self), len(self) / max(self._trained_on, 1), self._trained_on)
         else:
             self._index.add_with_ids(rows, new)
         if self.kind == "hnsw" and len(self._dead) > max(len(self), 1) // 2:
@@ -428,6 +453,26 @@ class FaissIndex:
             return self.pq_m
         return max(m for m in range(1, max(d // 8, 1) + 1) if d % m == 0)
 
+    def retrain(self) -> None:
+        """IVF-PQ: train new lists and codebooks on every live vector (from the fp16 copies kept
+        for ``refine_factor > 0``) and re-encode them all. Runs by itself when the index has
+        grown ``retrain_growth`` times past what it was trained on; with ``nlist: null`` the
+        number of lists grows with the data. Searches give the same hits before and after up to
+        the approximation."""
+        if self.kind != "ivfpq":
+            raise ConfigError(f"only an IVF-PQ index retrains; this one is {self.kind!r}",
+                              path="kind")
+        if not self._trained:
+            return  # still the exact flat buffer: it trains when it reaches train_size
+        if self._refine is None:
+            raise ConfigError(
+                "cannot retrain with refine_factor=0: the index keeps only PQ codes, not the "
+                "vectors; rebuild it from the documents", path="refine_factor")
+        labels = self._live()
+        vecs = self._refine.reconstruct_batch(labels)  # (n, d) float32 from the fp16 copies
+        log.info("retraining IVF-PQ on %d vectors (trained on %d)", len(labels), self._trained_on)
+        self._build_ivfpq(np.ascontiguousarray(vecs, dtype=np.float32), labels)
+
     def _train(self, rows: np.ndarray, new: np.ndarray) -> None:
         """Train IVF-PQ on the buffered vectors plus ``rows`` and move them all into it."""
         faiss = _faiss()
@@ -437,6 +482,10 @@ class FaissIndex:
             labels = np.concatenate((old, new))
         else:
             vecs, labels = rows, new
+        self._build_ivfpq(vecs, labels)
+
+    def _build_ivfpq(self, vecs: np.ndarray, labels: np.ndarray) -> None:
+        faiss = _faiss()
         n, d = vecs.shape
         nlist = self.nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
         sample = min(n, max(65536, 40 * nlist))
@@ -457,6 +506,8 @@ class FaissIndex:
             refine.add_with_ids(vecs, labels)
             self._refine = refine
         self._trained = True
+        self._trained_on = n
+        self._warned_growth = False
 
     # -- save / load ---------------------------------------------------------------------------
 
@@ -488,6 +539,7 @@ class FaissIndex:
                 "count": len(self),
                 "tombstones": len(self._dead),
                 "trained": self._trained,
+                "trained_on": self._trained_on,
                 "next_label": self._next,
                 "info": self.info,
                 "sha256": {name: _sha256(tmp / name) for name in files},
@@ -532,6 +584,8 @@ class FaissIndex:
         index._next = meta["next_label"]
         index.info = dict(meta.get("info") or {})
         index._trained = bool(meta["trained"])
+        # absent from indexes saved before retraining existed: count them as trained on all
+        index._trained_on = meta.get("trained_on", count if index._trained else 0)
         if "index.faiss" in meta["sha256"]:
             index._index = _read_index(faiss, path / "index.faiss")
         if "refine.faiss" in meta["sha256"]:
@@ -623,6 +677,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
             raise IndexFileError(f"{file}: {key} must be an int >= 0; got {meta.get(key)!r}")
     if not isinstance(meta.get("trained"), bool):
         raise IndexFileError(f"{file}: trained must be true or false")
+    if "trained_on" in meta and (not isinstance(meta["trained_on"], int)
+                                 or isinstance(meta["trained_on"], bool) or meta["trained_on"] < 0):
+        raise IndexFileError(f"{file}: trained_on must be an int >= 0; got {meta['trained_on']!r}")
     sums = meta.get("sha256")
     required = {"chunks.jsonl", "labels.npy"}
     allowed = required | {"index.faiss", "refine.faiss"}

@@ -4,6 +4,7 @@ deletes and tombstones, replacement, save/load across processes, corruption, the
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,75 @@ def test_approximate_recall_against_flat(kind, params):
     assert kind != "ivfpq" or index.trained
     recall = recall_at(index.search(queries, k=10), truth, 10)
     assert recall >= 0.9, f"{kind} recall@10 = {recall:.3f}"
+
+
+def test_ivfpq_retrains_when_it_has_grown_and_keeps_every_vector(tmp_path, caplog):
+    """Lists trained on 300 vectors do not fit 1,200: at retrain_growth (4x) the index retrains
+    on all live vectors from their fp16 copies, with more lists, and loses none."""
+    vecs = clustered(1300, d=32)
+    base, queries = vecs[:1200], vecs[1200:]
+    chunks = make_chunks(1200)
+    index = FaissIndex(kind="ivfpq", train_size=300, pq_m=4)
+    index.add(chunks[:300], base[:300])
+    assert index.trained and index._trained_on == 300 and index._index.nlist == 7  # 300 // 39
+    index.add(chunks[300:1199], base[300:1199])  # 1,199 < 4 x 300: the old lists still
+    assert index._trained_on == 300
+    index.add(chunks[1199:], base[1199:])  # 1,200: retrains
+    assert index._trained_on == 1200 and index._index.nlist == 30  # 1200 // 39
+    (hits,) = index.search(queries[:1], k=1200)
+    assert {h.chunk for h in hits} == set(chunks)  # every vector reachable after retraining
+    exact = FaissIndex()
+    exact.add(chunks, base)
+    truth = np.array([[h.chunk.index for h in row] for row in exact.search(queries, k=10)])
+    assert recall_at(index.search(queries, k=10), truth, 10) >= 0.9
+    index.save(tmp_path / "ix")
+    again = FaissIndex.load(tmp_path / "ix")
+    assert again._trained_on == 1200
+    assert [h.chunk for h in again.search(queries[0], k=5)[0]] == [
+        h.chunk for h in index.search(queries[0], k=5)[0]]
+
+    # no fp16 copies: nothing to retrain from; a warning, once, and the index keeps working
+    lean = FaissIndex(kind="ivfpq", train_size=300, pq_m=4, refine_factor=0)
+    lean.add(chunks[:300], base[:300])
+    with caplog.at_level(logging.WARNING, logger="retrieval.faiss_index"):
+        for start in range(300, 1200, 300):
+            lean.add(chunks[start : start + 300], base[start : start + 300])
+        lean.add(chunks[:10], base[:10])  # replaces: still grown, no second warning
+    assert lean._trained_on == 300 and caplog.text.count("cannot retrain") == 1
+    with pytest.raises(ConfigError, match="refine_factor=0") as err:
+        lean.retrain()
+    assert err.value.path == "refine_factor"
+    with pytest.raises(ConfigError, match="only an IVF-PQ index retrains"):
+        FaissIndex(kind="hnsw").retrain()
+    for bad in (1, 0.5, True, "4"):
+        with pytest.raises(ConfigError, match="a number > 1 or null") as err:
+            FaissIndex(kind="ivfpq", retrain_growth=bad)
+        assert err.value.path == "retrain_growth"
+    never = FaissIndex(kind="ivfpq", train_size=300, pq_m=4, retrain_growth=None)
+    never.add(chunks[:300], base[:300])
+    never.add(chunks[300:], base[300:])
+    assert never._trained_on == 300
+    never.retrain()  # on demand
+    assert never._trained_on == 1200
+
+
+def test_ivfpq_saved_before_retraining_existed_loads(tmp_path):
+    import json
+
+    vecs = clustered(400, d=32)
+    index = FaissIndex(kind="ivfpq", train_size=300, pq_m=4)
+    index.add(make_chunks(400), vecs)
+    index.save(tmp_path / "ix")
+    meta_file = tmp_path / "ix" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["trained_on"], meta["config"]["retrain_growth"]
+    meta_file.write_text(json.dumps(meta))
+    again = FaissIndex.load(tmp_path / "ix")
+    assert again._trained_on == 400 and again.retrain_growth == 4.0
+    meta["trained_on"] = -1
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(IndexFileError, match="trained_on must be an int >= 0"):
+        FaissIndex.load(tmp_path / "ix")
 
 
 def test_single_query_vector_empty_index_and_large_k(data):
