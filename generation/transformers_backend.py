@@ -137,6 +137,10 @@ class TransformersGenerator:
         }
 
     @cached_property
+    def _cache_kw(self) -> str:
+        return cache_kwarg(self.lm)
+
+    @cached_property
     def _inv_freq(self) -> Any:
         from generation.rope import inv_freq_of
 
@@ -310,7 +314,7 @@ class TransformersGenerator:
                 logits = self.lm(
                     input_ids=torch.tensor([batch], dtype=torch.long),
                     position_ids=torch.arange(pos, pos + len(batch)).unsqueeze(0),
-                    past_key_values=cache, use_cache=True, logits_to_keep=0,
+                    **{self._cache_kw: cache}, use_cache=True, logits_to_keep=0,
                 ).logits[0].float()  # (n, vocab): row j predicts batch[j + 1]
                 scores = torch.cat((prev.float()[None], logits[:-1]))  # (n, vocab)
                 target = torch.tensor(batch, dtype=torch.long)[:, None]  # (n, 1)
@@ -465,7 +469,7 @@ class TransformersGenerator:
         input_ids = torch.tensor([list(ids)], dtype=torch.long)  # (1, n)
         position_ids = torch.arange(start, start + len(ids)).unsqueeze(0)  # (1, n)
         out = self.lm(
-            input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
+            input_ids=input_ids, position_ids=position_ids, **{self._cache_kw: cache},
             use_cache=True, logits_to_keep=1,
         )
         return out.logits[0, -1]  # (vocab,)
@@ -675,6 +679,16 @@ class _Detokenizer:
         piece = self.text[self.sent:upto]
         self.sent = upto
         return piece
+
+
+def cache_kwarg(lm: Any) -> str:
+    """The name under which ``lm.forward`` takes a KV cache: ``cache`` from transformers 5.24
+    (``past_key_values`` is deprecated there and prints a warning into every answer), else
+    ``past_key_values``."""
+    import inspect
+
+    params = inspect.signature(type(lm).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def weights_fingerprint(lm: Any) -> str:

@@ -154,6 +154,22 @@ def test_smollm2_answers_from_the_given_context(tmp_path):
     assert TransformersGenerator(dtype="bfloat16", kv_store=None).lm is not gen.lm
 
 
+def test_the_cache_goes_under_the_models_own_argument_name():
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` and warns (a FutureWarning
+    printed into the middle of every CLI answer) when the old name is used."""
+    import inspect
+    import warnings
+
+    from generation.transformers_backend import cache_kwarg
+
+    gen = tiny_generator(0, max_new_tokens=3)
+    assert cache_kwarg(gen.lm) in inspect.signature(type(gen.lm).forward).parameters
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        gen.complete("Say hi.")
+        gen.token_logprobs(["one two", " three"], window=64)
+
+
 def test_complete_matches_a_manual_greedy_decode():
     """``complete`` is the chat-templated prompt decoded greedily: check it against argmax steps
     run by hand with a fresh forward over the growing sequence (no cache)."""

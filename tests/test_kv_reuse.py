@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 from generation.kv_store import DiskKVStore, TieredKVStore  # noqa: E402
 from generation.rope import rotate_kv  # noqa: E402
 from generation.testing import tiny_generator, tiny_llama  # noqa: E402
+from generation.transformers_backend import cache_kwarg  # noqa: E402
 
 TEXTS = [
     "The Eiffel Tower was completed on 31 March 1889, in time for the World's Fair in Paris.",
@@ -52,7 +53,7 @@ def test_rope_rotation_moves_a_chunk_kv_from_0_to_p():
         cache = DynamicCache()
         with torch.inference_mode():
             lm(input_ids=ids, position_ids=torch.arange(p, p + ids.shape[1])[None],
-               past_key_values=cache, use_cache=True)
+               **{cache_kwarg(lm): cache}, use_cache=True)
         return torch.stack([torch.stack((l.keys[0], l.values[0])) for l in cache.layers])
 
     at0 = kv_at(0)
