@@ -51,8 +51,8 @@ from chunkers.llm import (
     chunks_from_cuts,
     llm_field,
 )
-from chunkers.perplexity import _check_placeholders
 from chunkers.sentence import sentence_spans
+from ragkit.config import check_template
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -130,7 +130,7 @@ class LumberChunker:
         check_int(self.window, "window", 1, nullable=True)
         check_int(self.max_answer_tokens, "max_answer_tokens", 1)
         check_tokenizer_name(self.tokenizer)
-        _check_placeholders(self.prompt, {"paragraphs"})
+        check_template(self.prompt, {"paragraphs"}, path="prompt")
         if not isinstance(self.language, str) or not self.language:
             raise ConfigError(f"must be a spaCy language code; got {self.language!r}",
                               path="language")

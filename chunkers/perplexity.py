@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -50,6 +49,7 @@ from chunkers.llm import (
     llm_field,
 )
 from chunkers.sentence import sentence_spans
+from ragkit.config import check_template
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -109,7 +109,7 @@ class PerplexityChunker:
             raise ConfigError(f"must be a spaCy language code; got {self.language!r}",
                               path="language")
         if self.method == "margin":
-            _check_placeholders(self.prompt, {"first", "second"})
+            check_template(self.prompt, {"first", "second"}, path="prompt")
         self.stats: dict[str, int] = {"documents": 0, "llm_calls": 0, "tokens_scored": 0,
                                       "unparsed": 0}
 
@@ -218,19 +218,3 @@ def minima_depth(values: np.ndarray) -> np.ndarray:
     left = np.full(n - 1, -np.inf)
     left[1:] = v[:-2] - v[1:-1]
     return np.maximum(left, right)
-
-
-def _check_placeholders(template: Any, want: set[str]) -> None:
-    if not isinstance(template, str):
-        raise ConfigError(f"must be a str; got {template!r}", path="prompt")
-    try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as exc:
-        raise ConfigError(f"not a valid format string ({exc}); write a literal brace as '{{{{'",
-                          path="prompt") from None
-    if names != want:
-        raise ConfigError(
-            f"must contain the placeholders {', '.join('{' + w + '}' for w in sorted(want))} and "
-            f"no others; got {sorted(names)}",
-            path="prompt",
-        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import string
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -243,3 +244,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     return value
+
+
+def check_template(template: Any, want: set[str], *, path: str) -> None:
+    """A ``str.format`` template (a prompt) with exactly the placeholders ``want``; otherwise a
+    ConfigError at ``path`` naming what it has."""
+    if not isinstance(template, str):
+        raise ConfigError(f"must be a str; got {template!r}", path=path)
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ConfigError(f"not a valid format string ({exc}); write a literal brace as '{{{{' or "
+                          "'}}}}'", path=path) from None
+    if names != want:
+        listed = " and ".join("{" + w + "}" for w in sorted(want))
+        raise ConfigError(f"must contain the placeholder{'s' if len(want) > 1 else ''} {listed} "
+                          f"and no others; got {sorted(names)}", path=path)

@@ -34,15 +34,19 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _open(path: Path, table: str) -> sqlite3.Connection:
+    """The sqlite file at ``path`` (its folder made if missing) with ``table`` created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=60)
+    db.execute(table)
+    return db
+
+
 class EmbeddingCache:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS vec (model TEXT, text TEXT, dim INTEGER, data BLOB, "
-            "PRIMARY KEY (model, text))"
-        )
+        self._db = _open(self.path, "CREATE TABLE IF NOT EXISTS vec (model TEXT, text TEXT, "
+                                    "dim INTEGER, data BLOB, PRIMARY KEY (model, text))")
         self.hits = 0
         self.misses = 0
 
@@ -114,12 +118,8 @@ class GradeCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS grade (llm TEXT, prompt TEXT, value REAL, answer TEXT, "
-            "PRIMARY KEY (llm, prompt))"
-        )
+        self._db = _open(self.path, "CREATE TABLE IF NOT EXISTS grade (llm TEXT, prompt TEXT, "
+                                    "value REAL, answer TEXT, PRIMARY KEY (llm, prompt))")
         self.hits = 0
         self.misses = 0
 

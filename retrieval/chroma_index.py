@@ -57,7 +57,13 @@ import numpy as np
 from ragkit._deps import require
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError, RagkitError
 from ragkit.types import Chunk, Hit
-from retrieval.memory_index import IndexFileError, _normalise, _swap_in, check_vecs
+from retrieval.memory_index import (
+    IndexFileError,
+    _normalise,
+    _swap_in,
+    check_vecs,
+    read_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -618,21 +624,7 @@ def _where(filter: Mapping[str, Any] | None) -> Any:
 
 def _read_pointer(path: Path) -> dict[str, Any]:
     file = path / POINTER
-    if not path.is_dir():
-        raise IndexFileError(f"{path}: no saved index here (not a folder)")
-    try:
-        pointer = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise IndexFileError(f"{file}: cannot read ({exc.strerror})") from None
-    except ValueError as exc:
-        raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(pointer, dict) or pointer.get("format") != FORMAT:
-        raise IndexFileError(f"{file}: not a {FORMAT} pointer file")
-    if pointer.get("version") != VERSION:
-        raise IndexFileError(
-            f"{file}: format version {pointer.get('version')!r}; this ragkit reads version "
-            f"{VERSION}"
-        )
+    pointer = read_meta(path, FORMAT, VERSION, name=POINTER, kind="pointer")
     if ("host" in pointer) == ("path" in pointer):
         raise IndexFileError(f"{file}: must name exactly one of path and host")
     if "path" in pointer and not isinstance(pointer["path"], str):

@@ -363,8 +363,11 @@ def chunks_jsonl(chunks: Sequence[Chunk], path: Path) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
-def read_meta(path: Path, fmt: str, version: int) -> dict[str, Any]:
-    file = path / "meta.json"
+def read_meta(
+    path: Path, fmt: str, version: int, *, name: str = "meta.json", kind: str = "meta"
+) -> dict[str, Any]:
+    """The JSON object in ``path/name``, checked to be a ``fmt`` ``kind`` file of ``version``."""
+    file = path / name
     if not path.is_dir():
         raise IndexFileError(f"{path}: no saved index here (not a folder)")
     try:
@@ -374,7 +377,7 @@ def read_meta(path: Path, fmt: str, version: int) -> dict[str, Any]:
     except ValueError as exc:
         raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise IndexFileError(f"{file}: not a {fmt} meta file")
+        raise IndexFileError(f"{file}: not a {fmt} {kind} file")
     if meta.get("version") != version:
         raise IndexFileError(
             f"{file}: format version {meta.get('version')!r}; this ragkit reads version {version}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,7 +26,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from ragkit._deps import require
-from ragkit.config import COMPONENT_KIND, build
+from ragkit.config import COMPONENT_KIND, build, check_template
 from ragkit.errors import ConfigError
 from ragkit.types import Hit
 
@@ -244,19 +243,7 @@ class LLMReranker:
         return _llm_key(self.llm, "score" if self._scores_options else "complete")
 
     def _check_template(self) -> None:
-        if not isinstance(self.template, str):
-            raise ConfigError(f"must be a str; got {self.template!r}", path="template")
-        try:
-            names = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
-        except ValueError as exc:
-            raise ConfigError(f"not a valid format string ({exc}); write a literal brace as "
-                              "'{{' or '}}'", path="template") from None
-        if names != {"query", "text"}:
-            raise ConfigError(
-                f"must contain the placeholders {{query}} and {{text}} and no others; got "
-                f"{sorted(names)}",
-                path="template",
-            )
+        check_template(self.template, {"query", "text"}, path="template")
 
     @property
     def _scores_options(self) -> bool:
@@ -388,16 +375,7 @@ class QueryLikelihoodReranker:
         if not callable(getattr(self.llm, "token_logprobs", None)):
             raise ConfigError(f"{type(self.llm).__name__} has no token_logprobs(segments) method, "
                               "which query likelihood needs", path="llm")
-        if not isinstance(self.template, str):
-            raise ConfigError(f"must be a str; got {self.template!r}", path="template")
-        try:
-            names = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
-        except ValueError as exc:
-            raise ConfigError(f"not a valid format string ({exc}); write a literal brace as "
-                              "'{{' or '}}'", path="template") from None
-        if names != {"text"}:
-            raise ConfigError(f"must contain the placeholder {{text}} and no others; got "
-                              f"{sorted(names)}", path="template")
+        check_template(self.template, {"text"}, path="template")
         _check_int(self.window, "window", minimum=2)
         self.cache = _check_cache(self.cache, self.llm)
         self.stats: dict[str, int] = {"scored": 0, "cached": 0}

@@ -166,7 +166,7 @@ def evaluate_chunking(
     out: list[ChunkerResult] = []
     for label, chunker in config.chunkers.items():
         t0 = time.perf_counter()
-        stats_before = dict(getattr(chunker, "stats", None) or {})
+        stats_before = counts_of(chunker)
         spans: list[Span] = []
         owners: list[str] = []
         texts: list[str] = []
@@ -189,9 +189,7 @@ def evaluate_chunking(
                 if "tokens" in c.metadata:
                     tokens.append(int(c.metadata["tokens"]))
         t_chunk = time.perf_counter() - t0
-        stats = getattr(chunker, "stats", None)
-        chunker_stats = ({k: v - stats_before.get(k, 0) if isinstance(v, int | float) else v
-                          for k, v in stats.items()} if isinstance(stats, dict) else None)
+        chunker_stats = counts_since(chunker, stats_before)
         if not spans:
             raise RagkitError(f"chunker {label!r} produced no chunks for the dataset")
         if hasattr(chunker, "chunk_and_embed"):
@@ -302,6 +300,21 @@ def _aggregate(per_q: dict[str, dict[str, list[float]]], corpus_of: list[str]) -
         }
         out[k] = entry
     return out
+
+
+def counts_of(component: Any) -> dict[str, Any] | None:
+    """A copy of the ``stats`` dict a component keeps about its own work, or ``None``."""
+    stats = getattr(component, "stats", None)
+    return dict(stats) if isinstance(stats, dict) else None
+
+
+def counts_since(component: Any, before: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The component's counts now less ``before`` (``counts_of`` earlier): one run's share."""
+    now = counts_of(component)
+    if now is None:
+        return None
+    before = before or {}
+    return {k: v - before.get(k, 0) if isinstance(v, int | float) else v for k, v in now.items()}
 
 
 def _stats(values: list[float]) -> dict[str, float]:

@@ -32,16 +32,22 @@ def markdown(results: Sequence[ChunkerResult], config: ChunkingEval, *, std: boo
             lines.append(f"| {r.label} | {r.n_chunks} | {r.mean_chunk_chars:.1f} | {tokens} | "
                          + " | ".join(cells) + " |")
         lines.append("")
-    counted = [r for r in results if r.chunker_stats]
-    if counted:
-        lines += ["**Chunker counts** (LM calls, unreadable answers, fallbacks):", ""]
-        lines += [f"- {r.label}: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
-                                               for k, v in r.chunker_stats.items())
-                  for r in counted]
-        lines.append("")
+    lines += counts_list("**Chunker counts** (LM calls, unreadable answers, fallbacks):",
+                         [(r.label, r.chunker_stats) for r in results])
     if config.quality_metrics:
         lines += quality_table(results, config)
     return "\n".join(lines)
+
+
+def counts_list(title: str, rows: Sequence[tuple[str, dict[str, Any] | None]]) -> list[str]:
+    """Markdown lines: ``title`` and a ``- label: key n, ...`` item per row with counts (none if
+    no row has any)."""
+    counted = [(label, stats) for label, stats in rows if stats]
+    if not counted:
+        return []
+    return [title, "", *(f"- {label}: " + ", ".join(
+        f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in stats.items())
+        for label, stats in counted), ""]
 
 
 def quality_table(results: Sequence[ChunkerResult], config: ChunkingEval) -> list[str]:

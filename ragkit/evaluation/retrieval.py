@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragkit.errors import ConfigError
-from ragkit.evaluation.chunking import METRICS, _aggregate
+from ragkit.evaluation.chunking import METRICS, _aggregate, counts_of, counts_since
 from ragkit.evaluation.data import EvalDataset
 from ragkit.evaluation.metrics import omega, retrieval_scores
 from ragkit.types import Document
@@ -86,8 +86,7 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
         questions = dataset.questions
         loop = progress(questions, f"retrieving {label}", len(questions)) if progress else questions
         answers: dict[int, list[list[Any]]] = {k: [] for k in config.ks}
-        stats = getattr(pipe.reranker, "stats", None)
-        before = dict(stats) if isinstance(stats, dict) else None
+        before = counts_of(pipe.reranker)
         for q in loop:
             for k in config.ks:
                 answers[k].append(pipe.retrieve(q.text, k=k))
@@ -113,9 +112,7 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
             results=_aggregate(per_q, [q.corpus_id for q in questions]),
             per_question=per_q,
             seconds={"index": t_add, "retrieve": time.perf_counter() - t0 - t_add},
-            reranker_stats=None if before is None else {
-                key: v - before.get(key, 0) if isinstance(v, int | float) else v
-                for key, v in stats.items()},
+            reranker_stats=counts_since(pipe.reranker, before),
         ))
     return out
 
@@ -132,11 +129,7 @@ def markdown(results: list[PathResult], config: RetrievalEval) -> str:
             lines.append(f"| {r.label} | {r.n_chunks} | {r.mean_hits[str(k)]:.1f} | "
                          + " | ".join(cells) + " |")
         lines.append("")
-    counted = [r for r in results if r.reranker_stats]
-    if counted:
-        lines += ["**Reranker counts**:", ""]
-        lines += [f"- {r.label}: " + ", ".join(f"{key} {v:,}" if isinstance(v, int) else f"{key} {v}"
-                                               for key, v in r.reranker_stats.items())
-                  for r in counted]
-        lines.append("")
+    from ragkit.evaluation.report import counts_list
+
+    lines += counts_list("**Reranker counts**:", [(r.label, r.reranker_stats) for r in results])
     return "\n".join(lines)
