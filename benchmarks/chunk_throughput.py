@@ -149,8 +149,8 @@ class Contender:
 
 
 def _ragkit(name: str, overlap: int) -> Contender:
-    from chunkers.fixed import FixedChunker
-    from chunkers.recursive import RecursiveChunker
+    from ragkit.chunkers.fixed import FixedChunker
+    from ragkit.chunkers.recursive import RecursiveChunker
     from ragkit.types import Document
 
     cls = {"fixed": FixedChunker, "recursive": RecursiveChunker}[name]

@@ -130,7 +130,7 @@ class Contender:
 
 
 def _ragkit(budget: int) -> Contender:
-    from chunkers.code import CodeChunker
+    from ragkit.chunkers.code import CodeChunker
     from ragkit.types import Document
 
     return Contender(

@@ -86,7 +86,7 @@ def lost_chars(text: str, chunks: list[Any]) -> int:
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
-    from chunkers.code import LANGUAGES, CodeChunker, NonWhitespaceCounter
+    from ragkit.chunkers.code import LANGUAGES, CodeChunker, NonWhitespaceCounter
     from ragkit.types import Document
 
     chunker = CodeChunker(chunk_size=args.chunk_size, unit=args.unit, extensions=args.extension)

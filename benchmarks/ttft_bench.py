@@ -39,7 +39,7 @@ MODES = ("none", "prefix", "independent", "blend")
 
 def ranker():
     """``rank(question) -> chunks``: the dev-split corpora indexed once."""
-    from chunkers.recursive import RecursiveChunker
+    from ragkit.chunkers.recursive import RecursiveChunker
     from ragkit.pipeline import RAGPipeline
     from ragkit.types import Document
 
@@ -84,8 +84,8 @@ def main() -> None:
 
     import torch
 
-    from generation.kv_store import TieredKVStore
-    from generation.transformers_backend import TransformersGenerator
+    from ragkit.generation.kv_store import TieredKVStore
+    from ragkit.generation.transformers_backend import TransformersGenerator
 
     with open(DATA / "questions.csv", encoding="utf-8") as f:
         questions = [r["question"] for r in csv.DictReader(f)][: args.questions]

@@ -38,7 +38,7 @@ QUESTIONS = ("What is the main subject of the first passage?",
 
 def chunk_set(gen, size: int, seed: int) -> list:
     """Hits over the first chunks whose prompt stays within ``size`` tokens, in a shuffled order."""
-    from chunkers.recursive import RecursiveChunker
+    from ragkit.chunkers.recursive import RecursiveChunker
     from ragkit.types import Document, Hit
 
     doc = Document(CORPUS.name, CORPUS.read_text(encoding="utf-8"))
@@ -69,7 +69,7 @@ def main() -> None:
     import torch
     import vllm
 
-    from generation.vllm_backend import VLLMGenerator
+    from ragkit.generation.vllm_backend import VLLMGenerator
 
     canonical = VLLMGenerator(max_model_len=max(args.sizes) + 64, max_new_tokens=8,
                               kv_cache_gib=1, enforce_eager=args.eager)

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from chunkers.base import make_chunks, trim
-from chunkers.recursive import RecursiveChunker
-from chunkers.semantic import Budget, Sizes, _check_int, check_budget_fields, embed_spans
+from ragkit.chunkers.base import make_chunks, trim
+from ragkit.chunkers.recursive import RecursiveChunker
+from ragkit.chunkers.semantic import Budget, Sizes, _check_int, check_budget_fields, embed_spans
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.types import Chunk, Document
 

@@ -62,8 +62,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from chunkers.base import TokenIndex, check_size, pack_indexed, token_windows, trim
-from chunkers.recursive import _after_each
+from ragkit.chunkers.base import TokenIndex, check_size, pack_indexed, token_windows, trim
+from ragkit.chunkers.recursive import _after_each
 from ragkit import registry
 from ragkit._deps import require
 from ragkit.config import build, to_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from chunkers.base import check_size, make_chunks, token_windows
+from ragkit.chunkers.base import check_size, make_chunks, token_windows
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
 

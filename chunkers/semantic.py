@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from chunkers.base import make_chunks, token_windows, trim
-from chunkers.sentence import sentence_spans
+from ragkit.chunkers.base import make_chunks, token_windows, trim
+from ragkit.chunkers.sentence import sentence_spans
 from ragkit import registry
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError

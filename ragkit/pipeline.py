@@ -147,7 +147,7 @@ class RAGPipeline:
             hits = self.reranker.rerank(query, hits)
         if self.selector is None:
             return list(hits[:k])
-        from retrieval.base import SelectionContext
+        from ragkit.retrieval.base import SelectionContext
 
         context = SelectionContext(query_vec=vec[0], embed=self.embedder.embed, index=self.index)
         return self.selector.select(query, hits, context)  # the selector decides how many

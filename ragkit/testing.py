@@ -100,7 +100,7 @@ class ScriptedLLM:
 
     ``answers`` is a list of answers given in turn (a prompt past its end is an error naming how
     many answers there were), or a callable ``prompt -> answer``. ``prompts`` holds every prompt
-    received, in order. It has only ``complete`` (the ``retrieval.rerankers.LLM`` protocol).
+    received, in order. It has only ``complete`` (the ``ragkit.retrieval.rerankers.LLM`` protocol).
     """
 
     answers: Sequence[str] | Callable[[str], str] = ()
@@ -138,7 +138,7 @@ class FakeLM:
 
     It has the three LLM abilities ragkit's components use:
 
-    - ``token_logprobs(segments)`` (``generation.base.TokenLogprobLLM``): tokens are
+    - ``token_logprobs(segments)`` (``ragkit.generation.base.TokenLogprobLLM``): tokens are
       whitespace-separated words (with the whitespace before them). A word already seen among
       the last ``window`` tokens of the running text gets log-probability ``log(seen)``; an
       unseen one a value in ``[log(1e-4), log(1e-2)]`` fixed by its sha256. So text that repeats

@@ -23,7 +23,7 @@ whitespace, and tokenizing either side alone gives the same tokens, so
 ``tokens(x) == tokens(x[:p]) + tokens(x[p:])``; and like any byte-level tokenizer it never gives a
 text more tokens than UTF-8 bytes. Chunkers use it to count a span of a text they
 have already tokenized from the whole text's tokens plus the span's two edges, instead of
-tokenizing the span again (``chunkers.base.TokenIndex``).
+tokenizing the span again (``ragkit.chunkers.base.TokenIndex``).
 
 It may further declare ``splits_at_ascii_edges = True``: the same holds at every *ASCII edge*, a
 position ``p`` between two ASCII characters where ``text[p - 1]`` is a letter and ``text[p]`` is

@@ -42,8 +42,8 @@ from ragkit._deps import require
 from ragkit.config import build_dataclass, to_config
 from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.types import Chunk, Hit
-from retrieval.base import filter_rows
-from retrieval.memory_index import (
+from ragkit.retrieval.base import filter_rows
+from ragkit.retrieval.memory_index import (
     IndexFileError,
     _read_chunks,
     _sha256,

@@ -57,7 +57,7 @@ import numpy as np
 from ragkit._deps import require
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError, RagkitError
 from ragkit.types import Chunk, Hit
-from retrieval.memory_index import (
+from ragkit.retrieval.memory_index import (
     IndexFileError,
     _normalise,
     _swap_in,

@@ -175,14 +175,14 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self.cache is not None:
-            from retrieval.cache import embed_with_cache
+            from ragkit.retrieval.cache import embed_with_cache
 
             return embed_with_cache(self._uncached, texts, self._cache_db)
         return self._encode(texts)
 
     @cached_property
     def _cache_db(self) -> Any:
-        from retrieval.cache import EmbeddingCache
+        from ragkit.retrieval.cache import EmbeddingCache
 
         return EmbeddingCache(self.cache)
 

@@ -60,8 +60,8 @@ import numpy as np
 from ragkit._deps import require
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError
 from ragkit.types import Chunk, Hit
-from retrieval.base import filter_rows
-from retrieval.memory_index import (
+from ragkit.retrieval.base import filter_rows
+from ragkit.retrieval.memory_index import (
     IndexFileError,
     check_count_dim,
     check_vecs,

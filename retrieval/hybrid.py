@@ -36,7 +36,7 @@ from ragkit import registry
 from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.types import Chunk, Hit
-from retrieval.memory_index import IndexFileError, _swap_in, check_save_target, read_meta
+from ragkit.retrieval.memory_index import IndexFileError, _swap_in, check_save_target, read_meta
 
 FORMAT = "ragkit.hybrid_index"
 VERSION = 1

@@ -23,7 +23,7 @@ import numpy as np
 
 from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.types import Chunk, Hit
-from retrieval.base import filter_rows
+from ragkit.retrieval.base import filter_rows
 
 FORMAT = "ragkit.memory_index"
 VERSION = 1

@@ -83,7 +83,7 @@ class CrossEncoderReranker:
 
     @cached_property
     def _model(self) -> Any:
-        from retrieval.embedders import _first_line, _no_load_progress_bars
+        from ragkit.retrieval.embedders import _first_line, _no_load_progress_bars
 
         st = require("sentence_transformers", extra="embed", component="reranker 'cross-encoder'")
         local = Path(self.model).expanduser()
@@ -234,7 +234,7 @@ class LLMReranker:
 
     @cached_property
     def _grade_cache(self) -> Any:
-        from retrieval.cache import GradeCache
+        from ragkit.retrieval.cache import GradeCache
 
         return GradeCache(self.cache)
 
@@ -354,7 +354,7 @@ class QueryLikelihoodReranker:
     (``{text}``; the query follows after one space). No grade is asked for and none can fail
     to parse, which suits small models that are poor judges but fair language models.
 
-    ``llm`` needs ``token_logprobs(segments)`` (``generation.base.TokenLogprobLLM``; the
+    ``llm`` needs ``token_logprobs(segments)`` (``ragkit.generation.base.TokenLogprobLLM``; the
     transformers generator has it, as does ``ragkit.testing:FakeLM`` for tests). ``window``:
     the LM context in its tokens (passage plus query). ``cache``: as for the ``llm`` reranker, a
     sqlite file of scores keyed by the LLM's fingerprint and the exact text read.
@@ -382,7 +382,7 @@ class QueryLikelihoodReranker:
 
     @cached_property
     def _score_cache(self) -> Any:
-        from retrieval.cache import GradeCache
+        from ragkit.retrieval.cache import GradeCache
 
         return GradeCache(self.cache)
 

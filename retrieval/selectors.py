@@ -2,7 +2,7 @@
 
 Every selector has ``select(query, hits, context) -> list[Hit]``: hits best first, ranks
 renumbered 0..n-1, never more hits than given (``Neighbours`` is the exception: it adds the
-chunks next to the hits). ``context`` (``retrieval.base.SelectionContext``) gives what some
+chunks next to the hits). ``context`` (``ragkit.retrieval.base.SelectionContext``) gives what some
 selectors need besides the hits: the query vector and the embedder (``MMR``) or the index
 (``Neighbours``). Selectors that rank by score sort the hits by score first (stably: ties keep
 their given order), so they do not depend on the order they are given.

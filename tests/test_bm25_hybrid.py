@@ -16,10 +16,10 @@ from ragkit.config import build, to_config
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError
 from ragkit.testing import HashEmbedder
 from ragkit.types import Chunk, Hit
-from retrieval.base import Index
-from retrieval.bm25_index import BM25Index
-from retrieval.hybrid import HybridIndex
-from retrieval.memory_index import IndexFileError, MemoryIndex
+from ragkit.retrieval.base import Index
+from ragkit.retrieval.bm25_index import BM25Index
+from ragkit.retrieval.hybrid import HybridIndex
+from ragkit.retrieval.memory_index import IndexFileError, MemoryIndex
 
 WORDS = "apple banana cherry delta echo foxtrot golf hotel india juliet kilo lima".split()
 

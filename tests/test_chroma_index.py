@@ -25,9 +25,9 @@ from ragkit import Document, RAGPipeline, load_documents  # noqa: E402
 from ragkit.config import build, to_config  # noqa: E402
 from ragkit.errors import ConfigError, IndexMismatchError  # noqa: E402
 from ragkit.types import Chunk  # noqa: E402
-from retrieval.base import Index  # noqa: E402
-from retrieval.chroma_index import ChromaConnectionError, ChromaIndex  # noqa: E402
-from retrieval.memory_index import IndexFileError  # noqa: E402
+from ragkit.retrieval.base import Index  # noqa: E402
+from ragkit.retrieval.chroma_index import ChromaConnectionError, ChromaIndex  # noqa: E402
+from ragkit.retrieval.memory_index import IndexFileError  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 CORPUS = ROOT / "ragkit" / "data" / "corpus"
@@ -298,7 +298,7 @@ import sys
 import numpy as np
 sys.path.insert(0, sys.argv[3])
 from test_chroma_index import make_chunks
-from retrieval.chroma_index import ChromaIndex
+from ragkit.retrieval.chroma_index import ChromaIndex
 index = ChromaIndex(path=sys.argv[1])
 vecs = np.load(sys.argv[2])
 index.info.update({"embedder": {"name": "hash", "dim": 24}})
@@ -309,7 +309,7 @@ index.delete(["d4"])
 _READ = """
 import json, sys
 import numpy as np
-from retrieval.chroma_index import ChromaIndex
+from ragkit.retrieval.chroma_index import ChromaIndex
 index = ChromaIndex.load(sys.argv[1]) if sys.argv[3] == "load" else ChromaIndex(path=sys.argv[1])
 queries = np.load(sys.argv[2])
 out = [[[h.chunk.id, h.score] for h in row] for row in index.search(queries, k=12)]

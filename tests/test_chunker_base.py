@@ -15,7 +15,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chunkers.base import (
+from ragkit.chunkers.base import (
     _GLUE,
     TokenIndex,
     _glue_ranges,
@@ -147,7 +147,7 @@ def test_span_counts_are_exact_at_ascii_edges(key):
 @pytest.mark.parametrize("overlap", [0, 7])
 def test_windows_report_their_exact_size(key, overlap):
     # the "tokens" a fixed window reports is its text tokenized alone, and within the budget
-    from chunkers.base import token_windows
+    from ragkit.chunkers.base import token_windows
 
     text = ADVERSARIAL[key]
     tok = load_tokenizer("cl100k")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from chunkers.base import trim
-from chunkers.fixed import FixedChunker
-from chunkers.recursive import RecursiveChunker
-from chunkers.sentence import SentenceChunker, sentence_spans
+from ragkit.chunkers.base import trim
+from ragkit.chunkers.fixed import FixedChunker
+from ragkit.chunkers.recursive import RecursiveChunker
+from ragkit.chunkers.sentence import SentenceChunker, sentence_spans
 from ragkit import registry
 from ragkit.config import build
 from ragkit.errors import ConfigError

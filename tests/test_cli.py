@@ -121,7 +121,7 @@ def test_chunk_5mb_folder_shows_progress_and_stats(tmp_path):
 
 def _tiny_model_folder(path):
     pytest.importorskip("transformers")
-    from generation.testing import smollm2_tokenizer, tiny_llama
+    from ragkit.generation.testing import smollm2_tokenizer, tiny_llama
 
     tiny_llama(0).save_pretrained(path)
     smollm2_tokenizer().save_pretrained(path)

@@ -14,8 +14,8 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chunkers.code import LANGUAGES, CodeChunker, Grammar, NonWhitespaceCounter
-from chunkers.recursive import RecursiveChunker
+from ragkit.chunkers.code import LANGUAGES, CodeChunker, Grammar, NonWhitespaceCounter
+from ragkit.chunkers.recursive import RecursiveChunker
 from ragkit.config import build, to_config
 from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.types import Document

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import regex
 
-from chunkers.base import cut_points
+from ragkit.chunkers.base import cut_points
 from ragkit import registry
 from ragkit.config import build, to_config
 from ragkit.tokenizers import load_tokenizer

@@ -13,8 +13,8 @@ import pytest
 from ragkit.config import build, to_config
 from ragkit.errors import ConfigError
 from ragkit.testing import HashEmbedder
-from retrieval.base import Embedder
-from retrieval.embedders import SentenceTransformerEmbedder
+from ragkit.retrieval.base import Embedder
+from ragkit.retrieval.embedders import SentenceTransformerEmbedder
 
 
 def cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -210,7 +210,7 @@ def test_embedders_naming_one_model_share_it_while_one_holds_it(minilm):
     """An evaluation of twelve chunkers builds twelve embedders: one copy of the weights."""
     import gc
 
-    from retrieval.embedders import _SHARED
+    from ragkit.retrieval.embedders import _SHARED
 
     model = minilm._model
     other = SentenceTransformerEmbedder(model="sentence-transformers/all-MiniLM-L6-v2", batch_size=8)
@@ -275,7 +275,7 @@ def test_minilm_local_folder_path_works(minilm):
 
 @pytest.mark.slow
 def test_minilm_refuses_text_longer_than_it_reads_unless_truncate(minilm):
-    from retrieval.embedders import EmbeddingInputError
+    from ragkit.retrieval.embedders import EmbeddingInputError
 
     long_text = "word " * 300
     with pytest.raises(EmbeddingInputError, match=r"1 of 2 texts are longer than model "

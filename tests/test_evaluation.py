@@ -164,7 +164,7 @@ def test_eval_config_errors_name_the_path():
 
 
 def test_embedding_cache_serves_a_rerun(tmp_path):
-    from retrieval.cache import EmbeddingCache
+    from ragkit.retrieval.cache import EmbeddingCache
 
     ds = load_dataset(_tiny(tmp_path / "d"))
     cfg = ChunkingEval(chunkers={"s": {"name": "sentence", "chunk_size": 4, "tokenizer": "whitespace"}},
@@ -217,7 +217,7 @@ def test_chroma_compat_reproduces_reference_json(tmp_path):
     """The issue's acceptance test: the report's six MiniLM settings, compat mode, dev split."""
     pytest.importorskip("langchain_text_splitters")
     from ragkit.config import load_yaml
-    from retrieval.cache import EmbeddingCache
+    from ragkit.retrieval.cache import EmbeddingCache
 
     data = load_yaml(ROOT / "configs" / "eval" / "chroma_report.yaml")
     data["mode"] = "chroma-compat"

@@ -18,10 +18,10 @@ from ragkit import Document, RAGPipeline, load_documents  # noqa: E402
 from ragkit.config import build, to_config  # noqa: E402
 from ragkit.errors import ConfigError, IndexMismatchError, RagkitError  # noqa: E402
 from ragkit.types import Chunk  # noqa: E402
-from retrieval import faiss_index  # noqa: E402
-from retrieval.base import Index  # noqa: E402
-from retrieval.faiss_index import FaissIndex  # noqa: E402
-from retrieval.memory_index import IndexFileError  # noqa: E402
+from ragkit.retrieval import faiss_index  # noqa: E402
+from ragkit.retrieval.base import Index  # noqa: E402
+from ragkit.retrieval.faiss_index import FaissIndex  # noqa: E402
+from ragkit.retrieval.memory_index import IndexFileError  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 CORPUS = ROOT / "ragkit" / "data" / "corpus"
@@ -151,7 +151,7 @@ def test_ivfpq_retrains_when_it_has_grown_and_keeps_every_vector(tmp_path, caplo
     # no fp16 copies: nothing to retrain from; a warning, once, and the index keeps working
     lean = FaissIndex(kind="ivfpq", train_size=300, pq_m=4, refine_factor=0)
     lean.add(chunks[:300], base[:300])
-    with caplog.at_level(logging.WARNING, logger="retrieval.faiss_index"):
+    with caplog.at_level(logging.WARNING, logger="ragkit.retrieval.faiss_index"):
         for start in range(300, 1200, 300):
             lean.add(chunks[start : start + 300], base[start : start + 300])
         lean.add(chunks[:10], base[:10])  # replaces: still grown, no second warning
@@ -379,7 +379,7 @@ def test_config_round_trip():
 _LOAD_AND_SEARCH = """
 import json, sys
 import numpy as np
-from retrieval.faiss_index import FaissIndex
+from ragkit.retrieval.faiss_index import FaissIndex
 index = FaissIndex.load(sys.argv[1])
 queries = np.load(sys.argv[2])
 out = [[[h.chunk.id, h.score] for h in row] for row in index.search(queries, k=12)]

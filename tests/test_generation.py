@@ -7,14 +7,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from generation.base import Generator, WarmableGenerator  # noqa: E402
-from generation.testing import smollm2_tokenizer, tiny_generator  # noqa: E402
-from generation.transformers_backend import TransformersGenerator  # noqa: E402
+from ragkit.generation.base import Generator, WarmableGenerator  # noqa: E402
+from ragkit.generation.testing import smollm2_tokenizer, tiny_generator  # noqa: E402
+from ragkit.generation.transformers_backend import TransformersGenerator  # noqa: E402
 from ragkit.config import build, to_config  # noqa: E402
 from ragkit.errors import ConfigError  # noqa: E402
 from ragkit.types import Answer, Chunk, Hit  # noqa: E402
 
-PATH = "generation.transformers_backend:TransformersGenerator"
+PATH = "ragkit.generation.transformers_backend:TransformersGenerator"
 TEXTS = [
     "The Eiffel Tower was completed on 31 March 1889, in time for the World's Fair in Paris.",
     "Bananas are yellow when ripe and grow in hanging clusters called hands.",
@@ -28,7 +28,7 @@ def _hits(texts=TEXTS):
 
 def test_config_round_trip_and_lazy_init():
     spec = {"name": PATH, "kv_reuse": "blend", "blend_ratio": 0.2, "stop": ["\n\n"],
-            "kv_store": {"name": "generation.kv_store:TieredKVStore", "disk": False}}
+            "kv_store": {"name": "ragkit.generation.kv_store:TieredKVStore", "disk": False}}
     gen = build("generator", spec)
     assert "_loaded" not in gen.__dict__  # nothing loaded until the first answer
     assert build("generator", to_config(gen, "generator")) == gen
@@ -141,7 +141,7 @@ def test_smollm2_answers_from_the_given_context(tmp_path):
     chunks, and from the chunk cache (cold, then warm) over the one chunk that holds the answer.
     (Approximate reuse over several chunks can change this small model's answer: see the
     benchmark's quality columns.)"""
-    store = {"name": "generation.kv_store:TieredKVStore", "path": str(tmp_path)}
+    store = {"name": "ragkit.generation.kv_store:TieredKVStore", "path": str(tmp_path)}
     gen = TransformersGenerator(kv_reuse="independent", max_new_tokens=40, kv_store=store)
     question = "In which year was the Eiffel Tower completed?"
     for _ in range(2):  # cold, then from the chunk cache
@@ -160,7 +160,7 @@ def test_the_cache_goes_under_the_models_own_argument_name():
     import inspect
     import warnings
 
-    from generation.transformers_backend import cache_kwarg
+    from ragkit.generation.transformers_backend import cache_kwarg
 
     gen = tiny_generator(0, max_new_tokens=3)
     assert cache_kwarg(gen.lm) in inspect.signature(type(gen.lm).forward).parameters

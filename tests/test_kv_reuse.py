@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from generation.kv_store import DiskKVStore, TieredKVStore  # noqa: E402
-from generation.rope import rotate_kv  # noqa: E402
-from generation.testing import tiny_generator, tiny_llama  # noqa: E402
-from generation.transformers_backend import cache_kwarg  # noqa: E402
+from ragkit.generation.kv_store import DiskKVStore, TieredKVStore  # noqa: E402
+from ragkit.generation.rope import rotate_kv  # noqa: E402
+from ragkit.generation.testing import tiny_generator, tiny_llama  # noqa: E402
+from ragkit.generation.transformers_backend import cache_kwarg  # noqa: E402
 
 TEXTS = [
     "The Eiffel Tower was completed on 31 March 1889, in time for the World's Fair in Paris.",

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from generation.kv_store import (  # noqa: E402
+from ragkit.generation.kv_store import (  # noqa: E402
     DiskKVStore,
     KVStore,
     MemoryKVStore,
@@ -103,7 +103,7 @@ def test_corrupt_disk_entry_is_detected_counted_and_dropped(tmp_path, how, caplo
         store.file(other).replace(store.file(key))
     else:
         _corrupt(store.file(key), how)
-    with caplog.at_level("WARNING", logger="generation.kv_store"):
+    with caplog.at_level("WARNING", logger="ragkit.generation.kv_store"):
         assert store.get(key) is None
     assert store.stats.corrupt == 1 and store.stats.misses == 1
     assert "recomputed" in caplog.text

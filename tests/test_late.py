@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chunkers.late import LateChunker, pool, token_vectors, windows
+from ragkit.chunkers.late import LateChunker, pool, token_vectors, windows
 from ragkit import Document, RAGPipeline
 from ragkit.config import build, to_config
 from ragkit.errors import ConfigError

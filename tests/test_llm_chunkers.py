@@ -10,8 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from chunkers.lumber import LumberChunker, parse_paragraph_id
-from chunkers.perplexity import PerplexityChunker, local_minima, minima_depth
+from ragkit.chunkers.lumber import LumberChunker, parse_paragraph_id
+from ragkit.chunkers.perplexity import PerplexityChunker, local_minima, minima_depth
 from ragkit.config import build, to_config
 from ragkit.errors import ConfigError
 from ragkit.testing import FakeLM, ScriptedLLM
@@ -36,7 +36,7 @@ def sentences(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny():
     pytest.importorskip("torch")
-    from generation.testing import tiny_generator
+    from ragkit.generation.testing import tiny_generator
 
     return tiny_generator()
 
@@ -171,7 +171,7 @@ def test_margin_sampling_cuts_where_the_model_says_split():
 def test_margin_unreadable_scores_keep_the_boundary_and_are_counted(caplog):
     chunker = PerplexityChunker(llm=OverlapScorer(unreadable=True), method="margin",
                                 chunk_size=200, tokenizer="whitespace")
-    with caplog.at_level(logging.WARNING, logger="chunkers.perplexity"):
+    with caplog.at_level(logging.WARNING, logger="ragkit.chunkers.perplexity"):
         chunks = chunker.chunk(Document("d", TOPIC_A + TOPIC_B))
     assert len(chunks) == 1
     assert chunker.stats["unparsed"] == 5
@@ -243,7 +243,7 @@ def test_lumber_fallbacks_are_the_window_rule_and_are_counted(caplog):
     text = "\n".join(LINES)
     llm = ScriptedLLM(answers=["I am not sure", "ID 1", "ID 99"])
     chunker = LumberChunker(llm=llm, chunk_size=40, window=32, tokenizer="whitespace")
-    with caplog.at_level(logging.WARNING, logger="chunkers.lumber"):
+    with caplog.at_level(logging.WARNING, logger="ragkit.chunkers.lumber"):
         chunks = chunker.chunk(Document("d", text))
     # each fallback cuts before the group's overflow line: groups 0-4, 4-8, 8-11 (last, no cut)
     assert [c.text.split("\n")[0] for c in chunks] == [LINES[0], LINES[4], LINES[8]]

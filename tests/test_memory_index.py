@@ -10,8 +10,8 @@ import pytest
 from ragkit.config import build, to_config
 from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.types import Chunk, Hit
-from retrieval.base import Index
-from retrieval.memory_index import IndexFileError, MemoryIndex
+from ragkit.retrieval.base import Index
+from ragkit.retrieval.memory_index import IndexFileError, MemoryIndex
 
 
 def make_chunks(n: int, doc: str = "d", **metadata) -> list[Chunk]:

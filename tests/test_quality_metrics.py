@@ -107,7 +107,7 @@ def test_eval_chunking_reports_quality_metrics():
 
 def test_eval_chunking_reports_the_llm_chunkers_counts():
     """An LLM chunker's unreadable answers reach the evaluation's table and JSON, per run."""
-    from chunkers.lumber import LumberChunker
+    from ragkit.chunkers.lumber import LumberChunker
     from ragkit.testing import ScriptedLLM
 
     text = "\n".join(f"Paragraph {i} says something about topic {i % 3} here." for i in range(12))

@@ -12,8 +12,8 @@ from ragkit.config import build, to_config
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.testing import ScriptedLLM
 from ragkit.types import Chunk, Hit
-from retrieval.base import Reranker
-from retrieval.rerankers import (
+from ragkit.retrieval.base import Reranker
+from ragkit.retrieval.rerankers import (
     DEFAULT_TEMPLATE,
     GRADES,
     LLM,
@@ -189,7 +189,7 @@ def test_llm_reranker_unparsable_answers_keep_their_first_stage_place(caplog):
     hits = first_stage(["a1", "b2", "c3", "d4", "e5"])
     llm = ScriptedLLM(answers=["1", "I cannot tell", "8", "5", "n/a"])
     reranker = LLMReranker(llm=llm)
-    with caplog.at_level(logging.WARNING, logger="retrieval.rerankers"):
+    with caplog.at_level(logging.WARNING, logger="ragkit.retrieval.rerankers"):
         out = reranker.rerank("q", hits)
     # b2 (slot 1) and e5 (slot 4) stay; a1, c3, d4 are sorted by grade into slots 0, 2, 3
     assert [h.chunk.text for h in out] == ["c3", "b2", "d4", "a1", "e5"]
@@ -208,7 +208,7 @@ def test_llm_reranker_unparsed_first_hit_copies_the_next_grade():
 def test_llm_reranker_with_no_parsable_answer_returns_the_first_stage(caplog):
     hits = first_stage(["a", "b", "c"])
     reranker = LLMReranker(llm=ScriptedLLM(answers=["no", "idea", "sorry"]))
-    with caplog.at_level(logging.WARNING, logger="retrieval.rerankers"):
+    with caplog.at_level(logging.WARNING, logger="ragkit.retrieval.rerankers"):
         assert reranker.rerank("q", hits) == hits
     assert reranker.stats == {"graded": 3, "unparsed": 3, "cached": 0} and len(caplog.records) == 3
     assert reranker.rerank("q", []) == []
@@ -359,7 +359,7 @@ def test_query_likelihood_prefers_the_passage_that_predicts_the_query():
     """FakeLM gives a word already in the context a high probability: the passage holding the
     query's words makes the query likeliest."""
     from ragkit.testing import FakeLM
-    from retrieval.rerankers import QueryLikelihoodReranker
+    from ragkit.retrieval.rerankers import QueryLikelihoodReranker
 
     hits = first_stage(["cats purr and sleep all day", "the eiffel tower stands in paris",
                         "tower of paris: the eiffel tower", "bread needs flour and water"])
@@ -374,7 +374,7 @@ def test_query_likelihood_prefers_the_passage_that_predicts_the_query():
 
 
 def test_query_likelihood_reads_the_query_after_the_filled_template():
-    from retrieval.rerankers import QueryLikelihoodReranker
+    from ragkit.retrieval.rerankers import QueryLikelihoodReranker
 
     class Recorder:
         def __init__(self):
@@ -392,7 +392,7 @@ def test_query_likelihood_reads_the_query_after_the_filled_template():
 
 def test_query_likelihood_cache_and_config_errors(tmp_path):
     from ragkit.testing import FakeLM
-    from retrieval.rerankers import QueryLikelihoodReranker
+    from ragkit.retrieval.rerankers import QueryLikelihoodReranker
 
     class Fingerprinted(FakeLM):
         fingerprint = {"model": "fake-v1"}

@@ -11,9 +11,9 @@ from ragkit import registry
 from ragkit.config import build, to_config
 from ragkit.errors import ConfigError
 from ragkit.types import Chunk, Document, Hit
-from retrieval.base import SelectionContext, Selector
-from retrieval.memory_index import MemoryIndex
-from retrieval.selectors import (
+from ragkit.retrieval.base import SelectionContext, Selector
+from ragkit.retrieval.memory_index import MemoryIndex
+from ragkit.retrieval.selectors import (
     MMR,
     Neighbours,
     ScoreGap,

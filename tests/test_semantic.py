@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chunkers.cluster import ClusterChunker, matrix_rewards, optimal_segmentation, vector_rewards
-from chunkers.semantic import BREAKPOINTS, SemanticChunker, boundary_distances, breakpoints
-from chunkers.sentence import sentence_spans
+from ragkit.chunkers.cluster import ClusterChunker, matrix_rewards, optimal_segmentation, vector_rewards
+from ragkit.chunkers.semantic import BREAKPOINTS, SemanticChunker, boundary_distances, breakpoints
+from ragkit.chunkers.sentence import sentence_spans
 from ragkit.config import build, to_config
 from ragkit.errors import ConfigError
 from ragkit.testing import HashEmbedder
 from ragkit.tokenizers import load_tokenizer
 from ragkit.types import Document
-from retrieval.embedders import SentenceTransformerEmbedder
+from ragkit.retrieval.embedders import SentenceTransformerEmbedder
 from tests.test_contracts import contract_violations
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chunking_eval" / "corpora"

@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from generation.testing import smollm2_tokenizer, tiny_generator  # noqa: E402
-from generation.vllm_backend import VLLMGenerator, canonical, import_vllm  # noqa: E402
+from ragkit.generation.testing import smollm2_tokenizer, tiny_generator  # noqa: E402
+from ragkit.generation.vllm_backend import VLLMGenerator, canonical, import_vllm  # noqa: E402
 from ragkit import registry  # noqa: E402
 from ragkit.config import build, to_config  # noqa: E402
 from ragkit.errors import ConfigError, MissingDependencyError, RagkitError  # noqa: E402
@@ -184,7 +184,7 @@ def engine():
 def test_greedy_tokens_equal_the_transformers_backend(engine):
     """Same converted SmolLM2 folder, same prompt ids, both in bfloat16: vLLM's greedy tokens
     (up to its end-of-turn token or NEW_TOKENS) equal the transformers backend's first tokens."""
-    from generation.transformers_backend import TransformersGenerator
+    from ragkit.generation.transformers_backend import TransformersGenerator
 
     hits = _paragraph_hits("eiffel-tower.md", "honeybees.md")
     query = "When was the Eiffel Tower completed?"

@@ -154,7 +154,7 @@ def evaluate_chunking(
     """Run every chunker of ``config`` on ``dataset``; see the module docstring."""
     import time
 
-    from retrieval.cache import embed_with_cache
+    from ragkit.retrieval.cache import embed_with_cache
 
     touching = config.mode == "chroma-compat"
     corpus_ids = list(dataset.corpora)
