@@ -2,7 +2,7 @@
 
 Step 1 is ``ragkit eval chunking`` (recall and IoU at k, chunking seconds in results.json):
 
-    ragkit eval chunking ../shared/data/chunking_eval --config configs/eval/llm_chunkers.yaml \\
+    ragkit eval chunking data/chunking_eval --config configs/eval/llm_chunkers.yaml \\
         --corpora state_of_the_union --out runs/eval-llm --no-plot
 
 Step 2 turns its results.json into the table of benchmarks/README.md (time per MB of the corpora
@@ -11,7 +11,7 @@ scores MoC's boundary clarity and chunk stickiness of each chunker's chunks of t
 of each corpus with SmolLM2 (the full corpora would take hours on 2 CPU cores):
 
     HF_HUB_OFFLINE=1 python benchmarks/llm_chunkers.py runs/eval-llm/results.json \\
-        --data ../shared/data/chunking_eval --config configs/eval/llm_chunkers.yaml \\
+        --data data/chunking_eval --config configs/eval/llm_chunkers.yaml \\
         --quality-chars 6000 --stickiness-k 0.8 0.2
 """
 

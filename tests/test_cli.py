@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ragkit.cli import main
+from tests.dev_data import CORPORA, require
 
 ROOT = Path(__file__).parents[1]
 CORPUS = ROOT / "ragkit" / "data" / "corpus"
@@ -93,9 +94,7 @@ def test_query_missing_index_is_one_line_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_chunk_5mb_folder_shows_progress_and_stats(tmp_path):
     """The issue's acceptance check: `ragkit chunk` on a 5 MB folder, run as a user runs it."""
-    corpora = ROOT.parent / "shared" / "data" / "chunking_eval" / "corpora"
-    if not corpora.is_dir():
-        pytest.skip(f"evaluation corpora not found at {corpora}")
+    corpora = require(CORPORA)
     texts = [p.read_text(encoding="utf-8") for p in sorted(corpora.glob("*.md"))]
     folder = tmp_path / "five_mb"
     folder.mkdir()

@@ -26,7 +26,7 @@ FAKE_LM = "ragkit.testing:FakeLM"  # for chunkers with an `llm`: the contract ho
 TOKENIZERS = ("cl100k", "whitespace", "character", "all-MiniLM-L6-v2")
 BUDGETS = ((8, 0), (8, 3), (32, 0), (32, 8), (200, 0), (200, 40))  # (chunk_size, overlap)
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chunking_eval" / "corpora"
+from tests.dev_data import CORPORA, require
 CORPUS_CHARS = 20_000  # enough for many chunks at every budget, small enough to stay fast
 
 SAMPLES = {
@@ -58,8 +58,7 @@ SAMPLES = {
 
 @functools.cache
 def corpus_samples() -> dict[str, str]:
-    if not CORPORA.is_dir():
-        return {}
+    require(CORPORA)
     return {
         f"corpus:{p.stem}": p.read_text(encoding="utf-8")[:CORPUS_CHARS]
         for p in sorted(CORPORA.glob("*.md"))
@@ -75,7 +74,7 @@ def sample_text(sample: str) -> str:
         return SAMPLES[sample]
     corpora = corpus_samples()
     if sample not in corpora:
-        pytest.skip(f"evaluation corpus {sample.split(':', 1)[1]}.md not found under {CORPORA}")
+        pytest.fail(f"evaluation corpus {sample.split(':', 1)[1]}.md not found under {CORPORA}")
     return corpora[sample]
 
 

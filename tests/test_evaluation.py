@@ -14,9 +14,8 @@ from ragkit.evaluation.chunking import ChunkingEval, evaluate_chunking
 from ragkit.evaluation.data import load_dataset
 from ragkit.evaluation.metrics import omega, retrieval_scores, union
 
-DEV = Path(__file__).parents[2] / "shared" / "data" / "chunking_eval"
+from tests.dev_data import DEV, require
 ROOT = Path(__file__).parents[1]
-needs_dev = pytest.mark.skipif(not DEV.is_dir(), reason=f"dev split not found at {DEV}")
 
 
 # -- metrics by hand ------------------------------------------------------------------------------
@@ -178,7 +177,6 @@ def test_embedding_cache_serves_a_rerun(tmp_path):
     assert first.results == second.results
 
 
-@needs_dev
 def test_cli_eval_writes_table_json_and_plot(tmp_path, capsys):
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(
@@ -188,7 +186,7 @@ def test_cli_eval_writes_table_json_and_plot(tmp_path, capsys):
         "  recursive-100: {name: recursive, chunk_size: 100, tokenizer: whitespace}\n"
         "ks: [min, 5]\n", encoding="utf-8")
     out = tmp_path / "out"
-    code = main(["eval", "chunking", str(DEV), "--config", str(cfg), "--out", str(out),
+    code = main(["eval", "chunking", str(require(DEV)), "--config", str(cfg), "--out", str(out),
                  "--subset", "4", "--no-cache", "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -201,17 +199,15 @@ def test_cli_eval_writes_table_json_and_plot(tmp_path, capsys):
     assert (out / "results.md").read_text(encoding="utf-8").count("| chunker |") == 2
 
 
-@needs_dev
 def test_cli_eval_bad_chunker_fails_before_work(tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["eval", "chunking", str(DEV), "-o", "chunkers.x.name=nope", "--out", str(out),
+    code = main(["eval", "chunking", str(require(DEV)), "-o", "chunkers.x.name=nope", "--out", str(out),
                  "--no-progress"])
     assert code == 2
     assert "chunkers.x.name: unknown chunker 'nope'" in capsys.readouterr().err
     assert not out.exists()
 
 
-@needs_dev
 @pytest.mark.slow
 def test_chroma_compat_reproduces_reference_json(tmp_path):
     """The issue's acceptance test: the report's six MiniLM settings, compat mode, dev split."""

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.dev_data import DEV, require
+
 nbformat = pytest.importorskip("nbformat")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-DATA = "shared/data/chunking_eval"
-HAVE_DATA = bool(os.environ.get("RAGKIT_EVAL_DATA")) or any(
-    (p / DATA).is_dir() for p in [ROOT, *ROOT.parents]
-)
 FULL_RUN = "questions per corpus: all; embedder: sentence-transformers"
 
 
@@ -69,10 +67,10 @@ def test_committed_notebook_keeps_a_full_run(path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_DATA, reason=f"dev split not found: no {DATA} above {ROOT}")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, python3_kernel: str, tmp_path, monkeypatch) -> None:
     nbclient = pytest.importorskip("nbclient")
+    require(DEV)
     monkeypatch.setenv("RAGKIT_NB_SUBSET", "3")
     monkeypatch.setenv("RAGKIT_NB_EMBEDDER", "hash")
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))  # not the user's cache

@@ -24,7 +24,7 @@ from ragkit.types import Document
 from ragkit.retrieval.embedders import SentenceTransformerEmbedder
 from tests.test_contracts import contract_violations
 
-CORPORA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chunking_eval" / "corpora"
+from tests.dev_data import CORPORA, require
 
 # Two topics with disjoint vocabularies; sentences of a topic share most of their words.
 BEES = ["bees", "hive", "honey", "queen", "pollen", "nectar", "wax", "drones", "comb", "swarm"]
@@ -344,9 +344,7 @@ def minilm() -> RecordingEmbedder:
 
 
 def corpora() -> list[Path]:
-    paths = sorted(CORPORA.glob("*.md"))
-    if not paths:
-        pytest.skip(f"no evaluation corpora under {CORPORA}")
+    paths = sorted(require(CORPORA).glob("*.md"))
     return paths
 
 
