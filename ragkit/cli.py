@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ragkit.errors import ConfigError, DocumentError, RagkitError
+from ragkit.errors import ConfigError, DocumentError, IndexExistsError, RagkitError
 
 DEFAULT_INDEX = ".ragkit/index"
 
@@ -26,13 +26,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _log_to_stderr()
     try:
+        if getattr(args, "allow_import", False):
+            from ragkit.registry import allow_imports
+
+            allow_imports(True)
         return args.func(args)
+    except BrokenPipeError:  # `ragkit ... | head`: the reader has gone; nothing to report
+        _quiet_stdout()
+        return 0
     except ConfigError as exc:
         config = getattr(args, "config", None)
         where = f"{config}: " if config and not str(exc).startswith(str(config)) else ""
         print(f"ragkit: error: {where}{exc}", file=sys.stderr)
         return 2
-    except DocumentError as exc:
+    except (DocumentError, IndexExistsError) as exc:
         print(f"ragkit: error: {exc}", file=sys.stderr)
         return 2
     except RagkitError as exc:
@@ -44,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ragkit import __version__
+
     p = argparse.ArgumentParser(prog="ragkit", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"ragkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -54,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config key, e.g. -o chunker.chunk_size=256 (repeatable)",
         )
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+        _allow_import(sp)
 
     def inputs(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("paths", nargs="+", help=".txt/.md/.jsonl files or folders of them "
@@ -61,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--text-field", default="text", help="JSONL key holding the text")
         sp.add_argument("--skip-bad-files", action="store_true",
                         help="skip unreadable files with a warning instead of failing")
+        sp.add_argument("--suffixes", type=_suffixes, metavar=".md,.txt",
+                        help="which files a folder yields (default: .txt,.md,.markdown,.jsonl, or "
+                        "the code chunker's source suffixes)")
 
     c = sub.add_parser("chunk", help="chunk files and print chunks or size statistics")
     inputs(c)
@@ -84,7 +98,31 @@ def _parser() -> argparse.ArgumentParser:
                    help="documents per chunk-and-embed batch (default 64)")
     i.add_argument("--restart", action="store_true",
                    help="forget the shards an earlier (killed) run into --out finished")
-    i.set_defaults(func=cmd_index)
+    existing = i.add_mutually_exclusive_group()
+    existing.add_argument("--append", dest="mode", action="store_const", const="append",
+                          help="--out holds an index: add new and changed documents, keep the rest")
+    existing.add_argument("--sync", dest="mode", action="store_const", const="sync",
+                          help="like --append, and delete documents whose files are gone")
+    existing.add_argument("--replace", dest="mode", action="store_const", const="replace",
+                          help="build a new index beside the one in --out and swap it in when done")
+    i.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    i.set_defaults(func=cmd_index, mode="new")
+
+    d = sub.add_parser("docs", help="list or delete the documents of an index")
+    dsub = d.add_subparsers(dest="what", required=True)
+    dl = dsub.add_parser("list", help="one line per document: id, source, chunks, content hash")
+    dl.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    dl.add_argument("--json", action="store_true", help="print a JSON list")
+    _allow_import(dl)
+    dl.set_defaults(func=cmd_docs_list)
+    dd = dsub.add_parser("delete", help="delete documents (all their chunks) by id or by source")
+    dd.add_argument("ids", nargs="*", help="document ids")
+    dd.add_argument("--source", action="append", default=[], metavar="SOURCE",
+                    help="delete the documents from this source file (repeatable)")
+    dd.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    dd.add_argument("--json", action="store_true", help="print what was deleted as JSON")
+    _allow_import(dd)
+    dd.set_defaults(func=cmd_docs_delete)
 
     q = sub.add_parser("query", help="retrieve the chunks that answer a question, with citations")
     q.add_argument("question")
@@ -96,12 +134,15 @@ def _parser() -> argparse.ArgumentParser:
         help="change a query-time key of the saved pipeline, e.g. -o selector.name=mmr or "
              "-o index.ef_search=256 (repeatable; keys fixed at build time are refused)",
     )
+    _allow_import(q)
     q.set_defaults(func=cmd_query)
 
     a = sub.add_parser("ask", help="answer a question from an index with a generator, citing chunks")
     a.add_argument("question")
     a.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
     a.add_argument("-k", type=int, help="number of chunks (default: the config's k)")
+    a.add_argument("--json", action="store_true", help="print the answer, sources and timings as "
+                   "one JSON document (no streaming)")
     common(a)
     a.set_defaults(func=cmd_ask)
 
@@ -134,6 +175,44 @@ def _parser() -> argparse.ArgumentParser:
     er.add_argument("--subset", type=int, metavar="N", help="only the first N questions per corpus")
     er.set_defaults(func=cmd_eval_retrieval)
     return p
+
+
+def _allow_import(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--allow-import", action="store_true",
+                    help="let configs (and saved indexes) name components by import path "
+                    "'pkg.module:Class', which runs that module's code (also RAGKIT_ALLOW_IMPORT=1)")
+
+
+def _suffixes(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in items if not v.startswith(".") or len(v) < 2]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(
+            f"--suffixes: {value!r}: give file suffixes with their dot, comma-separated, e.g. "
+            ".md,.txt,.rst")
+    return items
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe: point stdout at /dev/null so the interpreter's final flush is quiet."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def source_dict(hit: Any) -> dict[str, Any]:
+    """A hit as the CLI's --json and the server's ``ragkit.sources`` show it."""
+    c = hit.chunk
+    return {"id": c.id, "doc_id": c.doc_id, "source": c.metadata.get("source", c.doc_id),
+            "start": c.start, "end": c.end, "score": hit.score, "text": c.text}
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -183,9 +262,15 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from ragkit.ingest import ingest
-    from ragkit.pipeline import RAGPipeline
+    from ragkit.pipeline import CONFIG_FILE, RAGPipeline
 
-    pipe = RAGPipeline.from_config(_config(args))  # validates everything before any work
+    config = _config(args)
+    if args.mode in ("append", "sync") and not args.config and (Path(args.out) /
+                                                                 CONFIG_FILE).is_file():
+        from ragkit.config import apply_overrides, load_yaml
+
+        config = apply_overrides(load_yaml(Path(args.out) / CONFIG_FILE), args.override)
+    pipe = RAGPipeline.from_config(config)  # validates everything before any work
     engine: dict[str, Any] = {"name": args.engine}
     if args.engine == "ray":
         engine |= {"workers": args.workers, "address": args.ray_address}
@@ -208,7 +293,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         report = ingest(
             args.paths, pipe, args.out, engine=engine, batch_size=args.batch_size,
             on_error="skip" if args.skip_bad_files else "raise", text_field=args.text_field,
-            restart=args.restart, progress=progress if bar is not None else None,
+            restart=args.restart, mode=args.mode, suffixes=args.suffixes,
+            progress=progress if bar is not None else None,
         )
     finally:
         if bar is not None:
@@ -216,7 +302,56 @@ def cmd_index(args: argparse.Namespace) -> int:
     if report.failures:
         print(f"ragkit: skipped {len(report.failures)} bad file(s), line(s) or document(s); see "
               "warnings above", file=sys.stderr)
-    print(report.summary())
+    if args.json:
+        from dataclasses import asdict
+
+        data = asdict(report)
+        data["failures"] = [str(f) for f in report.failures]
+        _print_json(data)
+    else:
+        print(report.summary())
+    return 0
+
+
+def cmd_docs_list(args: argparse.Namespace) -> int:
+    from ragkit.pipeline import RAGPipeline
+
+    pipe = RAGPipeline.load(args.index)
+    docs = pipe.documents()
+    if args.json:
+        _print_json([d.to_dict() for d in docs])
+        return 0
+    for d in docs:
+        print(f"{d.id}\t{d.source or '-'}\t{d.chunks} chunks\t{(d.content_hash or '-')[:12]}")
+    print(f"{len(docs)} documents", file=sys.stderr)
+    return 0
+
+
+def cmd_docs_delete(args: argparse.Namespace) -> int:
+    from ragkit.pipeline import RAGPipeline
+
+    if not args.ids and not args.source:
+        raise ConfigError("name the documents to delete: ids, or --source FILE", path="ids")
+    pipe = RAGPipeline.load(args.index)
+    docs = {d.id: d for d in pipe.documents()}
+    unknown = [i for i in args.ids if i not in docs]
+    if unknown:
+        raise ConfigError(f"no document {unknown[0]!r} in {args.index} (see `ragkit docs list "
+                          f"--index {args.index}`); nothing was deleted", path="ids")
+    by_source = [d.id for d in docs.values() if d.source is not None and (
+        d.source in args.source or d.source.rpartition("#")[0] in args.source)]
+    missing = [s for s in args.source if not any(
+        d.source in (s,) or (d.source or "").rpartition("#")[0] == s for d in docs.values())]
+    if missing:
+        raise ConfigError(f"no document from source {missing[0]!r} in {args.index}; nothing was "
+                          "deleted", path="--source")
+    ids = list(dict.fromkeys([*args.ids, *by_source]))
+    removed = pipe.delete(ids)
+    pipe.save(args.index)
+    if args.json:
+        _print_json({"deleted": ids, "chunks": removed})
+    else:
+        print(f"deleted {len(ids)} documents ({removed} chunks) from {args.index}")
     return 0
 
 
@@ -226,22 +361,15 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
     pipe = RAGPipeline.load(args.index, args.override)
-    answer = pipe.answer(args.question, k=args.k)
+    t0 = time.perf_counter()
+    hits = pipe.retrieve(args.question, k=args.k)  # retrieval only, whatever the saved generator
     if args.json:
-        print(json.dumps({
-            "query": answer.query,
-            "answer": answer.text,
-            "hits": [{"rank": h.rank, "score": h.score, "citation": h.citation, "chunk_id": h.chunk.id,
-                      "start": h.chunk.start, "end": h.chunk.end, "text": h.chunk.text}
-                     for h in answer.hits],
-        }, ensure_ascii=False, indent=2))
+        _print_json({"query": args.question, "sources": [source_dict(h) for h in hits],
+                     "timings": {"retrieve_s": time.perf_counter() - t0}})
         return 0
-    print(f"Q: {answer.query}")
-    if answer.text is not None:
-        print(f"A: {answer.text}")
-    else:
-        print("(no generator configured: the cited chunks are the answer)")
-    for h in answer.hits:
+    print(f"Q: {args.question}")
+    print("(retrieval only: `ragkit ask` answers with a generator)")
+    for h in hits:
         print(f"\n[{h.rank + 1}] {h.citation}  score={h.score:.3f}")
         print("    " + h.chunk.text.strip().replace("\n", "\n    "))
     return 0
@@ -353,6 +481,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
     pipe = _pipeline_with_generator(args)
     getattr(pipe.generator, "lm", None)  # load (or convert, the first time) before answering
+    if args.json:
+        answer = pipe.answer(args.question, k=args.k)
+        _print_json({"answer": answer.text, "sources": [source_dict(h) for h in answer.hits],
+                     "timings": dict(answer.timings)})
+        return 0
     print(f"Q: {args.question}\nA: ", end="", flush=True)
     answer = pipe.answer(args.question, k=args.k,
                          stream=lambda piece: print(piece, end="", flush=True))
@@ -408,7 +541,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 def _log_to_stderr() -> None:
     """Library warnings (e.g. skipped files) go to the current stderr, once."""
     fmt = logging.Formatter("ragkit: %(levelname)s: %(message)s")
-    for name in ("ragkit", "chunkers", "retrieval", "generation"):
+    for name in ("ragkit",):
         logger = logging.getLogger(name)
         for handler in [h for h in logger.handlers if getattr(h, "_ragkit_cli", False)]:
             logger.removeHandler(handler)
@@ -428,7 +561,7 @@ def _documents(args: argparse.Namespace, chunker: Any = None) -> list:
     problems: list = []
     docs = load_documents(
         args.paths, text_field=args.text_field,
-        suffixes=getattr(chunker, "file_suffixes", DEFAULT_SUFFIXES),
+        suffixes=args.suffixes or getattr(chunker, "file_suffixes", DEFAULT_SUFFIXES),
         on_error="skip" if args.skip_bad_files else "raise",
         **({"problems": problems} if args.skip_bad_files else {}),
     )

@@ -41,3 +41,7 @@ class DocumentError(RagkitError, ValueError):
 
 class IndexMismatchError(RagkitError, ValueError):
     """Vectors or queries do not match what an index was built with (dimension, model)."""
+
+
+class IndexExistsError(RagkitError):
+    """The output folder already holds a finished index and no --append/--replace was given."""

@@ -2,12 +2,21 @@
 
 ``ragkit`` never imports ``chunkers``, ``retrieval`` or ``generation`` directly: it reaches them
 only through the strings below, so ``import ragkit`` stays light. Out-of-tree components are named
-by their import path, ``"my_pkg.my_mod:MyChunker"``.
+by their import path, ``"my_pkg.my_mod:MyChunker"``, but only where the user allows it: importing
+a module runs its code, so a config (or the ``pipeline.yaml`` inside an index folder someone hands
+you) must not be able to import anything by itself. Allow imports with ``RAGKIT_ALLOW_IMPORT=1``,
+the CLI's ``--allow-import``, ``allow_imports(True)`` or ``with imports_allowed():`` (what
+``RAGPipeline.from_config(..., allow_import=True)`` and ``load(..., allow_import=True)`` do).
+Paths inside ``ragkit`` itself run no foreign code and are always allowed.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from collections.abc import Iterator
 
 from ragkit.errors import ConfigError
 
@@ -65,6 +74,34 @@ _REGISTRY: dict[str, dict[str, str]] = {
 }
 
 
+_allowed: ContextVar[bool] = ContextVar("ragkit_allow_import", default=False)
+_allowed_globally = False
+
+
+def allow_imports(allow: bool = True) -> None:
+    """Allow (or stop allowing) ``package.module:Class`` import paths in configs, process-wide."""
+    global _allowed_globally
+    _allowed_globally = bool(allow)
+    if allow:  # worker processes (the Ray engine) build the same config
+        os.environ["RAGKIT_ALLOW_IMPORT"] = "1"
+    else:
+        os.environ.pop("RAGKIT_ALLOW_IMPORT", None)
+
+
+@contextmanager
+def imports_allowed(allow: bool = True) -> Iterator[None]:
+    """Allow import paths in configs within the block (this thread or task only)."""
+    token = _allowed.set(bool(allow) or _allowed.get())
+    try:
+        yield
+    finally:
+        _allowed.reset(token)
+
+
+def imports_are_allowed() -> bool:
+    return _allowed_globally or _allowed.get() or os.environ.get("RAGKIT_ALLOW_IMPORT") == "1"
+
+
 def kinds() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -83,6 +120,12 @@ def names(kind: str, *, peers: bool = False) -> list[str]:
 
 def import_path(kind: str, name: str) -> str:
     if ":" in name:
+        module = name.partition(":")[0]
+        if not (module == "ragkit" or module.startswith("ragkit.")) and not imports_are_allowed():
+            raise ConfigError(
+                f"{kind} {name!r} is an import path, and importing a module runs its code; "
+                "allow it with --allow-import (CLI), RAGKIT_ALLOW_IMPORT=1, or "
+                "allow_import=True (Python), or use a registered name")
         return name
     table = _REGISTRY.get(kind)
     if table is None:

@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,6 +41,7 @@ import numpy as np
 
 from ragkit._deps import require
 from ragkit.config import build_dataclass, to_config
+from ragkit.concurrency import Guarded, reads, writes
 from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.types import Chunk, Hit
 from ragkit.retrieval.base import filter_rows
@@ -60,7 +62,7 @@ _COMPONENT = "index 'bm25'"
 
 
 @dataclass(kw_only=True)
-class BM25Index:
+class BM25Index(Guarded):
     """Okapi BM25 over chunk texts (bm25s).
 
     ``k1`` (term-frequency saturation, >= 0), ``b`` (length normalisation, in [0, 1]) and
@@ -113,6 +115,7 @@ class BM25Index:
         self._stale = True  # the bm25s index below must be rebuilt before the next search
         self._bm25: Any = None  # bm25s.BM25 over _tokens, or None when no chunk has a token
         self._postings: dict[str, np.ndarray] = {}  # token -> rows holding it, ascending
+        self._rebuilding = threading.Lock()  # one reader rebuilds a stale index, others wait
 
     # -- tokenization ---------------------------------------------------------------------------
 
@@ -139,13 +142,16 @@ class BM25Index:
 
     # -- contents ------------------------------------------------------------------------------
 
+    @reads
     def __len__(self) -> int:
         return len(self._chunks)
 
+    @reads
     def chunks(self) -> Iterator[Chunk]:
         """The stored chunks in insertion order (a replaced chunk keeps its place)."""
         return iter(list(self._chunks))
 
+    @writes
     def add(self, chunks: Sequence[Chunk], vecs: Any = None) -> None:
         """Store ``chunks`` (``vecs`` is ignored: BM25 scores text). Tokenizes now; the bm25s
         index is rebuilt at the next search."""
@@ -168,15 +174,18 @@ class BM25Index:
             self._docs[chunk.doc_id] = chunk.metadata.get("doc_hash")
         self._stale = True
 
+    @reads
     def doc_chunks(self, doc_id: str) -> list[Chunk]:
         """The stored chunks of one document, in document order."""
         mine = (c for c in self._chunks if c.doc_id == doc_id)
         return sorted(mine, key=lambda c: (c.start, c.end))
 
+    @reads
     def doc_hash(self, doc_id: str) -> str | None:
         """The ``doc_hash`` metadata stored with the document's chunks, if it is indexed."""
         return self._docs.get(doc_id)
 
+    @writes
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove every chunk of the given documents; returns how many chunks were removed."""
         if isinstance(doc_ids, str):
@@ -195,6 +204,7 @@ class BM25Index:
 
     # -- search --------------------------------------------------------------------------------
 
+    @reads
     def search(
         self,
         query_vecs: Any,
@@ -215,7 +225,8 @@ class BM25Index:
         allowed = filter_rows(self._chunks, filter)  # (r,) rows, ascending, or None for all
         if not self._chunks or k == 0:
             return [[] for _ in queries]
-        self._rebuild()
+        with self._rebuilding:  # readers run together; the first after a write rebuilds
+            self._rebuild()
         return [self._search_one(toks, k, allowed) for toks in self.tokenize(queries)]
 
     def _search_one(self, tokens: list[str], k: int, allowed: np.ndarray | None) -> list[Hit]:
@@ -260,6 +271,7 @@ class BM25Index:
 
     # -- save / load ---------------------------------------------------------------------------
 
+    @reads
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to folder ``path`` (replacing an index saved there before); the
         folder appears complete or not at all."""

@@ -55,6 +55,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit._deps import require
+from ragkit.concurrency import Guarded, reads, writes
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError, RagkitError
 from ragkit.types import Chunk, Hit
 from ragkit.retrieval.memory_index import (
@@ -87,7 +88,7 @@ class ChromaConnectionError(RagkitError, ConnectionError):
 
 
 @dataclass(kw_only=True)
-class ChromaIndex:
+class ChromaIndex(Guarded):
     """Nearest-neighbour search over chunk vectors stored in Chroma; see the module docstring.
 
     ``metric="cosine"`` L2-normalises stored and query vectors (Chroma space ``cosine``);
@@ -216,6 +217,16 @@ class ChromaIndex:
             self._close()
         self._client = self._col = self._close = None
 
+    def persists_writes(self, folder: str | os.PathLike[str]) -> bool:
+        """Whether each write is already durable in what a save to ``folder`` points at: a
+        server's collection, or embedded data that lives under ``folder``."""
+        if self.host is not None:
+            return True
+        if self.path is None:
+            return False
+        own, target = os.path.abspath(self.path), os.path.abspath(folder)
+        return own == target or own.startswith(target + os.sep)
+
     @property
     def concurrent_writers(self) -> bool:
         """Whether many processes may write this index at once: a Chroma server can, an embedded
@@ -282,6 +293,7 @@ class ChromaIndex:
 
     # -- contents ------------------------------------------------------------------------------
 
+    @reads
     def __len__(self) -> int:
         return self._connect().count()
 
@@ -292,6 +304,7 @@ class ChromaIndex:
         self._connect()
         return self._dim
 
+    @reads
     def chunks(self) -> Iterator[Chunk]:
         """The stored chunks in Chroma's order (insertion order, for the embedded clients),
         fetched a page of ``batch_size`` at a time."""
@@ -305,6 +318,7 @@ class ChromaIndex:
                 return
             offset += size
 
+    @reads
     def doc_chunks(self, doc_id: str) -> list[Chunk]:
         """The stored chunks of one document, in document order."""
         got = self._connect().get(where={_FIELD + "doc_id": doc_id},
@@ -312,6 +326,7 @@ class ChromaIndex:
         chunks = [_decode(*r) for r in zip(got["ids"], got["documents"], got["metadatas"])]
         return sorted(chunks, key=lambda c: (c.start, c.end))
 
+    @reads
     def doc_hash(self, doc_id: str) -> str | None:
         """The ``doc_hash`` metadata stored with the document's chunks, if it is indexed."""
         got = self._connect().get(where={_FIELD + "doc_id": doc_id}, limit=1,
@@ -320,6 +335,7 @@ class ChromaIndex:
             return None
         return _decode_metadata(got["metadatas"][0]).get("doc_hash")
 
+    @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
         chunks = list(chunks)
@@ -357,6 +373,7 @@ class ChromaIndex:
             self._dim = vecs.shape[1]
             self._write_meta(**{"ragkit:dim": self._dim})
 
+    @writes
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove every chunk of the given documents; returns how many chunks were removed."""
         if isinstance(doc_ids, str):
@@ -376,6 +393,7 @@ class ChromaIndex:
 
     # -- search --------------------------------------------------------------------------------
 
+    @reads
     def search(
         self,
         query_vecs: np.ndarray,
@@ -416,6 +434,7 @@ class ChromaIndex:
 
     # -- save / load ---------------------------------------------------------------------------
 
+    @reads
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a pointer to this index to folder ``path`` (and copy the data there unless the
         data already lives under ``path`` or on a server); see the module docstring."""

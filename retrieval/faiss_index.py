@@ -58,6 +58,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit._deps import require
+from ragkit.concurrency import Guarded, reads, writes
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError
 from ragkit.types import Chunk, Hit
 from ragkit.retrieval.base import filter_rows
@@ -89,7 +90,7 @@ def _faiss() -> Any:
 
 
 @dataclass(kw_only=True)
-class FaissIndex:
+class FaissIndex(Guarded):
     """Nearest-neighbour search over chunk vectors with faiss; see the module docstring.
 
     ``metric="cosine"`` L2-normalises stored and query vectors; ``"ip"`` uses the raw inner
@@ -167,6 +168,7 @@ class FaissIndex:
 
     # -- contents ------------------------------------------------------------------------------
 
+    @reads
     def __len__(self) -> int:
         return len(self._labels)
 
@@ -180,19 +182,23 @@ class FaissIndex:
         """``kind="ivfpq"``: whether the IVF-PQ index is trained (else search is exact flat)."""
         return self._trained
 
+    @reads
     def chunks(self) -> Iterator[Chunk]:
         """The stored chunks in insertion order (a replaced chunk keeps its place)."""
         return iter([self._chunk[label] for label in self._labels.values()])
 
+    @reads
     def doc_chunks(self, doc_id: str) -> list[Chunk]:
         """The stored chunks of one document, in document order."""
         chunks = (self._chunk[self._labels[cid]] for cid in self._by_doc.get(doc_id, ()))
         return sorted(chunks, key=lambda c: (c.start, c.end))
 
+    @reads
     def doc_hash(self, doc_id: str) -> str | None:
         """The ``doc_hash`` metadata stored with the document's chunks, if it is indexed."""
         return self._docs.get(doc_id)
 
+    @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
         chunks = list(chunks)
@@ -260,6 +266,7 @@ class FaissIndex:
         if self.kind == "hnsw" and len(self._dead) > max(len(self), 1) // 2:
             self.compact()
 
+    @writes
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove every chunk of the given documents; returns how many chunks were removed."""
         if isinstance(doc_ids, str):
@@ -277,6 +284,7 @@ class FaissIndex:
                 self.compact()
         return len(labels)
 
+    @writes
     def compact(self) -> None:
         """HNSW: rebuild the graph from the live vectors, dropping tombstones (other kinds
         remove vectors for real and have nothing to compact)."""
@@ -294,6 +302,7 @@ class FaissIndex:
 
     # -- search --------------------------------------------------------------------------------
 
+    @reads
     def search(
         self,
         query_vecs: np.ndarray,
@@ -453,6 +462,7 @@ class FaissIndex:
             return self.pq_m
         return max(m for m in range(1, max(d // 8, 1) + 1) if d % m == 0)
 
+    @writes
     def retrain(self) -> None:
         """IVF-PQ: train new lists and codebooks on every live vector (from the fp16 copies kept
         for ``refine_factor > 0``) and re-encode them all. Runs by itself when the index has
@@ -511,6 +521,7 @@ class FaissIndex:
 
     # -- save / load ---------------------------------------------------------------------------
 
+    @reads
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to folder ``path`` (replacing an index saved there before)."""
         faiss = _faiss()

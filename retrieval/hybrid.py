@@ -34,6 +34,7 @@ import numpy as np
 
 from ragkit import registry
 from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
+from ragkit.concurrency import Guarded, reads, writes
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.types import Chunk, Hit
 from ragkit.retrieval.memory_index import IndexFileError, _swap_in, check_save_target, read_meta
@@ -45,7 +46,7 @@ _SIDES = ("dense", "sparse")
 
 
 @dataclass(kw_only=True)
-class HybridIndex:
+class HybridIndex(Guarded):
     """Dense and sparse retrieval fused by reciprocal rank (``rrf``) or by normalised scores
     (``weighted``, ``weight`` being the dense side's share). ``search`` needs both the query
     vectors and the query texts (``queries=``)."""
@@ -89,24 +90,30 @@ class HybridIndex:
         """The dense side's ``info`` (the same dict: the pipeline records its config there)."""
         return self.dense.info
 
+    @reads
     def __len__(self) -> int:
         return len(self.dense)
 
+    @reads
     def chunks(self) -> Iterator[Chunk]:
         return self.dense.chunks()
 
+    @reads
     def doc_chunks(self, doc_id: str) -> list[Chunk]:
         return self.dense.doc_chunks(doc_id)
 
+    @reads
     def doc_hash(self, doc_id: str) -> str | None:
         return self.dense.doc_hash(doc_id)
 
+    @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Add to the dense side first (it checks the vectors), then to the sparse side."""
         chunks = list(chunks)
         self.dense.add(chunks, vecs)
         self.sparse.add(chunks, vecs)
 
+    @writes
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove the documents from both sides; returns how many chunks the dense side lost."""
         removed = self.dense.delete(doc_ids)
@@ -115,6 +122,7 @@ class HybridIndex:
 
     # -- search --------------------------------------------------------------------------------
 
+    @reads
     def search(
         self,
         query_vecs: np.ndarray,
@@ -164,6 +172,7 @@ class HybridIndex:
 
     # -- save / load ---------------------------------------------------------------------------
 
+    @reads
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write both sides to ``path/dense`` and ``path/sparse`` with a ``meta.json``; the folder
         is replaced only once it is complete."""

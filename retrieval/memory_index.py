@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ragkit.concurrency import Guarded, reads, writes
 from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.types import Chunk, Hit
 from ragkit.retrieval.base import filter_rows
@@ -36,7 +37,7 @@ class IndexFileError(RagkitError, ValueError):
 
 
 @dataclass(kw_only=True)
-class MemoryIndex:
+class MemoryIndex(Guarded):
     """Exact nearest-neighbour search over chunk vectors held in memory.
 
     ``metric="cosine"`` L2-normalises stored and query vectors (zero vectors score 0);
@@ -60,6 +61,7 @@ class MemoryIndex:
 
     # -- contents ------------------------------------------------------------------------------
 
+    @reads
     def __len__(self) -> int:
         return len(self._chunks)
 
@@ -68,6 +70,7 @@ class MemoryIndex:
         """The vector dimension, or ``None`` while the index is empty."""
         return self._vecs.shape[1] if self._chunks else None
 
+    @reads
     def chunks(self) -> Iterator[Chunk]:
         """The stored chunks in insertion order (a replaced chunk keeps its place)."""
         return iter(list(self._chunks))
@@ -79,6 +82,7 @@ class MemoryIndex:
         view.flags.writeable = False
         return view
 
+    @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
         chunks = list(chunks)
@@ -113,14 +117,17 @@ class MemoryIndex:
         keep = len(rows) - 1 - last
         self._vecs[rows[keep]] = vecs[keep]
 
+    @reads
     def doc_chunks(self, doc_id: str) -> list[Chunk]:
         """The stored chunks of one document, in document order."""
         return sorted((c for c in self._chunks if c.doc_id == doc_id), key=lambda c: (c.start, c.end))
 
+    @reads
     def doc_hash(self, doc_id: str) -> str | None:
         """The ``doc_hash`` metadata stored with the document's chunks, if it is indexed."""
         return self._docs.get(doc_id)
 
+    @writes
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove every chunk of the given documents; returns how many chunks were removed."""
         if isinstance(doc_ids, str):
@@ -138,6 +145,7 @@ class MemoryIndex:
 
     # -- search --------------------------------------------------------------------------------
 
+    @reads
     def search(
         self,
         query_vecs: np.ndarray,
@@ -186,6 +194,7 @@ class MemoryIndex:
 
     # -- save / load ---------------------------------------------------------------------------
 
+    @reads
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to folder ``path`` (replacing an index saved there before)."""
         path = Path(path)

@@ -48,8 +48,12 @@ def test_index_then_query_with_hash_config(tmp_path, capsys):
     assert main(["query", "Gutenberg movable type printing press", "--index", str(out), "-k", "2",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert len(result["hits"]) == 2
-    assert result["hits"][0]["citation"].startswith("printing-press.md:")
+    assert len(result["sources"]) == 2
+    top = result["sources"][0]
+    assert top["source"] == "printing-press.md" and set(top) == {
+        "id", "doc_id", "source", "start", "end", "score", "text"}
+    text = (CORPUS / top["doc_id"]).read_text(encoding="utf-8")
+    assert text[top["start"] : top["end"]] == top["text"]
 
 
 def test_query_overrides_change_query_time_keys_only(tmp_path, capsys):
@@ -59,7 +63,7 @@ def test_query_overrides_change_query_time_keys_only(tmp_path, capsys):
     capsys.readouterr()
     assert main(["query", "Gutenberg movable type", "--index", str(out), "--json",
                  "-o", "k=2", "-o", "selector.name=mmr", "-o", "selector.k=1"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["hits"]) == 1
+    assert len(json.loads(capsys.readouterr().out)["sources"]) == 1
     assert main(["query", "Gutenberg", "--index", str(out), "-o", "chunker.chunk_size=9"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

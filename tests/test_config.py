@@ -11,6 +11,8 @@ from ragkit import registry
 from ragkit.cli import main
 from ragkit.config import apply_overrides, build, load_yaml, to_config
 from ragkit.errors import ConfigError
+from ragkit.pipeline import RAGPipeline
+from ragkit.registry import imports_allowed
 
 BAD = Path(__file__).parent / "bad_configs"
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -89,13 +91,53 @@ def test_override_cli_wrong_type_is_exit_2(tmp_path, capsys):
 
 def test_out_of_tree_component_by_import_path():
     spec = {"name": "tests.test_config:ShoutChunker", "upper": True}
-    obj = build("chunker", spec)
+    with imports_allowed():
+        obj = build("chunker", spec)
     assert isinstance(obj, ShoutChunker) and obj.upper is True
     assert to_config(obj, "chunker") == spec
 
 
-def test_required_key_missing_names_it():
+IMPORT_REFUSED = ("chunker.name: chunker 'tests.test_config:ShoutChunker' is an import path, and "
+                  "importing a module runs its code; allow it with --allow-import (CLI), "
+                  "RAGKIT_ALLOW_IMPORT=1, or allow_import=True (Python), or use a registered name")
+
+
+def test_an_import_path_is_refused_unless_allowed(monkeypatch):
+    monkeypatch.delenv("RAGKIT_ALLOW_IMPORT", raising=False)
+    spec = {"chunker": {"name": "tests.test_config:ShoutChunker"}, "embedder": "hash"}
     with pytest.raises(ConfigError) as exc:
+        RAGPipeline.from_config(spec)
+    assert str(exc.value) == IMPORT_REFUSED
+    assert isinstance(RAGPipeline.from_config(spec, allow_import=True).chunker, ShoutChunker)
+    monkeypatch.setenv("RAGKIT_ALLOW_IMPORT", "1")
+    assert isinstance(RAGPipeline.from_config(spec).chunker, ShoutChunker)
+    # ragkit's own modules run no foreign code: always allowed
+    monkeypatch.delenv("RAGKIT_ALLOW_IMPORT")
+    built = build("chunker", {"name": "ragkit.chunkers.fixed:FixedChunker"})
+    assert type(built).__name__ == "FixedChunker"
+
+
+def test_a_saved_index_never_imports_what_was_not_allowed(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RAGKIT_ALLOW_IMPORT", raising=False)
+    spec = {"chunker": {"name": "tests.test_config:ShoutChunker"}, "embedder": "hash"}
+    RAGPipeline.from_config(spec, allow_import=True).save(tmp_path / "idx")
+    with pytest.raises(ConfigError, match="is an import path"):
+        RAGPipeline.load(tmp_path / "idx")
+    assert isinstance(RAGPipeline.load(tmp_path / "idx", allow_import=True).chunker, ShoutChunker)
+    assert main(["query", "anything", "--index", str(tmp_path / "idx")]) == 2
+    assert "is an import path" in capsys.readouterr().err
+    assert main(["query", "anything", "--index", str(tmp_path / "idx"), "--allow-import"]) == 0
+
+
+def test_an_allowed_import_path_that_does_not_exist_names_the_module():
+    with imports_allowed(), pytest.raises(ConfigError) as exc:
+        build("chunker", {"name": "mypkg.nowhere:MyChunker"})
+    assert str(exc.value) == ("chunker.name: chunker 'mypkg.nowhere:MyChunker': module "
+                              "'mypkg.nowhere' not found")
+
+
+def test_required_key_missing_names_it():
+    with imports_allowed(), pytest.raises(ConfigError) as exc:
         build("chunker", {"name": "tests.test_config:NeedsModel"})
     assert str(exc.value) == "chunker.model: required key is missing"
 

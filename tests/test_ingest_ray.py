@@ -23,7 +23,7 @@ pytest.importorskip("ray.data")
 
 from ragkit import RAGPipeline  # noqa: E402
 from ragkit.errors import ConfigError, DocumentError  # noqa: E402
-from ragkit.ingest import ingest  # noqa: E402
+from ragkit.ingest import index_state, ingest  # noqa: E402
 from tests.ingest_helpers import CONFIG, make_corpus  # noqa: E402
 from tests.test_ingest import PICKY, _poison, assert_same_index, config, reference  # noqa: E402
 
@@ -110,7 +110,8 @@ def test_a_killed_ray_run_resumes_without_duplicates(cluster, corpus, tmp_path):
                            "delay": 0.1})
     (tmp_path / "slow.yaml").write_text(json.dumps(cfg))
     args = ["index", str(root), "-c", str(tmp_path / "slow.yaml"), "--out", str(out),
-            "--no-progress", "--batch-size", "4", "--engine", "ray", "--workers", "2"]
+            "--no-progress", "--batch-size", "4", "--engine", "ray", "--workers", "2",
+            "--allow-import"]
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *args, "--ray-address", cluster],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ledger = out / "ingest" / "ledger.jsonl"
@@ -163,9 +164,9 @@ def test_ray_reports_bad_input_with_paths(cluster, tmp_path):
     root = tmp_path / "c"
     n = make_corpus(root, md=12, jsonl_shards=2, per_shard=10, seed=3)
     bad = _poison(root)
-    with pytest.raises(DocumentError, match="no index was saved"):
+    with pytest.raises(DocumentError, match="the index was not finished"):
         ingest(root, PICKY, tmp_path / "strict", engine=RAY)
-    assert not (tmp_path / "strict" / "pipeline.yaml").exists()
+    assert index_state(tmp_path / "strict") == "unfinished"
     report = ingest(root, PICKY, tmp_path / "out", engine=RAY, on_error="skip")
     assert {f.path for f in report.failures} == {str(p) for p in bad.values()}
     assert report.documents == n + 1

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing
@@ -45,7 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragkit.errors import ConfigError, DocumentError, RagkitError
+from ragkit.errors import (
+    ConfigError,
+    DocumentError,
+    IndexExistsError,
+    IndexMismatchError,
+    RagkitError,
+)
 from ragkit.ingest.ledger import DIR, Ledger
 
 __all__ = ["ENGINES", "Failure", "IngestProgress", "IngestReport", "ingest"]
@@ -103,6 +110,7 @@ class IngestReport:
     resumed_documents: int = 0
     resumed_chunks: int = 0
     index_chunks: int = 0  # chunks in the saved index
+    deleted: int = 0  # documents removed because their files are gone (mode "sync")
     workers_seen: int = 0  # distinct processes that chunked and embedded documents
     worker_cpu_s: float = 0.0  # CPU seconds they spent on it (all threads; the work that scales)
     failures: list[Failure] = field(default_factory=list)
@@ -142,6 +150,7 @@ def ingest(
     id_field: str = "id",
     suffixes: Sequence[str] | None = None,
     restart: bool = False,
+    mode: str = "append",
     progress: Callable[[IngestProgress], None] | None = None,
 ) -> IngestReport:
     """Chunk, embed and index the files under ``paths`` into folder ``out`` with ``engine``.
@@ -152,10 +161,18 @@ def ingest(
     number of chunks per embedder call). ``suffixes``: the files to read (default: the chunker's
     ``file_suffixes`` if it has them, else .txt/.md/.markdown/.jsonl). See the module docstring
     for the rest.
+
+    ``mode``, when ``out`` already holds an index: ``"append"`` (default) adds new and changed
+    documents (by content hash) and leaves the rest; ``"sync"`` does the same and deletes the
+    documents whose source file is not among the inputs; ``"replace"`` builds a new index beside
+    the old one and swaps it in when it is complete (the old one stays usable until then);
+    ``"new"`` refuses a finished index (``IndexExistsError``; ``ragkit index`` without a flag).
+    ``restart`` forgets the finished shards and replaces the index.
     """
     from ragkit.config import build, load_yaml, model_spec, to_config
     from ragkit.loaders import DEFAULT_SUFFIXES, DocumentLoader, LoadError, _path_list
     from ragkit.pipeline import RAGPipeline
+    from ragkit.registry import imports_are_allowed
 
     t0 = time.perf_counter()
     if isinstance(pipeline, (str, os.PathLike)):
@@ -173,27 +190,46 @@ def ingest(
     if problems and on_error == "raise":
         raise LoadError(problems)
 
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}", path="mode")
     out = Path(out)
+    state = index_state(out)
+    if state == "finished" and mode == "new":
+        raise IndexExistsError(
+            f"{out} already holds an index; pass --append to add new and changed documents "
+            "(--sync also deletes those whose files are gone), or --replace to build a new one "
+            "from these files and swap it in")
+    target = out
+    if state != "none" and (mode == "replace" or restart):
+        target = out.parent / f".{out.name}.replacing"
+        shutil.rmtree(target, ignore_errors=True)
+        if not restart and (out / DIR / "run.json").is_file():  # its finished shards still count
+            shutil.copytree(out / DIR, target / DIR, copy_function=os.link,
+                            ignore=shutil.ignore_patterns("lock", FINISHED))
     direct = bool(getattr(pipe.index, "concurrent_writers", False))
     spec = {"chunker": to_config(pipe.chunker, "chunker"), "embedder": model_spec(pipe.embedder),
             "loader": {"text_field": text_field, "id_field": id_field},
             "target": to_config(pipe.index, "index") if direct else "parts"}
     report = IngestReport(engine=registry_name(eng), workers=getattr(eng, "workers", None),
                           out=str(out), shards=len(files))
-    ledger = Ledger(out / DIR)
+    ledger = Ledger(target / DIR)
     ledger.root.mkdir(parents=True, exist_ok=True)
     ledger.lock()
     try:
         ledger.open(spec, restart=restart)
         ledger.drop_orphans()
+        (ledger.root / FINISHED).unlink(missing_ok=True)  # until this run is done
+        if not direct:
+            pipe = _open_target(pipe, target)
         if direct:
-            pipe._bind_index()  # refuses a collection built with another embedder or chunker
+            pipe.bind_index()  # refuses a collection built with another embedder or chunker
             pipe.index.delete([])  # writes what it is built with before any worker adds
         run = _Run(ledger, report, on_error, direct, progress)
         rows = run.plan(files, problems)
         job = {"chunker": spec["chunker"], "embedder": to_config(pipe.embedder, "embedder"),
                "index": to_config(pipe.index, "index"), "embed_batch": pipe.batch_size,
                "batch_size": batch_size, "write": "index" if direct else "driver",
+               "allow_import": imports_are_allowed(),
                "loader": {"text_field": text_field, "id_field": id_field, "on_error": on_error,
                           "suffixes": list(suffixes)}}
         t1 = time.perf_counter()
@@ -210,13 +246,108 @@ def ingest(
         report.timings["process"] = t2 - t1
         if not direct:
             _merge(pipe, ledger, [r["shard"] for r in rows], run)
-        pipe.save(out)
+            if mode == "sync":
+                report.deleted = _sync(pipe, {f.source for f in files})
+        pipe.save(target)
         report.index_chunks = len(pipe.index)
+        (ledger.root / FINISHED).write_text("")
         report.timings["index"] = time.perf_counter() - t2
     finally:
         ledger.unlock()
+        if not direct:
+            pipe.close()
+    if target != out:
+        close = getattr(pipe.index, "close", None)
+        if close is not None:
+            close()  # an embedded Chroma holds its folder open
+        swap_dirs(target, out)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+MODES = ("append", "sync", "replace", "new")
+FINISHED = "finished"  # in OUT/ingest once a run has saved its index
+
+
+def index_state(out: Path) -> str:
+    """``"none"`` (no index in ``out``), ``"unfinished"`` (a run was killed before it saved;
+    running again resumes it) or ``"finished"``."""
+    from ragkit.pipeline import CONFIG_FILE
+
+    if not (out / CONFIG_FILE).is_file():
+        return "none"
+    if (out / DIR / "run.json").is_file() and not (out / DIR / FINISHED).exists():
+        return "unfinished"
+    return "finished"
+
+
+def _open_target(pipe: Any, target: Path) -> Any:
+    """The pipeline that writes to folder ``target``: the index saved there (which must have
+    been built with the same chunker, embedder and index settings), or ``pipe`` saved there
+    empty, so that the folder opens from the first moment of the run."""
+    from ragkit.config import build, to_config
+    from ragkit.pipeline import CONFIG_FILE, RAGPipeline
+
+    if (target / CONFIG_FILE).is_file():
+        saved = RAGPipeline.load(target)
+        for key in ("chunker", "embedder", "index"):
+            have, want = to_config(getattr(saved, key), key), to_config(getattr(pipe, key), key)
+            if key == "index":
+                have, want = _build_time(saved.index, have), _build_time(saved.index, want)
+            if have != want:
+                saved.close()
+                raise IndexMismatchError(
+                    f"{target} was built with {key} {have}, but this run uses {want}; use the "
+                    "same settings, or replace the index (CLI: --replace) to rebuild it")
+        return saved
+    if len(pipe.index):  # a pipeline object used before: start from an empty index
+        pipe.index = build("index", to_config(pipe.index, "index"), path="index")
+    pipe.save(target)
+    return pipe
+
+
+def _build_time(index: Any, config: Any) -> Any:
+    """``config`` without the settings a saved index takes at query time."""
+    if not isinstance(config, Mapping):
+        return config
+    return {k: v for k, v in config.items() if k not in getattr(type(index), "QUERY_TIME", ())}
+
+
+def _sync(pipe: Any, sources: set[str]) -> int:
+    """Delete the documents whose source file is not in ``sources``; returns how many."""
+    gone = []
+    for doc in pipe.documents():
+        src = doc.source
+        if src is None:
+            continue
+        base, sep, line = src.rpartition("#")
+        if src not in sources and not (sep and line.isdigit() and base in sources):
+            gone.append(doc.id)
+    if gone:
+        pipe.delete(gone)
+    return len(gone)
+
+
+def swap_dirs(new: Path, old: Path) -> None:
+    """Put folder ``new`` where ``old`` is, atomically where the OS allows (Linux
+    ``renameat2(RENAME_EXCHANGE)``), and delete the old one."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        exchange = libc.renameat2
+    except (OSError, AttributeError):
+        exchange = None
+    if exchange is not None:
+        AT_FDCWD, RENAME_EXCHANGE = -100, 2
+        if exchange(AT_FDCWD, os.fsencode(new), AT_FDCWD, os.fsencode(old), RENAME_EXCHANGE) == 0:
+            shutil.rmtree(new)  # now the old index
+            return
+    trash = old.parent / f".{old.name}.old"
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(old, trash)
+    os.replace(new, old)
+    shutil.rmtree(trash)
 
 
 def registry_name(engine: Any) -> str:
@@ -444,26 +575,28 @@ class _Run:
         shown = "; ".join(str(f) for f in failures[:5])
         more = f"; ... and {len(failures) - 5} more" if len(failures) > 5 else ""
         raise DocumentError(
-            f"{shown}{more} (no index was saved; {kept} shards finished before this are kept in "
+            f"{shown}{more} (the index was not finished; {kept} shards finished before this are kept in "
             f"{self.ledger.root} and a re-run skips them; pass on_error='skip' / --skip-bad-files "
             "to index the rest)"
         )
 
 
 def _merge(pipe: Any, ledger: Ledger, keys: list[str], run: _Run) -> None:
-    """Build the pipeline's index from the parts of the run's shards, in input order. A document
-    id already taken by an earlier shard is a failure (an error under on_error='raise')."""
+    """Commit the documents in the parts of the run's shards to the pipeline, in input order,
+    through its one write step (``RAGPipeline.commit``): each document whole, in the folder's
+    log before the index. A document already committed with the same content hash (by an
+    earlier, perhaps killed, run) is skipped. A document id already taken by an earlier shard is
+    a failure (an error under on_error='raise')."""
     import numpy as np
 
+    from ragkit.doclog import Put
     from ragkit.ingest.work import chunk_from
 
-    if len(pipe.index):  # a pipeline object used before: the index holds this run's inputs
-        from ragkit.config import build, to_config
-
-        pipe.index = build("index", to_config(pipe.index, "index"), path="index")
-    pipe._bind_index()
+    pipe.bind_index()
     owner: dict[str, str] = {}
     reported: set[tuple[str, str]] = set()
+    ops: list[Any] = []
+    waiting = 0
     for key in keys:
         entry = ledger.entries.get(key)
         if not entry or not entry.get("parts"):
@@ -477,20 +610,31 @@ def _merge(pipe: Any, ledger: Ledger, keys: list[str], run: _Run) -> None:
         order = np.argsort(np.concatenate(pos), kind="stable")  # documents in shard order
         vecs_all = np.concatenate(vecs)[order]  # (n, d)
         chunks = [chunk_from(records[i]) for i in order.tolist()]
-        keep = np.ones(len(chunks), dtype=bool)
-        for i, c in enumerate(chunks):
-            first = owner.setdefault(c.doc_id, entry["path"])
+        start = 0
+        while start < len(chunks):  # one document's chunks at a time (they are contiguous)
+            doc_id = chunks[start].doc_id
+            end = start + 1
+            while end < len(chunks) and chunks[end].doc_id == doc_id:
+                end += 1
+            first = owner.setdefault(doc_id, entry["path"])
             if first != entry["path"]:
-                failure = Failure(entry["path"], f"duplicate document id {c.doc_id!r}, already "
-                                  f"taken by {first}; ids must be unique", doc_id=c.doc_id)
+                failure = Failure(entry["path"], f"duplicate document id {doc_id!r}, already "
+                                  f"taken by {first}; ids must be unique", doc_id=doc_id)
                 if run.on_error == "raise":
                     run._stop([failure])
-                if (entry["path"], c.doc_id) not in reported:
-                    reported.add((entry["path"], c.doc_id))
+                if (entry["path"], doc_id) not in reported:
+                    reported.add((entry["path"], doc_id))
                     run._fail(failure)
-                keep[i] = False
-        for start in range(0, len(chunks), PART_ROWS):
-            sel = keep[start : start + PART_ROWS]
-            part = [c for c, k in zip(chunks[start : start + PART_ROWS], sel) if k]
-            if part:
-                pipe.index.add(part, vecs_all[start : start + PART_ROWS][sel])
+            else:
+                meta = chunks[start].metadata
+                digest = meta.get("doc_hash")
+                if digest is None or pipe.doc_hash(doc_id) != digest:
+                    ops.append(Put(doc_id, meta.get("source"), digest, chunks[start:end],
+                                   vecs_all[start:end]))
+                    waiting += end - start
+                    if waiting >= PART_ROWS:
+                        pipe.commit(ops)
+                        ops, waiting = [], 0
+            start = end
+    if ops:
+        pipe.commit(ops)

@@ -218,9 +218,13 @@ class ChunkEmbed:
 
         self.job = dict(job)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.chunker = build("chunker", job["chunker"], path="chunker")
-        self.embedder = build("embedder", job["embedder"], path="embedder")
-        self.index = build("index", job["index"], path="index") if job["write"] == "index" else None
+        from ragkit.registry import imports_allowed
+
+        with imports_allowed(job.get("allow_import", False)):  # as the driver allowed
+            self.chunker = build("chunker", job["chunker"], path="chunker")
+            self.embedder = build("embedder", job["embedder"], path="embedder")
+            self.index = (build("index", job["index"], path="index") if job["write"] == "index"
+                          else None)
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
         cpu = time.process_time()

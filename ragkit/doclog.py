@@ -1,0 +1,242 @@
+"""The write-ahead document log of a saved index: what makes an add all-or-nothing and durable.
+
+A saved index folder holds ``pipeline.yaml``, the index snapshot ``index/`` and this log,
+``documents.sqlite`` (SQLite in WAL mode, ``synchronous=FULL``)::
+
+    documents   one row per indexed document: id, source, content hash, number of chunks
+    pending     the operations since the last snapshot, in order: a document's chunks and
+                vectors (op "put") or its removal (op "delete")
+    meta        format, version, ``checkpoint`` (the last operation the snapshot holds)
+
+Adding a document is one SQLite transaction that writes its chunks and vectors to ``pending``
+and its row, with its content hash, to ``documents``: the hash that makes the next run call the
+document "unchanged" is committed together with everything it stands for, and a crash before the
+commit leaves nothing of it. Only then is the operation applied to the in-memory index. Opening a
+folder loads the snapshot and replays the operations after its checkpoint (replaying is
+idempotent: a "put" replaces the document's chunks, a "delete" removes them), so whatever a crash
+interrupted is repaired on the next open. Saving a snapshot moves the checkpoint and drops the
+operations it now holds. An index that persists its own writes (an embedded or remote Chroma)
+drops each operation as soon as it is applied.
+
+One process writes at a time: ``acquire_writer`` takes an exclusive ``flock`` on
+``write.lock`` beside the log, refused at once, with the holder's pid, if another process has it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragkit.errors import RagkitError
+from ragkit.ingest.work import chunk_from as _chunk
+from ragkit.ingest.work import chunk_record as _record
+from ragkit.types import Chunk
+
+FILE = "documents.sqlite"
+LOCK_FILE = "write.lock"
+FORMAT = "ragkit.doclog"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One indexed document, as ``RAGPipeline.documents()`` and ``ragkit docs list`` show it."""
+
+    id: str
+    source: str | None
+    content_hash: str | None
+    chunks: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "source": self.source, "content_hash": self.content_hash,
+                "chunks": self.chunks}
+
+
+@dataclass(frozen=True)
+class Put:
+    """A document's new chunks (``vecs`` aligned, float32 ``(n, d)``), replacing its old ones."""
+
+    doc_id: str
+    source: str | None
+    content_hash: str | None
+    chunks: Sequence[Chunk]
+    vecs: np.ndarray
+
+
+@dataclass(frozen=True)
+class Delete:
+    doc_id: str
+
+
+class WriterBusyError(RagkitError):
+    """Another process is writing to the same index folder."""
+
+
+class DocLog:
+    """The log in folder ``root`` (created if missing)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.path = self.root / FILE
+        self._mutex = threading.Lock()  # one connection, shared by the pipeline's threads
+        self._lock_fd: int | None = None
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            with self._tx():
+                self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, "
+                                 "value TEXT NOT NULL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS documents (id TEXT PRIMARY KEY, "
+                                 "source TEXT, hash TEXT, chunks INTEGER NOT NULL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY "
+                                 "AUTOINCREMENT, doc_id TEXT NOT NULL, op TEXT NOT NULL, "
+                                 "chunks TEXT, vecs BLOB, dim INTEGER)")
+                have = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+                if not have:
+                    self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                        ("format", FORMAT), ("version", str(VERSION)), ("checkpoint", "0")])
+                elif have.get("format") != FORMAT or have.get("version") != str(VERSION):
+                    raise RagkitError(f"{self.path}: not a {FORMAT} v{VERSION} log")
+        except sqlite3.DatabaseError as exc:
+            raise RagkitError(f"{self.path}: cannot open the document log ({exc}); the index "
+                              "folder is damaged: rebuild it with `ragkit index --replace`") from None
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def _tx(self) -> Any:
+        db = self._db
+
+        class _Tx:
+            def __enter__(self_inner) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self_inner, kind: Any, *_: Any) -> None:
+                db.execute("ROLLBACK" if kind else "COMMIT")
+
+        return _Tx()
+
+    def commit(self, ops: Sequence[Put | Delete]) -> int:
+        """Write ``ops`` in one transaction; returns the sequence number of the last one."""
+        seq = self.last_seq()
+        if not ops:
+            return seq
+        with self._mutex, self._tx():
+            for op in ops:
+                if isinstance(op, Put):
+                    vecs = np.ascontiguousarray(op.vecs, dtype=np.float32)
+                    records = json.dumps([_record(c) for c in op.chunks], ensure_ascii=False)
+                    cur = self._db.execute(
+                        "INSERT INTO pending (doc_id, op, chunks, vecs, dim) VALUES (?, 'put', ?, "
+                        "?, ?)", (op.doc_id, records, vecs.tobytes(),
+                                  vecs.shape[1] if vecs.ndim == 2 else 0))
+                    self._db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?)",
+                                     (op.doc_id, op.source, op.content_hash, len(op.chunks)))
+                else:
+                    cur = self._db.execute("INSERT INTO pending (doc_id, op) VALUES (?, 'delete')",
+                                           (op.doc_id,))
+                    self._db.execute("DELETE FROM documents WHERE id = ?", (op.doc_id,))
+                seq = int(cur.lastrowid)
+        return seq
+
+    def pending(self, after: int) -> Iterator[tuple[int, Put | Delete]]:
+        """The operations after sequence number ``after``, in order."""
+        with self._mutex:
+            rows = self._db.execute("SELECT seq, doc_id, op, chunks, vecs, dim FROM pending "
+                                    "WHERE seq > ? ORDER BY seq", (after,)).fetchall()
+        for seq, doc_id, op, chunks, vecs, dim in rows:
+            if op == "delete":
+                yield seq, Delete(doc_id)
+                continue
+            records = json.loads(chunks)
+            n = len(records)
+            arr = np.frombuffer(vecs, dtype=np.float32).reshape(n, dim) if n else np.zeros(
+                (0, dim or 0), dtype=np.float32)
+            first = records[0]["metadata"] if records else {}
+            yield seq, Put(doc_id, first.get("source"), first.get("doc_hash"),
+                           [_chunk(r) for r in records], arr)
+
+    def checkpoint(self, seq: int) -> None:
+        """The snapshot now holds every operation up to ``seq``: forget them."""
+        with self._mutex, self._tx():
+            self._db.execute("DELETE FROM pending WHERE seq <= ?", (seq,))
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'checkpoint'",
+                             (str(max(seq, self.checkpoint_seq(locked=True))),))
+
+    def checkpoint_seq(self, *, locked: bool = False) -> int:
+        query = "SELECT value FROM meta WHERE key = 'checkpoint'"
+        if locked:
+            return int(self._db.execute(query).fetchone()[0])
+        with self._mutex:
+            return int(self._db.execute(query).fetchone()[0])
+
+    def last_seq(self) -> int:
+        """The sequence number of the newest operation ever written (0 for none)."""
+        with self._mutex:
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'pending'"
+                                   ).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- documents ------------------------------------------------------------------------------
+
+    def hash_of(self, doc_id: str) -> str | None:
+        with self._mutex:
+            row = self._db.execute("SELECT hash FROM documents WHERE id = ?", (doc_id,)).fetchone()
+        return row[0] if row else None
+
+    def documents(self, offset: int = 0, limit: int | None = None) -> list[DocumentInfo]:
+        """The indexed documents ordered by id (``limit=None``: all of them)."""
+        with self._mutex:
+            rows = self._db.execute("SELECT id, source, hash, chunks FROM documents ORDER BY id "
+                                    "LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset)
+                                    ).fetchall()
+        return [DocumentInfo(*row) for row in rows]
+
+    def count(self) -> int:
+        with self._mutex:
+            return int(self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+
+    def seed(self, docs: Mapping[str, DocumentInfo]) -> None:
+        """Fill an empty ``documents`` table from an index saved before this log existed."""
+        with self._mutex, self._tx():
+            self._db.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?)",
+                                 [(d.id, d.source, d.content_hash, d.chunks)
+                                  for d in docs.values()])
+
+    # -- one writer process ---------------------------------------------------------------------
+
+    def acquire_writer(self) -> None:
+        """Take the folder's write lock for this process (held until ``close``)."""
+        if self._lock_fd is not None:
+            return
+        import fcntl
+
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise WriterBusyError(
+                f"{self.root} is being written by {holder}; one process writes to an index at a "
+                "time: wait for it to finish (readers may open the index meanwhile)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+        with self._mutex:
+            self._db.close()
+
