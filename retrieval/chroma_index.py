@@ -96,6 +96,9 @@ class ChromaIndex(Guarded):
     replaces it, metadata included. The client connects on first use, not when built.
     """
 
+    # where the data lives, not how it is indexed: a saved index points at its own copy
+    LOCATION_KEYS = frozenset({"path"})
+
     path: str | None = None  # PersistentClient folder; None (and no host): in memory
     host: str | None = None  # Chroma server (exclusive with path)
     port: int = 8000

@@ -307,10 +307,12 @@ def _open_target(pipe: Any, target: Path) -> Any:
 
 
 def _build_time(index: Any, config: Any) -> Any:
-    """``config`` without the settings a saved index takes at query time."""
+    """``config`` without the settings a saved index takes at query time or that say only where
+    its data lives (an embedded Chroma's ``path``)."""
     if not isinstance(config, Mapping):
         return config
-    return {k: v for k, v in config.items() if k not in getattr(type(index), "QUERY_TIME", ())}
+    skip = {*getattr(type(index), "QUERY_TIME", ()), *getattr(type(index), "LOCATION_KEYS", ())}
+    return {k: v for k, v in config.items() if k not in skip}
 
 
 def _sync(pipe: Any, sources: set[str]) -> int:

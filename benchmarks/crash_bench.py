@@ -1,0 +1,196 @@
+"""kill -9 ``ragkit index`` at random moments, then check what it left behind.
+
+For each store (memory, faiss, chroma), a clean build of a corpus of a few hundred documents gives
+the reference: every document's chunks (ids, offsets, texts). Then, ``--kills`` times: start
+``ragkit index --append`` into a folder, kill it with SIGKILL after a random delay within the
+time a clean run takes, and
+
+1. open the folder (``RAGPipeline.load``) unless the kill came before the run created it: a
+   failure to open counts as a *failed open*; *mid-run* counts the kills after which the folder
+   held some documents but not yet the finished set (the kill landed during the writes);
+2. count *half-indexed* documents: ones the opened index holds with chunks other than the clean
+   build's (some missing, or a mix of versions). Must be 0;
+3. run ``ragkit index --append`` again to completion and compare every document's chunks with
+   the clean build (*mismatched after re-run*, must be 0).
+
+Every fourth kill, the corpus is changed first (a few documents rewritten, one removed, one
+added) and the re-run uses ``--sync``, so kills also land while documents are being replaced.
+
+    .venv/bin/python benchmarks/crash_bench.py --kills 100 --stores memory,faiss,chroma
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {"chunker": {"name": "fixed", "chunk_size": 24, "overlap": 4, "tokenizer": "whitespace"},
+          "embedder": {"name": "hash", "dim": 64}, "k": 5}
+WORDS = ("river mill copper harbour orbit tower nectar waggle bridge cipher lantern meadow "
+         "quartz signal timber velvet").split()
+
+
+def make_corpus(folder: Path, n: int, version: int = 0) -> None:
+    """``n`` text files; ``version`` rewrites some of them, drops one and adds one."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for i in range(n + (1 if version else 0)):
+        if version and i == version % n:
+            continue  # removed in this version
+        rng = random.Random(f"{i}/{version if i % 7 == version % 7 else 0}")
+        words = [rng.choice(WORDS) for _ in range(rng.randrange(60, 400))]
+        (folder / f"doc{i:04d}.txt").write_text(" ".join(words) + "\n", encoding="utf-8")
+
+
+def chunks_by_doc(out: Path) -> dict[str, list[tuple[str, str]]]:
+    from ragkit.pipeline import RAGPipeline
+
+    pipe = RAGPipeline.load(out)
+    try:
+        got: dict[str, list[tuple[str, str]]] = {}
+        for c in pipe.index.chunks():
+            got.setdefault(c.doc_id, []).append((c.id, c.text))
+        return {d: sorted(v) for d, v in got.items()}
+    finally:
+        pipe.close()
+
+
+def ragkit_index(corpus: Path, config: Path, out: Path, *flags: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ragkit.cli", "index", str(corpus), "--config", str(config),
+           "--out", str(out), "--no-progress", *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ragkit index failed ({proc.returncode}): {err.decode()[-2000:]}")
+
+
+def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
+              say: Callable[[str], None]) -> dict[str, Any]:
+    import yaml
+
+    from ragkit.ingest import index_state
+
+    rng = random.Random(seed)
+    config = work / f"{store}.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "index": {"name": store}}), encoding="utf-8")
+    corpus, clean, out = work / "corpus", work / f"clean-{store}", work / f"out-{store}"
+    references: dict[int, dict[str, list[tuple[str, str]]]] = {}
+
+    def reference(version: int) -> dict[str, list[tuple[str, str]]]:
+        if version not in references:
+            make_corpus(corpus, docs, version)
+            shutil.rmtree(clean, ignore_errors=True)
+            finish(ragkit_index(corpus, config, clean))
+            references[version] = chunks_by_doc(clean)
+        return references[version]
+
+    t0 = time.perf_counter()
+    reference(0)
+    clean_s = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    stats = {"store": store, "kills": 0, "not_created": 0, "mid_run": 0, "failed_opens": 0,
+             "half_indexed": 0,
+             "mismatched_after_rerun": 0, "clean_build_s": round(clean_s, 2), "errors": []}
+    version = 0
+    for i in range(kills):
+        if i % 4 == 3:
+            version += 1
+        ref = reference(version)
+        make_corpus(corpus, docs, version)
+        flags = ("--sync",) if version else ("--append",)
+        proc = ragkit_index(corpus, config, out, *flags)
+        time.sleep(rng.uniform(0.2, clean_s * 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stats["kills"] += 1
+        if index_state(out) == "none":
+            stats["not_created"] += 1
+        else:
+            try:
+                seen = chunks_by_doc(out)
+            except Exception as exc:  # noqa: BLE001 - what the benchmark counts
+                stats["failed_opens"] += 1
+                stats["errors"].append(f"kill {i}: open: {type(exc).__name__}: {exc}"[:300])
+                seen = {}
+            if 0 < len(seen) and seen != ref:
+                stats["mid_run"] += 1  # the kill landed while documents were being written
+            everything = {d: c for refs in references.values() for d, c in refs.items()}
+            versions = [refs for refs in references.values()]
+            for doc_id, chunks in seen.items():
+                if not any(refs.get(doc_id) == chunks for refs in versions):
+                    stats["half_indexed"] += 1
+                    stats["errors"].append(f"kill {i}: {doc_id} half-indexed "
+                                           f"({len(chunks)} chunks, clean "
+                                           f"{len(everything.get(doc_id, []))})")
+        finish(ragkit_index(corpus, config, out, *flags))
+        after = chunks_by_doc(out)
+        bad = sorted(d for d in set(after) | set(ref) if after.get(d) != ref.get(d))
+        stats["mismatched_after_rerun"] += len(bad)
+        if bad:
+            stats["errors"].append(f"kill {i}: after the re-run {len(bad)} documents differ from "
+                                   f"a clean build, e.g. {bad[0]}")
+        say(f"{store}: kill {i + 1}/{kills}: half-indexed {stats['half_indexed']}, failed opens "
+            f"{stats['failed_opens']}, mismatched {stats['mismatched_after_rerun']}")
+    return stats
+
+
+def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="ragkit-crash-"))
+    try:
+        rows = [run_store(s, args.kills, args.docs, work, args.seed, say) for s in args.stores]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"docs": args.docs, "kills_per_store": args.kills, "rows": rows}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"{result['docs']} documents, {result['kills_per_store']} kills per store", "",
+             "| store | kills | before the folder existed | mid-run | failed opens | half-indexed "
+             "| mismatched after re-run |", "|---|--:|--:|--:|--:|--:|--:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['store']} | {r['kills']} | {r['not_created']} | {r['mid_run']} | "
+                     f"{r['failed_opens']} | "
+                     f"{r['half_indexed']} | {r['mismatched_after_rerun']} |")
+    errors = [e for r in result["rows"] for e in r["errors"]]
+    if errors:
+        lines += ["", "first problems:", *(f"- {e}" for e in errors[:10])]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kills", type=int, default=100)
+    p.add_argument("--docs", type=int, default=300)
+    p.add_argument("--stores", type=lambda s: s.split(","), default=["memory", "faiss", "chroma"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    args.argv = list(argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from ragkit.bench import report_main
+
+    return report_main(argv, parse_args, run, markdown,
+                       lambda a: "python benchmarks/crash_bench.py " + " ".join(a))
+
+
+if __name__ == "__main__":
+    main()
