@@ -222,7 +222,12 @@ def cmd_chunk(args: argparse.Namespace) -> int:
     from ragkit.config import build
 
     config = _config(args)
-    chunker = build("chunker", config.get("chunker", DEFAULT_NAMES["chunker"]), path="chunker")
+    if config:  # the whole file is checked, as by every other command (typos, unknown names)
+        from ragkit.pipeline import RAGPipeline
+
+        chunker = RAGPipeline.from_config(config).chunker
+    else:
+        chunker = build("chunker", DEFAULT_NAMES["chunker"], path="chunker")
     docs = _documents(args, chunker)
     total_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
     sizes: list[int] = []
@@ -316,8 +321,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_docs_list(args: argparse.Namespace) -> int:
     from ragkit.pipeline import RAGPipeline
 
-    pipe = RAGPipeline.load(args.index)
-    docs = pipe.documents()
+    with RAGPipeline.load(args.index) as pipe:
+        docs = pipe.documents()
     if args.json:
         _print_json([d.to_dict() for d in docs])
         return 0
@@ -332,7 +337,11 @@ def cmd_docs_delete(args: argparse.Namespace) -> int:
 
     if not args.ids and not args.source:
         raise ConfigError("name the documents to delete: ids, or --source FILE", path="ids")
-    pipe = RAGPipeline.load(args.index)
+    with RAGPipeline.load(args.index) as pipe:
+        return _delete_docs(pipe, args)
+
+
+def _delete_docs(pipe: Any, args: argparse.Namespace) -> int:
     docs = {d.id: d for d in pipe.documents()}
     unknown = [i for i in args.ids if i not in docs]
     if unknown:

@@ -310,6 +310,12 @@ class RAGPipeline:
             self._log.close()
             self._log = None
 
+    def __enter__(self) -> RAGPipeline:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     # -- the folder's log -----------------------------------------------------------------------
 
     def _open_folder(self, path: Path, *, fresh: bool = False) -> None:
