@@ -21,6 +21,10 @@ Saved as a folder of plain files, never a pickle::
 
 The bm25s matrices are not saved: ``load`` re-tokenizes the texts (``O(chars)``) and the first
 search rebuilds the index, so a saved index never disagrees with the installed bm25s.
+
+Thread safety: many readers and one writer at a time, through the readers-writer lock of
+``ragkit.concurrency`` around every public method (see there for why a lock and not
+copy-on-write); ``replace`` swaps a document's chunks in one write.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ process that opens the collection sees what it was built with.
 loaded from there), only the pointer is rewritten; otherwise (in memory, or persistent elsewhere)
 the collection is copied into a new ``PersistentClient`` at ``path/data``, swapped in whole like
 ``MemoryIndex`` does. ``load(path)`` opens what the pointer names.
+
+Thread safety: many readers and one writer at a time, through the readers-writer lock of
+``ragkit.concurrency`` around every public method (see there for why a lock and not
+copy-on-write); ``replace`` swaps a document's chunks in one write.
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ Saved as a folder of plain files, never a pickle::
     refine.faiss    the fp16 vectors of a trained IVF-PQ index with refine_factor > 0
     labels.npy      int64 (count,), the label of each line of chunks.jsonl
     chunks.jsonl    one chunk per line, in chunks() order, as MemoryIndex writes them
+
+Thread safety: many readers and one writer at a time, through the readers-writer lock of
+``ragkit.concurrency`` around every public method (see there for why a lock and not
+copy-on-write); ``replace`` swaps a document's chunks in one write.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ side. Saved as a folder::
     meta.json    format, version, the hybrid's config and the registered names of both sides
     dense/       the dense index, saved by its own ``save``
     sparse/      the sparse index, saved by its own ``save``
+
+Thread safety: many readers and one writer at a time, through the readers-writer lock of
+``ragkit.concurrency`` around every public method (see there for why a lock and not
+copy-on-write); ``replace`` swaps a document's chunks in one write.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ Saved as a folder of plain files, never a pickle::
     meta.json       format, version, metric, dim, count and the sha256 of the two files below
     vectors.npy     float32 (count, dim), rows aligned with chunks.jsonl
     chunks.jsonl    one chunk per line: doc_id, start, end, text, index, metadata
+
+Thread safety: many readers and one writer at a time, through the readers-writer lock of
+``ragkit.concurrency`` around every public method (see there for why a lock and not
+copy-on-write); ``replace`` swaps a document's chunks in one write.
 """
 
 from __future__ import annotations
