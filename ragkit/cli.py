@@ -463,19 +463,22 @@ def _pipeline_with_generator(args: argparse.Namespace):
     generator: the saved one, or the ``generator`` section of --config, or the default, with the
     -o generator.* overrides applied on top."""
     from ragkit.config import apply_overrides, build, load_yaml
-    from ragkit.pipeline import RAGPipeline
+    from ragkit.pipeline import CONFIG_FILE, RAGPipeline
 
     def is_gen(item: str) -> bool:
         return item.partition("=")[0].split(".")[0] == "generator"
 
-    pipe = RAGPipeline.load(args.index, [o for o in args.override if not is_gen(o)])
-    spec = pipe.generator if pipe.generator is not None else DEFAULT_GENERATOR
+    # the saved generator is not built here: it may be replaced below (one generator a command)
+    pipe = RAGPipeline.load(args.index, [*(o for o in args.override if not is_gen(o)),
+                                         "generator=null"])
+    spec = load_yaml(Path(args.index) / CONFIG_FILE).get("generator") or DEFAULT_GENERATOR
     if args.config:
         spec = load_yaml(args.config).get("generator", spec)
-    # in full (nested components named), so that -o generator.kv_store.path=... has a base
-    spec = to_plain(build("generator", spec, path="generator"))
-    spec = apply_overrides({"generator": spec}, [o for o in args.override if is_gen(o)])
-    pipe.generator = build("generator", spec["generator"], path="generator")
+    overrides = [o for o in args.override if is_gen(o)]
+    if overrides:  # in full (nested components named), so -o generator.kv_store.path=... has a base
+        full = to_plain(build("generator", spec, path="generator"))
+        spec = apply_overrides({"generator": full}, overrides)["generator"]
+    pipe.generator = build("generator", spec, path="generator")
     return pipe
 
 
