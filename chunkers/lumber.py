@@ -54,6 +54,7 @@ from ragkit.chunkers.llm import (
 from ragkit.chunkers.sentence import sentence_spans
 from ragkit.config import check_template
 from ragkit.errors import ConfigError
+from ragkit.protocols import Completes, ScoresOptions
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
 
@@ -120,10 +121,10 @@ class LumberChunker:
         if self.mode not in ("auto", "complete", "score"):
             raise ConfigError(f"unknown mode {self.mode!r}; choose one of auto, complete, score",
                               path="mode")
-        needs = ("score",) if self.mode == "score" else ("complete",)
+        needs = (ScoresOptions,) if self.mode == "score" else (Completes,)
         if self.mode == "auto":  # build first, then see what it can do
             self.llm = build_llm(self.llm, (), why="the lumber chunker")
-            needs = ("score",) if callable(getattr(self.llm, "score", None)) else ("complete",)
+            needs = (ScoresOptions,) if isinstance(self.llm, ScoresOptions) else (Completes,)
         self.llm = build_llm(self.llm, needs, why=f"the lumber chunker (mode {self.mode!r})")
         check_int(self.chunk_size, "chunk_size", 1)
         check_int(self.min_size, "min_size", 0)
@@ -147,7 +148,7 @@ class LumberChunker:
     @property
     def _scoring(self) -> bool:
         return self.mode == "score" or (
-            self.mode == "auto" and callable(getattr(self.llm, "score", None))
+            self.mode == "auto" and isinstance(self.llm, ScoresOptions)
         )
 
     @cached_property

@@ -51,6 +51,7 @@ from ragkit.chunkers.llm import (
 from ragkit.chunkers.sentence import sentence_spans
 from ragkit.config import check_template
 from ragkit.errors import ConfigError
+from ragkit.protocols import ScoresOptions, TokenLogprobLLM
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
 
@@ -95,7 +96,7 @@ class PerplexityChunker:
         if self.method not in ("ppl", "margin"):
             raise ConfigError(f"unknown method {self.method!r}; choose one of ppl, margin",
                               path="method")
-        needs = ("token_logprobs",) if self.method == "ppl" else ("score",)
+        needs = (TokenLogprobLLM,) if self.method == "ppl" else (ScoresOptions,)
         self.llm = build_llm(self.llm, needs,
                              why=f"the perplexity chunker's {self.method!r} method")
         if self.threshold is not None:

@@ -24,7 +24,6 @@ limit is enforced as well, so no chunk this chunker returns would be truncated b
 from __future__ import annotations
 
 import heapq
-import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -39,6 +38,13 @@ from ragkit.chunkers.sentence import sentence_spans
 from ragkit import registry
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError
+from ragkit.protocols import (
+    LimitsTextTokens,
+    LimitsTokens,
+    NamesTokenizer,
+    ReadsTokenizerFile,
+    provides,
+)
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
 
@@ -169,14 +175,14 @@ def check_budget_fields(chunker: Any) -> None:
     if chunker.tokenizer is not None:
         check_tokenizer_name(chunker.tokenizer)
     name = _embedder_name(chunker.embedder)
-    if chunker.tokenizer is None and not _declares(chunker.embedder, "tokenizer"):
+    if chunker.tokenizer is None and not provides(chunker.embedder, NamesTokenizer):
         raise ConfigError(
             f"embedder {name!r} has no tokenizer to count chunk sizes with; set tokenizer "
             "(e.g. whitespace, cl100k, all-MiniLM-L6-v2) and chunk_size",
             path="tokenizer",
         )
     if size is None and not (
-        _declares(chunker.embedder, "max_text_tokens") or _declares(chunker.embedder, "max_tokens")
+        provides(chunker.embedder, LimitsTextTokens) or provides(chunker.embedder, LimitsTokens)
     ):
         raise ConfigError(
             f"embedder {name!r} declares no input limit to default to; set chunk_size "
@@ -202,7 +208,7 @@ class Budget:
     def resolve(cls, embedder: Any, tokenizer: str | None, chunk_size: int | None) -> Budget:
         etok: Tokenizer | None = None
         elimit = _embedder_limit(embedder)
-        if _declares(embedder, "tokenizer"):
+        if provides(embedder, NamesTokenizer):
             etok = load_tokenizer(embedder.tokenizer)
         tok = load_tokenizer(tokenizer) if tokenizer is not None else etok
         same = etok is not None and (tok is etok or _same_tokenizer(tok, etok))
@@ -435,22 +441,11 @@ def _check_int(value: Any, name: str, low: int, *, nullable: bool = False) -> No
         raise ConfigError(f"must be an int >= {low}{null}; got {value!r}", path=name)
 
 
-def _declares(obj: Any, name: str) -> bool:
-    """Whether ``obj`` offers ``name`` without computing it (a property counts; ``None`` not)."""
-    try:
-        attr = inspect.getattr_static(obj, name)
-    except AttributeError:
-        return False
-    if isinstance(attr, property | cached_property):
-        return True
-    return attr is not None
-
-
 def _embedder_limit(embedder: Any) -> int | None:
     """The longest text, in the embedder's tokens, that it reads without cutting."""
-    if _declares(embedder, "max_text_tokens"):
+    if provides(embedder, LimitsTextTokens):
         return int(embedder.max_text_tokens)
-    if _declares(embedder, "max_tokens"):
+    if provides(embedder, LimitsTokens):
         limit = embedder.max_tokens
         return None if limit is None else int(limit)
     return None
@@ -458,8 +453,9 @@ def _embedder_limit(embedder: Any) -> int | None:
 
 def _same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
     """Two loaded tokenizers read the same file (``hf:<folder>`` and ``all-MiniLM-L6-v2``)."""
-    pa, pb = getattr(a, "path", None), getattr(b, "path", None)
-    return pa is not None and pb is not None and os.path.realpath(pa) == os.path.realpath(pb)
+    if not (isinstance(a, ReadsTokenizerFile) and isinstance(b, ReadsTokenizerFile)):
+        return False
+    return os.path.realpath(a.path) == os.path.realpath(b.path)
 
 
 def _embedder_name(embedder: Any) -> str:

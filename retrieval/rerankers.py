@@ -21,13 +21,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import numpy as np
 
 from ragkit._deps import require
 from ragkit.config import COMPONENT_KIND, build, check_template
 from ragkit.errors import ConfigError
+from ragkit.protocols import Completes, Fingerprinted, ScoresOptions, TokenLogprobLLM, provides
 from ragkit.types import Hit
 
 log = logging.getLogger(__name__)
@@ -126,21 +127,10 @@ class CrossEncoderReranker:
 # -- LLM ------------------------------------------------------------------------------------------
 
 
-@runtime_checkable
-class LLM(Protocol):
-    """The text-completion interface ragkit's generation backends implement for components that
-    prompt a model (rerankers, LLM chunkers, judges): the model's answer to ``prompt``."""
-
-    def complete(self, prompt: str) -> str: ...
-
-
-@runtime_checkable
-class ScoringLLM(Protocol):
-    """An optional ability of an LLM backend: the natural-log probability of each of ``options``
-    as the continuation of ``prompt`` (all of an option's tokens). Missing options count as
-    impossible."""
-
-    def score(self, prompt: str, options: Sequence[str]) -> dict[str, float]: ...
+# the abilities an LLM reranker asks for, declared in the kernel (ragkit.protocols); the old names
+# stay importable from here
+LLM = Completes
+ScoringLLM = ScoresOptions
 
 
 DEFAULT_TEMPLATE = (
@@ -219,8 +209,8 @@ class LLMReranker:
             raise ConfigError(
                 f"unknown mode {self.mode!r}; choose one of auto, complete, score", path="mode"
             )
-        can_complete = callable(getattr(self.llm, "complete", None))
-        can_score = callable(getattr(self.llm, "score", None))
+        can_complete = isinstance(self.llm, Completes)
+        can_score = isinstance(self.llm, ScoresOptions)
         need = {"auto": can_complete or can_score, "complete": can_complete, "score": can_score}
         if not need[self.mode]:
             what = {"auto": "complete(prompt) or score(prompt, options)",
@@ -248,7 +238,7 @@ class LLMReranker:
     @property
     def _scores_options(self) -> bool:
         return self.mode == "score" or (
-            self.mode == "auto" and callable(getattr(self.llm, "score", None))
+            self.mode == "auto" and isinstance(self.llm, ScoresOptions)
         )
 
     def grade(self, query: str, text: str) -> tuple[float | None, str]:
@@ -310,7 +300,7 @@ def _check_cache(cache: Any, llm: Any) -> str | None:
         return None
     if not isinstance(cache, str | Path) or not str(cache):
         raise ConfigError(f"must be a file path or null; got {cache!r}", path="cache")
-    if not hasattr(type(llm), "fingerprint") and not hasattr(llm, "fingerprint"):
+    if not provides(llm, Fingerprinted):  # not isinstance: reading a fingerprint loads the model
         raise ConfigError(
             f"a grade cache needs an LLM with a fingerprint (weights, tokenizer) to key its "
             f"grades by; {type(llm).__name__} has none: set cache: null",
@@ -354,7 +344,7 @@ class QueryLikelihoodReranker:
     (``{text}``; the query follows after one space). No grade is asked for and none can fail
     to parse, which suits small models that are poor judges but fair language models.
 
-    ``llm`` needs ``token_logprobs(segments)`` (``ragkit.generation.base.TokenLogprobLLM``; the
+    ``llm`` needs ``token_logprobs(segments)`` (``ragkit.protocols.TokenLogprobLLM``; the
     transformers generator has it, as does ``ragkit.testing:FakeLM`` for tests). ``window``:
     the LM context in its tokens (passage plus query). ``cache``: as for the ``llm`` reranker, a
     sqlite file of scores keyed by the LLM's fingerprint and the exact text read.
@@ -372,7 +362,7 @@ class QueryLikelihoodReranker:
                               "{name: transformers}", path="llm")
         if isinstance(self.llm, str | Mapping):
             self.llm = build("generator", self.llm, path="llm")
-        if not callable(getattr(self.llm, "token_logprobs", None)):
+        if not isinstance(self.llm, TokenLogprobLLM):
             raise ConfigError(f"{type(self.llm).__name__} has no token_logprobs(segments) method, "
                               "which query likelihood needs", path="llm")
         check_template(self.template, {"text"}, path="template")

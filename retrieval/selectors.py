@@ -26,6 +26,8 @@ import numpy as np
 
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError, RagkitError
+from ragkit.protocols import HasDocChunks
+from ragkit.retrieval.base import SelectionContext
 from ragkit.tokenizers import check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Hit
 
@@ -149,8 +151,8 @@ class MMR:
         hits = list(hits)
         if not hits:
             return []
-        embed = getattr(context, "embed", None)
-        qvec = getattr(context, "query_vec", None)
+        embed = context.embed if isinstance(context, SelectionContext) else None
+        qvec = context.query_vec if isinstance(context, SelectionContext) else None
         if embed is None or (qvec is None and not query):
             raise SelectionError(
                 "selector 'mmr' needs context.embed (the pipeline's embedder) to compare the hit "
@@ -288,8 +290,8 @@ class Neighbours:
         if self.inner is not None:
             hits = self.inner.select(query, hits, context)
         hits = list(hits)
-        index = getattr(context, "index", None)
-        if hits and not callable(getattr(index, "doc_chunks", None)):
+        index = context.index if isinstance(context, SelectionContext) else None
+        if hits and not isinstance(index, HasDocChunks):
             raise SelectionError(
                 "selector 'neighbours' needs context.index with doc_chunks(doc_id) (the "
                 f"pipeline's index); got {type(index).__name__}"

@@ -32,6 +32,7 @@ from ragkit.config import COMPONENT_KIND, build, model_spec
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.evaluation.data import EvalDataset
 from ragkit.evaluation.metrics import omega, retrieval_scores
+from ragkit.protocols import ChunksAndEmbeds, HasEmbedder, KeepsStats, TokenLogprobLLM
 
 Span = tuple[int, int]
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
@@ -71,8 +72,8 @@ class ChunkingEval:
         }
         self.embedder = build("embedder", self.embedder, path="embedder")
         for label, chunker in self.chunkers.items():
-            own = getattr(chunker, "embedder", None)
-            if hasattr(chunker, "chunk_and_embed") and own is not None:
+            own = chunker.embedder if isinstance(chunker, HasEmbedder) else None
+            if isinstance(chunker, ChunksAndEmbeds) and own is not None:
                 if model_spec(own) != model_spec(self.embedder):
                     raise ConfigError(
                         f"embeds chunks with {model_spec(own)} but questions are embedded with "
@@ -115,7 +116,7 @@ class ChunkingEval:
             self.llm = {"name": "transformers", "kv_store": None}
         if isinstance(self.llm, str | Mapping):
             self.llm = build("generator", self.llm, path="llm")
-        if self.quality_metrics and not callable(getattr(self.llm, "token_logprobs", None)):
+        if self.quality_metrics and not isinstance(self.llm, TokenLogprobLLM):
             raise ConfigError(
                 f"{type(self.llm).__name__} has no token_logprobs() method, which "
                 "quality_metrics need (per-token log-probabilities; the transformers generator "
@@ -176,7 +177,7 @@ def evaluate_chunking(
         loop = progress(corpus_ids, f"chunking {label}", len(corpus_ids)) if progress else corpus_ids
         for cid in loop:
             doc = dataset.corpora[cid]
-            if hasattr(chunker, "chunk_and_embed"):
+            if isinstance(chunker, ChunksAndEmbeds):
                 chunks, v = chunker.chunk_and_embed(doc)
                 own_vecs.append(np.asarray(v, dtype=np.float32))
             else:
@@ -192,7 +193,7 @@ def evaluate_chunking(
         chunker_stats = counts_since(chunker, stats_before)
         if not spans:
             raise RagkitError(f"chunker {label!r} produced no chunks for the dataset")
-        if hasattr(chunker, "chunk_and_embed"):
+        if isinstance(chunker, ChunksAndEmbeds):
             vecs = _normalise(np.concatenate(own_vecs))
         else:
             vecs = _normalise(embed_with_cache(config.embedder, texts, cache, progress=progress,
@@ -304,8 +305,9 @@ def _aggregate(per_q: dict[str, dict[str, list[float]]], corpus_of: list[str]) -
 
 def counts_of(component: Any) -> dict[str, Any] | None:
     """A copy of the ``stats`` dict a component keeps about its own work, or ``None``."""
-    stats = getattr(component, "stats", None)
-    return dict(stats) if isinstance(stats, dict) else None
+    if not isinstance(component, KeepsStats) or not isinstance(component.stats, dict):
+        return None
+    return dict(component.stats)
 
 
 def counts_since(component: Any, before: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from ragkit.errors import ConfigError
 from ragkit.evaluation.chunking import METRICS, _aggregate, counts_of, counts_since
 from ragkit.evaluation.data import EvalDataset
 from ragkit.evaluation.metrics import omega, retrieval_scores
+from ragkit.protocols import ListsChunks
 from ragkit.types import Document
 
 
@@ -76,7 +77,7 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
         t0 = time.perf_counter()
         pipe.add(docs)
         t_add = time.perf_counter() - t0
-        chunks = list(pipe.index.chunks()) if hasattr(pipe.index, "chunks") else []
+        chunks = list(pipe.index.chunks()) if isinstance(pipe.index, ListsChunks) else []
         by_corpus: dict[str, list[tuple[int, int]]] = {}
         for c in chunks:
             by_corpus.setdefault(c.doc_id, []).append((c.start, c.end))
