@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ragkit.checks import check_int
 from ragkit.errors import ConfigError
 from ragkit.protocols import SplitsAtAsciiEdges, SplitsAtWordEnds
 from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, Tokenizer, ascii_edge
@@ -32,10 +33,8 @@ class Chunker(Protocol):
 
 def check_size(chunk_size: int, overlap: int, *, overlap_unit: str = "tokens") -> None:
     """Shared ``__post_init__`` checks of a size budget and its overlap."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"must be an int >= 1; got {chunk_size!r}", path="chunk_size")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-        raise ConfigError(f"must be an int >= 0 ({overlap_unit}); got {overlap!r}", path="overlap")
+    check_int(chunk_size, "chunk_size", min=1)
+    check_int(overlap, "overlap", min=0, hint=overlap_unit)
     if overlap_unit == "tokens" and overlap >= chunk_size:
         raise ConfigError(
             f"must be smaller than chunk_size={chunk_size}; got {overlap}", path="overlap"

@@ -26,7 +26,8 @@ import numpy as np
 
 from ragkit.chunkers.base import make_chunks, trim
 from ragkit.chunkers.recursive import RecursiveChunker
-from ragkit.chunkers.semantic import Budget, Sizes, _check_int, check_budget_fields, embed_spans
+from ragkit.chunkers.semantic import Budget, Sizes, check_budget_fields, embed_spans
+from ragkit.checks import check_int
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.types import Chunk, Document
 
@@ -51,7 +52,7 @@ class ClusterChunker:
 
     def __post_init__(self) -> None:
         self.embedder = build("embedder", self.embedder, path="embedder")
-        _check_int(self.piece_size, "piece_size", 1)
+        check_int(self.piece_size, "piece_size", min=1)
         check_budget_fields(self)
 
     @cached_property

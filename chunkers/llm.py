@@ -21,7 +21,6 @@ on each chunk's own text:
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from typing import Any
@@ -74,20 +73,6 @@ def accepts(method: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def check_int(value: Any, name: str, low: int, *, nullable: bool = False) -> None:
-    if nullable and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        null = " or null" if nullable else ""
-        raise ConfigError(f"must be an int >= {low}{null}; got {value!r}", path=name)
-
-
-def check_number(value: Any, name: str, low: float = -math.inf, high: float = math.inf) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not low <= value <= high:
-        raise ConfigError(f"must be a number in [{low}, {high}]; got {value!r}", path=name)
 
 
 def budget(tok: Tokenizer, chunk_size: int) -> Budget:

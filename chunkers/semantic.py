@@ -36,6 +36,7 @@ import numpy as np
 from ragkit.chunkers.base import make_chunks, token_windows, trim
 from ragkit.chunkers.sentence import sentence_spans
 from ragkit import registry
+from ragkit.checks import check_int
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError
 from ragkit.protocols import (
@@ -114,8 +115,8 @@ class SemanticChunker:
                     f"above the mean: must be >= 0; got {t!r}",
                     path="threshold",
                 )
-        _check_int(self.window, "window", 1)
-        _check_int(self.min_size, "min_size", 0)
+        check_int(self.window, "window", min=1)
+        check_int(self.min_size, "min_size", min=0)
         check_budget_fields(self)
         if not isinstance(self.language, str) or not self.language:
             raise ConfigError(
@@ -169,9 +170,7 @@ class SemanticChunker:
 
 def check_budget_fields(chunker: Any) -> None:
     """Build-time checks of ``chunk_size`` / ``tokenizer`` against what the embedder declares."""
-    size = chunker.chunk_size
-    if size is not None:
-        _check_int(size, "chunk_size", 1, nullable=True)
+    size = check_int(chunker.chunk_size, "chunk_size", min=1, null=True)
     if chunker.tokenizer is not None:
         check_tokenizer_name(chunker.tokenizer)
     name = _embedder_name(chunker.embedder)
@@ -433,12 +432,6 @@ def mean_vector_similarity(
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _check_int(value: Any, name: str, low: int, *, nullable: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        null = " or null" if nullable else ""
-        raise ConfigError(f"must be an int >= {low}{null}; got {value!r}", path=name)
 
 
 def _embedder_limit(embedder: Any) -> int | None:

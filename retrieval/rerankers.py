@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit._deps import require
+from ragkit.checks import check_choice, check_int
 from ragkit.config import COMPONENT_KIND, build, check_template
 from ragkit.errors import ConfigError
 from ragkit.protocols import Completes, Fingerprinted, ScoresOptions, TokenLogprobLLM, provides
@@ -38,14 +39,6 @@ def _sorted_hits(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
     """Hits in order of ``scores`` descending; ties keep their given (first-stage) order."""
     order = sorted(range(len(hits)), key=lambda i: -scores[i])
     return [Hit(chunk=hits[i].chunk, score=float(scores[i]), rank=r) for r, i in enumerate(order)]
-
-
-def _check_int(value: Any, name: str, *, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        tail = " or null" if optional else ""
-        raise ConfigError(f"must be an int >= {minimum}{tail}; got {value!r}", path=name)
 
 
 # -- cross-encoder --------------------------------------------------------------------------------
@@ -74,8 +67,8 @@ class CrossEncoderReranker:
                 "Face cache",
                 path="model",
             )
-        _check_int(self.batch_size, "batch_size", minimum=1)
-        _check_int(self.max_length, "max_length", minimum=2, optional=True)
+        check_int(self.batch_size, "batch_size", min=1)
+        check_int(self.max_length, "max_length", min=2, null=True)
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(
                 f"expected a torch device such as 'cpu' or 'cuda:0'; got {self.device!r}",
@@ -205,10 +198,7 @@ class LLMReranker:
             )
         if isinstance(self.llm, str | Mapping):
             self.llm = build("generator", self.llm, path="llm")
-        if self.mode not in ("auto", "complete", "score"):
-            raise ConfigError(
-                f"unknown mode {self.mode!r}; choose one of auto, complete, score", path="mode"
-            )
+        check_choice(self.mode, "mode", ("auto", "complete", "score"), what="mode")
         can_complete = isinstance(self.llm, Completes)
         can_score = isinstance(self.llm, ScoresOptions)
         need = {"auto": can_complete or can_score, "complete": can_complete, "score": can_score}
@@ -366,7 +356,7 @@ class QueryLikelihoodReranker:
             raise ConfigError(f"{type(self.llm).__name__} has no token_logprobs(segments) method, "
                               "which query likelihood needs", path="llm")
         check_template(self.template, {"text"}, path="template")
-        _check_int(self.window, "window", minimum=2)
+        check_int(self.window, "window", min=2)
         self.cache = _check_cache(self.cache, self.llm)
         self.stats: dict[str, int] = {"scored": 0, "cached": 0}
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ragkit.checks import check_choice, check_int
 from ragkit.config import COMPONENT_KIND, build, model_spec
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.evaluation.data import EvalDataset
@@ -105,13 +106,10 @@ class ChunkingEval:
         if isinstance(k, bool) or not isinstance(k, int | float) or not -1e9 < k < 1:
             raise ConfigError(f"must be a number below 1 (edge weights are at most 1); got {k!r}",
                               path="stickiness_k")
-        if self.stickiness_graph not in ("incomplete", "complete"):
-            raise ConfigError(f"unknown graph {self.stickiness_graph!r}; choose one of "
-                              "incomplete, complete", path="stickiness_graph")
-        d = self.stickiness_max_distance
-        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
-            raise ConfigError(f"must be an int >= 1 or null (all pairs); got {d!r}",
-                              path="stickiness_max_distance")
+        check_choice(self.stickiness_graph, "stickiness_graph", ("incomplete", "complete"),
+                     what="graph")
+        check_int(self.stickiness_max_distance, "stickiness_max_distance", min=1, null=True,
+                  hint="all pairs")
         if self.quality_metrics and self.llm is None:
             self.llm = {"name": "transformers", "kv_store": None}
         if isinstance(self.llm, str | Mapping):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ragkit.checks import check_int
 from ragkit.errors import ConfigError
 from ragkit.evaluation.chunking import METRICS, _aggregate, counts_of, counts_since
 from ragkit.evaluation.data import EvalDataset
@@ -46,12 +47,7 @@ class RetrievalEval:
             except ConfigError as exc:
                 raise exc.under(f"paths.{label}") from None
         self.paths = built
-        ks = []
-        for k in self.ks:
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise ConfigError(f"each k must be an int >= 1; got {k!r}", path="ks")
-            ks.append(k)
-        self.ks = tuple(ks)
+        self.ks = tuple(check_int(k, "ks", min=1, hint="each k") for k in self.ks)
 
 
 @dataclass

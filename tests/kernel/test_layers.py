@@ -202,5 +202,5 @@ def test_an_install_puts_only_ragkit_in_site_packages(tmp_path):
                  if not p.name.endswith((".dist-info", ".egg-info")) and p.name != "bin")
     assert top == ["ragkit"]
     for sub in ("chunkers/base.py", "retrieval/memory_index.py", "generation/base.py",
-                "registry.py"):
+                "registry.py", "protocols.py", "checks.py"):
         assert (target / "ragkit" / sub).is_file(), sub
