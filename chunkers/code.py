@@ -63,7 +63,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit.chunkers.base import TokenIndex, check_size, pack_indexed, token_windows, trim
-from ragkit.chunkers.recursive import _after_each
+from ragkit.chunkers.recursive import after_each
 from ragkit import registry
 from ragkit._deps import require
 from ragkit.config import build, to_config
@@ -540,7 +540,7 @@ class _Walk:
         if self._fits(lo, hi):
             return [(lo, hi)]
         while level < len(LEAF_SEPARATORS):
-            bounds = _after_each(self.text, lo, hi, LEAF_SEPARATORS[level], self.index)
+            bounds = after_each(self.text, lo, hi, LEAF_SEPARATORS[level], self.index)
             level += 1
             if len(bounds) > 2:
                 out: list[tuple[int, int]] = []

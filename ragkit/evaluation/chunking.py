@@ -217,7 +217,7 @@ def evaluate_chunking(
             mean_chunk_chars=statistics.fmean(len(t) for t in texts),
             mean_chunk_tokens=statistics.fmean(tokens) if len(tokens) == len(texts) else None,
             mean_chunk_units=statistics.fmean(e - s for s, e in spans),
-            results=_aggregate(per_q, [q.corpus_id for q in dataset.questions]),
+            results=aggregate(per_q, [q.corpus_id for q in dataset.questions]),
             per_question=per_q,
             seconds=seconds,
             quality=quality,
@@ -288,7 +288,7 @@ def _near(spans: Sequence[Span], idx: list[int], refs: Sequence[Span]) -> list[i
     return [i for i in idx if spans[i][1] >= lo and spans[i][0] <= hi]
 
 
-def _aggregate(per_q: dict[str, dict[str, list[float]]], corpus_of: list[str]) -> dict[str, Any]:
+def aggregate(per_q: dict[str, dict[str, list[float]]], corpus_of: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     corpora = sorted(set(corpus_of))
     for k, vals in per_q.items():

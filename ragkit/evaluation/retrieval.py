@@ -15,7 +15,7 @@ from typing import Any
 
 from ragkit.checks import check_int
 from ragkit.errors import ConfigError
-from ragkit.evaluation.chunking import METRICS, _aggregate, counts_of, counts_since
+from ragkit.evaluation.chunking import METRICS, aggregate, counts_of, counts_since
 from ragkit.evaluation.data import EvalDataset
 from ragkit.evaluation.metrics import omega, retrieval_scores
 from ragkit.protocols import ListsChunks
@@ -106,7 +106,7 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
             mean_chunk_chars=(sum(e - s for c in by_corpus.values() for s, e in c) / len(chunks)
                               if chunks else 0.0),
             mean_hits=mean_hits,
-            results=_aggregate(per_q, [q.corpus_id for q in questions]),
+            results=aggregate(per_q, [q.corpus_id for q in questions]),
             per_question=per_q,
             seconds={"index": t_add, "retrieve": time.perf_counter() - t0 - t_add},
             reranker_stats=counts_since(pipe.reranker, before),
