@@ -25,7 +25,7 @@ from ragkit.chunkers.base import (
 )
 from ragkit.tokenizers import load_tokenizer
 from tests.test_chunker_properties import PROFILE, prose, unicode_text
-from tests.test_contracts import SAMPLES
+from tests.contracts.test_chunkers import SAMPLES
 
 WORD_END = re.compile(r"[A-Za-z0-9](?=[\t\n\x0b\x0c\r ])")
 # long enough that spans take the counting-from-the-index path (spans under 128 chars do not)

@@ -3,7 +3,7 @@
 Every registered chunker runs with every fast tokenizer on generated text (any code point but
 lone surrogates, with CJK, emoji and ZWJ sequences, combining marks, prepended marks, every kind
 of whitespace and "<|endoftext|>" over-represented) and on generated prose (words, sentences,
-paragraphs); the invariants are the ones of tests/test_contracts.py and must hold with zero
+paragraphs); the invariants are the ones of tests/contracts/test_chunkers.py and must hold with zero
 violations. Set CI=1 for a derandomized, repeatable run, and RAGKIT_HYPOTHESIS_EXAMPLES=5000
 for a longer search.
 """
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ragkit import registry
 from ragkit.errors import DocumentError
 from ragkit.types import Document
-from tests.test_contracts import contract_violations, make_chunker
+from tests.contracts.test_chunkers import contract_violations, make_chunker
 
 settings.register_profile(
     "chunker-properties",

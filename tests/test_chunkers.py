@@ -1,4 +1,4 @@
-"""What each chunking strategy does, beyond the shared contract (tests/test_contracts.py)."""
+"""What each chunking strategy does, beyond the shared contract (tests/contracts/test_chunkers.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ragkit.config import build
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import load_tokenizer
 from ragkit.types import Document
-from tests.test_contracts import CONTRACT_SPECS
+from tests.contracts.test_chunkers import CONTRACT_SPECS
 
 WORDS = " ".join(f"w{i}" for i in range(40))
 PARAGRAPHS = "First paragraph is short.\n\nSecond one is here too.\n\nThird paragraph ends it."

@@ -1,7 +1,7 @@
 """The code chunker on real tree-sitter grammars: languages, budgets, scopes, errors, odd text.
 
 The contract itself (exact offsets, coverage, budget, graphemes) is checked with the helper of
-tests/test_contracts.py, which also runs this chunker over its prose samples.
+tests/contracts/test_chunkers.py, which also runs this chunker over its prose samples.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ragkit.chunkers.recursive import RecursiveChunker
 from ragkit.config import build, to_config
 from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.types import Document
-from tests.test_contracts import contract_violations
+from tests.contracts.test_chunkers import contract_violations
 
 pytest.importorskip("tree_sitter")
 

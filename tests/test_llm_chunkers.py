@@ -16,7 +16,7 @@ from ragkit.config import build, to_config
 from ragkit.errors import ConfigError
 from ragkit.testing import FakeLM, ScriptedLLM
 from ragkit.types import Document
-from tests.test_contracts import contract_violations
+from tests.contracts.test_chunkers import contract_violations
 
 # Three sentences per topic, each re-using more of its topic's words: log-perplexity under
 # FakeLM falls within a topic and jumps at the next one.

@@ -7,11 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from ragkit import registry
 from ragkit.config import build, to_config
 from ragkit.errors import ConfigError
 from ragkit.types import Chunk, Document, Hit
-from ragkit.retrieval.base import SelectionContext, Selector
+from ragkit.retrieval.base import SelectionContext
 from ragkit.retrieval.memory_index import MemoryIndex
 from ragkit.retrieval.selectors import (
     MMR,
@@ -36,36 +35,6 @@ def hits_with(scores, tokens=None, doc="d") -> list[Hit]:
 
 def texts(hits):
     return [h.chunk.text for h in hits]
-
-
-# -- every registered selector -------------------------------------------------------------------
-
-SELECTORS = registry.names("selector")
-
-
-@pytest.mark.parametrize("name", SELECTORS)
-def test_every_selector_builds_round_trips_and_keeps_its_contract(name):
-    selector = build("selector", name)
-    assert isinstance(selector, Selector)
-    assert build("selector", to_config(selector, "selector")) == selector
-    doc = Document("d", " ".join(f"w{i}" for i in range(20)))
-    chunks = [Chunk.of(doc, 3 * i, 3 * i + 2, i) for i in range(7)]  # "w0", "w1", ... with gaps
-    index = MemoryIndex()
-    index.add(chunks, np.eye(7, 8, dtype=np.float32))
-    scores = [0.9, 0.8, 0.75, 0.3, 0.2, 0.1, 0.05]
-    hits = [Hit(c, s, r) for r, (c, s) in enumerate(zip(chunks, scores))]
-
-    def embed(texts):
-        return np.stack([np.eye(8, dtype=np.float32)[int(t[1:]) % 8] for t in texts])
-
-    context = SelectionContext(query_vec=np.ones(8, dtype=np.float32), embed=embed, index=index)
-    out = selector.select("query", hits, context)
-    assert [h.rank for h in out] == list(range(len(out)))
-    if name != "neighbours":  # the one selector that adds chunks
-        assert 0 < len(out) <= len(hits)
-        assert len({h.chunk.id for h in out}) == len(out)
-        assert {h.chunk for h in out} <= {h.chunk for h in hits}
-    assert selector.select("query", [], context) == []
 
 
 # -- top-k ---------------------------------------------------------------------------------------

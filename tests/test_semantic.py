@@ -22,7 +22,7 @@ from ragkit.testing import HashEmbedder
 from ragkit.tokenizers import load_tokenizer
 from ragkit.types import Document
 from ragkit.retrieval.embedders import SentenceTransformerEmbedder
-from tests.test_contracts import contract_violations
+from tests.contracts.test_chunkers import contract_violations
 
 from tests.dev_data import CORPORA, require
 
