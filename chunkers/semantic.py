@@ -56,8 +56,35 @@ DEFAULT_THRESHOLDS = {"percentile": 95.0, "std": 3.0, "iqr": 1.5, "gradient": 95
 Piece = tuple[int, int]  # char span [start, end) of a unit, trimmed
 
 
+class EmbedderBudget:
+    """The size budget of a chunker that embeds with ``embedder``: ``chunk_size`` tokens of
+    ``tokenizer`` (default: the embedder's own), and the embedder's input limit, resolved on
+    first use (that limit needs its model). Shared by the ``semantic`` and ``cluster``
+    chunkers, which have the three fields."""
+
+    embedder: Any
+    tokenizer: str | None
+    chunk_size: int | None
+
+    @cached_property
+    def _budget(self) -> Budget:
+        return Budget.resolve(self.embedder, self.tokenizer, self.chunk_size)
+
+    @property
+    def resolved_tokenizer(self) -> str:
+        """The tokenizer that counts ``chunk_size`` (and the chunker's other sizes) and each
+        chunk's tokens."""
+        return self.tokenizer or self.embedder.tokenizer
+
+    @property
+    def resolved_chunk_size(self) -> int | None:
+        """The most tokens of ``resolved_tokenizer`` in a chunk (``None``: no bound in those
+        tokens, only the embedder's limit in its own tokens)."""
+        return self._budget.chunk_size
+
+
 @dataclass(kw_only=True)
-class SemanticChunker:
+class SemanticChunker(EmbedderBudget):
     """Sentences grouped where adjacent groups are similar, cut where they are not.
 
     ``breakpoint`` and ``threshold``: a boundary becomes a cut when
@@ -123,22 +150,6 @@ class SemanticChunker:
                 f"must be a spaCy language code; got {self.language!r}", path="language"
             )
 
-    # -- the budget, resolved on first use (the embedder's limit needs its model) ---------------
-
-    @cached_property
-    def _budget(self) -> Budget:
-        return Budget.resolve(self.embedder, self.tokenizer, self.chunk_size)
-
-    @property
-    def resolved_tokenizer(self) -> str:
-        """The tokenizer that counts ``chunk_size`` and ``min_size``, and each chunk's tokens."""
-        return self.tokenizer or self.embedder.tokenizer
-
-    @property
-    def resolved_chunk_size(self) -> int | None:
-        """The most tokens of ``resolved_tokenizer`` in a chunk (``None``: no bound in those
-        tokens, only the embedder's limit in its own tokens)."""
-        return self._budget.chunk_size
 
     # -- chunking -------------------------------------------------------------------------------
 

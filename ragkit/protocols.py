@@ -11,8 +11,10 @@ optional abilities that more than one layer asks about live here:
   ``NamesTokenizer``, ``LimitsTextTokens``, ``LimitsTokens``, ``NamesModel``;
 - text: ``Tokenizer`` (counts tokens), ``SplitsAtWordEnds``, ``SplitsAtAsciiEdges``,
   ``ReadsTokenizerFile``;
-- chunkers: ``ChunksAndEmbeds`` (late chunking), ``HasEmbedder``;
-- indexes: ``HasDocHash``, ``ListsChunks``, ``HasDocChunks``, ``Persistent``, ``RecordsInfo``;
+- chunkers: ``ChunksAndEmbeds`` (late chunking), ``HasEmbedder``, ``CountsInTokenizer``,
+  ``TakesFileSuffixes``;
+- indexes: ``HasDocHash``, ``ListsChunks``, ``HasDocChunks``, ``Persistent``, ``RecordsInfo``,
+  ``QueryTimeSettings``, ``ConcurrentWriters``;
 - generation: ``StreamsTokens`` (the generator role), ``WarmsKV``, ``CachesKV``;
 - anything: ``KeepsStats``, ``Closes``.
 
@@ -191,6 +193,23 @@ class HasEmbedder(Protocol):
     embedder: Any
 
 
+@runtime_checkable
+class CountsInTokenizer(Protocol):
+    """A chunker whose sizes are counted in the tokenizer (or unit) named
+    ``resolved_tokenizer`` (its ``tokens`` metadata is in that unit)."""
+
+    @property
+    def resolved_tokenizer(self) -> str: ...
+
+
+@runtime_checkable
+class TakesFileSuffixes(Protocol):
+    """A chunker that says which files it can take from a folder (the loaders' ``suffixes``)."""
+
+    @property
+    def file_suffixes(self) -> tuple[str, ...]: ...
+
+
 # -- indexes --------------------------------------------------------------------------------------
 
 
@@ -224,6 +243,23 @@ class Persistent(Protocol):
 
     @classmethod
     def load(cls, path: str | Path) -> Any: ...
+
+
+@runtime_checkable
+class QueryTimeSettings(Protocol):
+    """An index whose search settings may change on a saved index (``QUERY_TIME``: the names of
+    those fields, e.g. faiss ``ef_search``); every other field is fixed when it is built."""
+
+    QUERY_TIME: frozenset[str]
+
+
+@runtime_checkable
+class ConcurrentWriters(Protocol):
+    """An index that several processes may write at once (``concurrent_writers``: whether this
+    one, as configured, can; e.g. a Chroma server)."""
+
+    @property
+    def concurrent_writers(self) -> bool: ...
 
 
 @runtime_checkable
