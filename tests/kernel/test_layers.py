@@ -35,10 +35,12 @@ KERNEL = frozenset({
     "ragkit",  # the package facade; see FACADE_LAZY for what it may import on first use
     "ragkit._deps", "ragkit.checks", "ragkit.config", "ragkit.errors", "ragkit.loaders",
     "ragkit.protocols", "ragkit.registry", "ragkit.testing", "ragkit.tokenizers", "ragkit.types",
+    "ragkit.concurrency",  # on main since the write-path work: the lock every index takes
 })
 STRATEGIES = ("ragkit.chunkers", "ragkit.retrieval", "ragkit.generation")
 APPLICATIONS = ("ragkit.pipeline", "ragkit.cli", "ragkit.ingest", "ragkit.evaluation",
-                "ragkit.bench", "ragkit.serve", "ragkit.integrations")
+                "ragkit.bench", "ragkit.serve", "ragkit.integrations",
+                "ragkit.doclog", "ragkit.stress")  # on main since the write-path work
 
 # `ragkit.RAGPipeline` and `ragkit.load_documents` are resolved on first attribute access
 # (PEP 562 __getattr__), so `import ragkit` stays light while the top-level names stay the same.
