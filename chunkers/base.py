@@ -101,7 +101,7 @@ _GLUE = (
     r"\p{GCB=L}\p{GCB=V}\p{GCB=T}\p{GCB=LV}\p{GCB=LVT}]"
 )
 # Where glue other than CR lives: from U+0300 (the first combining mark) through the SMP, and the
-# tags and variation selectors of plane 14 (tests/test_chunker_base.py checks all of Unicode).
+# tags and variation selectors of plane 14 (tests/chunkers/test_chunker_base.py checks all of Unicode).
 _GLUE_PLANES = ((0x300, 0x20000), (0xE0000, 0xE1000))
 _NO_INSIDE = np.zeros(0, dtype=np.int64)
 

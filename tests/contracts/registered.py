@@ -73,7 +73,7 @@ OFFLINE: dict[str, dict[str, Callable[[], dict[str, Any]]]] = {
 # What a component needs installed to run (not to build): module -> why it is missing here.
 NEEDS: dict[tuple[str, str], tuple[str, str]] = {
     ("generator", "vllm"): ("vllm", "vllm is not in this venv: it runs in a venv of its own "
-                                   "(scripts/setup_vllm.sh, tests/test_vllm_backend.py)"),
+                                   "(scripts/setup_vllm.sh, tests/generation/test_vllm_backend.py)"),
     ("index", "faiss"): ("faiss", "faiss-cpu is not installed (pip install ragkit[faiss])"),
     ("index", "chroma"): ("chromadb", "chromadb is not installed (pip install ragkit[chroma])"),
     ("index", "bm25"): ("bm25s", "bm25s is not installed (pip install ragkit[bm25])"),

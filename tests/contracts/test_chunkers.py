@@ -2,7 +2,7 @@
 
 New chunkers are covered as soon as they are registered: the suite iterates
 ``ragkit.registry.names("chunker")``. ``contract_violations`` is shared with the Hypothesis
-suite (tests/test_chunker_properties.py), so both check exactly the same invariants.
+suite (tests/chunkers/test_chunker_properties.py), so both check exactly the same invariants.
 """
 
 from __future__ import annotations

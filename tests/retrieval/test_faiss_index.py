@@ -23,7 +23,7 @@ from ragkit.retrieval.base import Index  # noqa: E402
 from ragkit.retrieval.faiss_index import FaissIndex  # noqa: E402
 from ragkit.retrieval.memory_index import IndexFileError  # noqa: E402
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 CORPUS = ROOT / "ragkit" / "data" / "corpus"
 KINDS = ["flat", "hnsw", "ivfpq"]
 SMALL = {"flat": {}, "hnsw": {}, "ivfpq": {"train_size": 300, "nlist": 8}}  # ivfpq trains

@@ -12,8 +12,8 @@ from ragkit.cli import main
 from ragkit.config import apply_overrides, build, load_yaml, to_config
 from ragkit.errors import ConfigError
 
-BAD = Path(__file__).parent / "bad_configs"
-CONFIGS = Path(__file__).parents[1] / "configs"
+BAD = Path(__file__).parents[1] / "bad_configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
 
 
 def _expected(path: Path) -> str:
@@ -88,7 +88,7 @@ def test_override_cli_wrong_type_is_exit_2(tmp_path, capsys):
 
 
 def test_out_of_tree_component_by_import_path():
-    spec = {"name": "tests.test_config:ShoutChunker", "upper": True}
+    spec = {"name": "tests.kernel.test_config:ShoutChunker", "upper": True}
     obj = build("chunker", spec)
     assert isinstance(obj, ShoutChunker) and obj.upper is True
     assert to_config(obj, "chunker") == spec
@@ -96,7 +96,7 @@ def test_out_of_tree_component_by_import_path():
 
 def test_required_key_missing_names_it():
     with pytest.raises(ConfigError) as exc:
-        build("chunker", {"name": "tests.test_config:NeedsModel"})
+        build("chunker", {"name": "tests.kernel.test_config:NeedsModel"})
     assert str(exc.value) == "chunker.model: required key is missing"
 
 

@@ -13,7 +13,7 @@ import pytest
 from ragkit.cli import main
 from tests.dev_data import CORPORA, require
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 CORPUS = ROOT / "ragkit" / "data" / "corpus"
 
 

@@ -9,7 +9,7 @@ import pytest
 from ragkit import Document, RAGPipeline, load_documents
 from ragkit.errors import RagkitError
 
-CORPUS = Path(__file__).parents[1] / "ragkit" / "data" / "corpus"
+CORPUS = Path(__file__).parents[2] / "ragkit" / "data" / "corpus"
 
 
 def _hash_pipe(**kw):
@@ -74,7 +74,7 @@ def test_empty_query_is_refused():
 def test_quickstart_config_answers_with_minilm():
     from ragkit import load_yaml
 
-    pipe = RAGPipeline.from_config(load_yaml(Path(__file__).parents[1] / "configs" / "quickstart.yaml"))
+    pipe = RAGPipeline.from_config(load_yaml(Path(__file__).parents[2] / "configs" / "quickstart.yaml"))
     pipe.add(load_documents(CORPUS))
     hits = pipe.retrieve("When was the Eiffel Tower completed?")
     assert {h.chunk.doc_id for h in hits} == {"eiffel-tower.md"}

@@ -24,7 +24,7 @@ from ragkit.chunkers.base import (
     grapheme_starts,
 )
 from ragkit.tokenizers import load_tokenizer
-from tests.test_chunker_properties import PROFILE, prose, unicode_text
+from tests.chunkers.test_chunker_properties import PROFILE, prose, unicode_text
 from tests.contracts.test_chunkers import SAMPLES
 
 WORD_END = re.compile(r"[A-Za-z0-9](?=[\t\n\x0b\x0c\r ])")

@@ -15,7 +15,7 @@ from ragkit.evaluation.data import load_dataset
 from ragkit.evaluation.metrics import omega, retrieval_scores, union
 
 from tests.dev_data import DEV, require
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 # -- metrics by hand ------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ragkit.retrieval.base import Index  # noqa: E402
 from ragkit.retrieval.chroma_index import ChromaConnectionError, ChromaIndex  # noqa: E402
 from ragkit.retrieval.memory_index import IndexFileError  # noqa: E402
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 CORPUS = ROOT / "ragkit" / "data" / "corpus"
 
 

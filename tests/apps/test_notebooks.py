@@ -19,7 +19,7 @@ from tests.dev_data import DEV, require
 
 nbformat = pytest.importorskip("nbformat")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 FULL_RUN = "questions per corpus: all; embedder: sentence-transformers"
 

@@ -2,7 +2,7 @@
 redo finished shards nor duplicate chunks (after an exception, after SIGKILL, with a torn ledger
 line), bad input reported with its path, the CLI, and a Chroma server written by the workers.
 
-The Ray engine runs the same steps; tests/test_ingest_ray.py compares it with this one."""
+The Ray engine runs the same steps; tests/apps/test_ingest_ray.py compares it with this one."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ragkit.ingest import ingest
 from ragkit.ingest.ledger import Ledger
 from tests.ingest_helpers import CONFIG, make_corpus
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def config(**changes):
@@ -389,7 +389,7 @@ def test_import_stays_light():
 def test_chroma_server_target_resumes_without_stale_or_duplicate_chunks(corpus, tmp_path,
                                                                         monkeypatch):
     pytest.importorskip("chromadb")
-    from tests.test_chroma_index import _free_port, chroma_server
+    from tests.retrieval.test_chroma_index import _free_port, chroma_server
 
     root, n = corpus
     port = _free_port()

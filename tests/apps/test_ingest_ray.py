@@ -25,11 +25,11 @@ from ragkit import RAGPipeline  # noqa: E402
 from ragkit.errors import ConfigError, DocumentError  # noqa: E402
 from ragkit.ingest import ingest  # noqa: E402
 from tests.ingest_helpers import CONFIG, make_corpus  # noqa: E402
-from tests.test_ingest import PICKY, _poison, assert_same_index, config, reference  # noqa: E402
+from tests.apps.test_ingest import PICKY, _poison, assert_same_index, config, reference  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Ray cluster: about a minute for the module
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 RAY = {"name": "ray", "workers": 2}
 
 
@@ -136,7 +136,7 @@ def test_a_killed_ray_run_resumes_without_duplicates(cluster, corpus, tmp_path):
 
 def test_ray_workers_write_to_a_chroma_server(cluster, corpus, tmp_path):
     pytest.importorskip("chromadb")
-    from tests.test_chroma_index import _free_port, chroma_server
+    from tests.retrieval.test_chroma_index import _free_port, chroma_server
 
     root, n = corpus
     port = _free_port()

@@ -21,7 +21,7 @@ from ragkit.config import build, to_config  # noqa: E402
 from ragkit.errors import ConfigError, MissingDependencyError, RagkitError  # noqa: E402
 from ragkit.types import Chunk, Document, Hit  # noqa: E402
 
-CORPUS = Path(__file__).parents[1] / "ragkit" / "data" / "corpus"
+CORPUS = Path(__file__).parents[2] / "ragkit" / "data" / "corpus"
 
 
 def _paragraph_hits(*names: str) -> list[Hit]:

@@ -476,5 +476,5 @@ def test_import_ragkit_does_not_import_loaders():
         "import sys, ragkit; assert 'ragkit.loaders' not in sys.modules; "
         "f = ragkit.load_documents; assert f.__module__ == 'ragkit.loaders'"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
