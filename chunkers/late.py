@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from ragkit.checks import check_int
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError
+from ragkit.protocols import ChunksAndEmbeds
 from ragkit.types import Chunk, Document
 
 log = logging.getLogger(__name__)
@@ -50,13 +52,11 @@ class LateChunker:
     def __post_init__(self) -> None:
         self.boundary = build("chunker", self.boundary, path="boundary")
         self.embedder = build("embedder", self.embedder, path="embedder")
-        if hasattr(self.boundary, "chunk_and_embed"):
+        if isinstance(self.boundary, ChunksAndEmbeds):
             raise ConfigError("must be a chunker that only places boundaries; got a late chunker",
                               path="boundary")
-        for name in ("window", "stride"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"must be an int >= 1 or null; got {value!r}", path=name)
+        check_int(self.window, "window", min=1, null=True)
+        check_int(self.stride, "stride", min=1, null=True)
 
     def chunk(self, doc: Document) -> list[Chunk]:
         return self.boundary.chunk(doc)

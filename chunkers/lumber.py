@@ -47,13 +47,14 @@ from ragkit.chunkers.llm import (
     accepts,
     budget,
     build_llm,
-    check_int,
     chunks_from_cuts,
     llm_field,
 )
 from ragkit.chunkers.sentence import sentence_spans
+from ragkit.checks import check_bool, check_choice, check_int
 from ragkit.config import check_template
 from ragkit.errors import ConfigError
+from ragkit.protocols import Completes, ScoresOptions
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
 
@@ -117,25 +118,22 @@ class LumberChunker:
     spacy_model: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", "complete", "score"):
-            raise ConfigError(f"unknown mode {self.mode!r}; choose one of auto, complete, score",
-                              path="mode")
-        needs = ("score",) if self.mode == "score" else ("complete",)
+        check_choice(self.mode, "mode", ("auto", "complete", "score"), what="mode")
+        needs = (ScoresOptions,) if self.mode == "score" else (Completes,)
         if self.mode == "auto":  # build first, then see what it can do
             self.llm = build_llm(self.llm, (), why="the lumber chunker")
-            needs = ("score",) if callable(getattr(self.llm, "score", None)) else ("complete",)
+            needs = (ScoresOptions,) if isinstance(self.llm, ScoresOptions) else (Completes,)
         self.llm = build_llm(self.llm, needs, why=f"the lumber chunker (mode {self.mode!r})")
-        check_int(self.chunk_size, "chunk_size", 1)
-        check_int(self.min_size, "min_size", 0)
-        check_int(self.window, "window", 1, nullable=True)
-        check_int(self.max_answer_tokens, "max_answer_tokens", 1)
+        check_int(self.chunk_size, "chunk_size", min=1)
+        check_int(self.min_size, "min_size", min=0)
+        check_int(self.window, "window", min=1, null=True)
+        check_int(self.max_answer_tokens, "max_answer_tokens", min=1)
         check_tokenizer_name(self.tokenizer)
         check_template(self.prompt, {"paragraphs"}, path="prompt")
         if not isinstance(self.language, str) or not self.language:
             raise ConfigError(f"must be a spaCy language code; got {self.language!r}",
                               path="language")
-        if not isinstance(self.calibrate, bool):
-            raise ConfigError(f"must be true or false; got {self.calibrate!r}", path="calibrate")
+        check_bool(self.calibrate, "calibrate")
         self.stats: dict[str, int] = {"documents": 0, "llm_calls": 0, "unparsed": 0,
                                       "invalid": 0}
         self._priors: dict[int, dict[str, float]] = {}  # group size -> content-free scores
@@ -147,7 +145,7 @@ class LumberChunker:
     @property
     def _scoring(self) -> bool:
         return self.mode == "score" or (
-            self.mode == "auto" and callable(getattr(self.llm, "score", None))
+            self.mode == "auto" and isinstance(self.llm, ScoresOptions)
         )
 
     @cached_property

@@ -42,15 +42,15 @@ import numpy as np
 from ragkit.chunkers.llm import (
     budget,
     build_llm,
-    check_int,
-    check_number,
     chunks_from_cuts,
     lm_segments,
     llm_field,
 )
 from ragkit.chunkers.sentence import sentence_spans
+from ragkit.checks import check_choice, check_float, check_int
 from ragkit.config import check_template
 from ragkit.errors import ConfigError
+from ragkit.protocols import ScoresOptions, TokenLogprobLLM
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
 
@@ -92,18 +92,16 @@ class PerplexityChunker:
     spacy_model: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in ("ppl", "margin"):
-            raise ConfigError(f"unknown method {self.method!r}; choose one of ppl, margin",
-                              path="method")
-        needs = ("token_logprobs",) if self.method == "ppl" else ("score",)
+        check_choice(self.method, "method", ("ppl", "margin"), what="method")
+        needs = (TokenLogprobLLM,) if self.method == "ppl" else (ScoresOptions,)
         self.llm = build_llm(self.llm, needs,
                              why=f"the perplexity chunker's {self.method!r} method")
         if self.threshold is not None:
             low, high = (0.0, math.inf) if self.method == "ppl" else (-1.0, 1.0)
-            check_number(self.threshold, "threshold", low, high)
-        check_int(self.chunk_size, "chunk_size", 1)
-        check_int(self.min_size, "min_size", 0)
-        check_int(self.window, "window", 2)
+            check_float(self.threshold, "threshold", min=low, max=high)
+        check_int(self.chunk_size, "chunk_size", min=1)
+        check_int(self.min_size, "min_size", min=0)
+        check_int(self.window, "window", min=2)
         check_tokenizer_name(self.tokenizer)
         if not isinstance(self.language, str) or not self.language:
             raise ConfigError(f"must be a spaCy language code; got {self.language!r}",

@@ -63,7 +63,7 @@ class RecursiveChunker:
         text = index.text
         while level < len(self.separators):
             sep = self.separators[level]
-            bounds = _after_each(text, lo, hi, sep, index)
+            bounds = after_each(text, lo, hi, sep, index)
             level += 1
             if len(bounds) > 2:
                 out: list[tuple[int, int]] = []
@@ -73,7 +73,7 @@ class RecursiveChunker:
         return [(s, e) for s, e, _ in token_windows(text, lo, hi, self._tok, self.chunk_size)]
 
 
-def _after_each(
+def after_each(
     text: str, lo: int, hi: int, sep: str, index: TokenIndex | None = None
 ) -> list[int]:
     """Cut positions in ``[lo, hi]``: ``lo``, just after every ``sep`` that ends a grapheme

@@ -24,7 +24,6 @@ limit is enforced as well, so no chunk this chunker returns would be truncated b
 from __future__ import annotations
 
 import heapq
-import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -37,8 +36,16 @@ import numpy as np
 from ragkit.chunkers.base import make_chunks, token_windows, trim
 from ragkit.chunkers.sentence import sentence_spans
 from ragkit import registry
+from ragkit.checks import check_int
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError
+from ragkit.protocols import (
+    LimitsTextTokens,
+    LimitsTokens,
+    NamesTokenizer,
+    ReadsTokenizerFile,
+    provides,
+)
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
 
@@ -49,8 +56,35 @@ DEFAULT_THRESHOLDS = {"percentile": 95.0, "std": 3.0, "iqr": 1.5, "gradient": 95
 Piece = tuple[int, int]  # char span [start, end) of a unit, trimmed
 
 
+class EmbedderBudget:
+    """The size budget of a chunker that embeds with ``embedder``: ``chunk_size`` tokens of
+    ``tokenizer`` (default: the embedder's own), and the embedder's input limit, resolved on
+    first use (that limit needs its model). Shared by the ``semantic`` and ``cluster``
+    chunkers, which have the three fields."""
+
+    embedder: Any
+    tokenizer: str | None
+    chunk_size: int | None
+
+    @cached_property
+    def _budget(self) -> Budget:
+        return Budget.resolve(self.embedder, self.tokenizer, self.chunk_size)
+
+    @property
+    def resolved_tokenizer(self) -> str:
+        """The tokenizer that counts ``chunk_size`` (and the chunker's other sizes) and each
+        chunk's tokens."""
+        return self.tokenizer or self.embedder.tokenizer
+
+    @property
+    def resolved_chunk_size(self) -> int | None:
+        """The most tokens of ``resolved_tokenizer`` in a chunk (``None``: no bound in those
+        tokens, only the embedder's limit in its own tokens)."""
+        return self._budget.chunk_size
+
+
 @dataclass(kw_only=True)
-class SemanticChunker:
+class SemanticChunker(EmbedderBudget):
     """Sentences grouped where adjacent groups are similar, cut where they are not.
 
     ``breakpoint`` and ``threshold``: a boundary becomes a cut when
@@ -108,30 +142,14 @@ class SemanticChunker:
                     f"above the mean: must be >= 0; got {t!r}",
                     path="threshold",
                 )
-        _check_int(self.window, "window", 1)
-        _check_int(self.min_size, "min_size", 0)
+        check_int(self.window, "window", min=1)
+        check_int(self.min_size, "min_size", min=0)
         check_budget_fields(self)
         if not isinstance(self.language, str) or not self.language:
             raise ConfigError(
                 f"must be a spaCy language code; got {self.language!r}", path="language"
             )
 
-    # -- the budget, resolved on first use (the embedder's limit needs its model) ---------------
-
-    @cached_property
-    def _budget(self) -> Budget:
-        return Budget.resolve(self.embedder, self.tokenizer, self.chunk_size)
-
-    @property
-    def resolved_tokenizer(self) -> str:
-        """The tokenizer that counts ``chunk_size`` and ``min_size``, and each chunk's tokens."""
-        return self.tokenizer or self.embedder.tokenizer
-
-    @property
-    def resolved_chunk_size(self) -> int | None:
-        """The most tokens of ``resolved_tokenizer`` in a chunk (``None``: no bound in those
-        tokens, only the embedder's limit in its own tokens)."""
-        return self._budget.chunk_size
 
     # -- chunking -------------------------------------------------------------------------------
 
@@ -163,20 +181,18 @@ class SemanticChunker:
 
 def check_budget_fields(chunker: Any) -> None:
     """Build-time checks of ``chunk_size`` / ``tokenizer`` against what the embedder declares."""
-    size = chunker.chunk_size
-    if size is not None:
-        _check_int(size, "chunk_size", 1, nullable=True)
+    size = check_int(chunker.chunk_size, "chunk_size", min=1, null=True)
     if chunker.tokenizer is not None:
         check_tokenizer_name(chunker.tokenizer)
     name = _embedder_name(chunker.embedder)
-    if chunker.tokenizer is None and not _declares(chunker.embedder, "tokenizer"):
+    if chunker.tokenizer is None and not provides(chunker.embedder, NamesTokenizer):
         raise ConfigError(
             f"embedder {name!r} has no tokenizer to count chunk sizes with; set tokenizer "
             "(e.g. whitespace, cl100k, all-MiniLM-L6-v2) and chunk_size",
             path="tokenizer",
         )
     if size is None and not (
-        _declares(chunker.embedder, "max_text_tokens") or _declares(chunker.embedder, "max_tokens")
+        provides(chunker.embedder, LimitsTextTokens) or provides(chunker.embedder, LimitsTokens)
     ):
         raise ConfigError(
             f"embedder {name!r} declares no input limit to default to; set chunk_size "
@@ -202,7 +218,7 @@ class Budget:
     def resolve(cls, embedder: Any, tokenizer: str | None, chunk_size: int | None) -> Budget:
         etok: Tokenizer | None = None
         elimit = _embedder_limit(embedder)
-        if _declares(embedder, "tokenizer"):
+        if provides(embedder, NamesTokenizer):
             etok = load_tokenizer(embedder.tokenizer)
         tok = load_tokenizer(tokenizer) if tokenizer is not None else etok
         same = etok is not None and (tok is etok or _same_tokenizer(tok, etok))
@@ -429,28 +445,11 @@ def mean_vector_similarity(
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _check_int(value: Any, name: str, low: int, *, nullable: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        null = " or null" if nullable else ""
-        raise ConfigError(f"must be an int >= {low}{null}; got {value!r}", path=name)
-
-
-def _declares(obj: Any, name: str) -> bool:
-    """Whether ``obj`` offers ``name`` without computing it (a property counts; ``None`` not)."""
-    try:
-        attr = inspect.getattr_static(obj, name)
-    except AttributeError:
-        return False
-    if isinstance(attr, property | cached_property):
-        return True
-    return attr is not None
-
-
 def _embedder_limit(embedder: Any) -> int | None:
     """The longest text, in the embedder's tokens, that it reads without cutting."""
-    if _declares(embedder, "max_text_tokens"):
+    if provides(embedder, LimitsTextTokens):
         return int(embedder.max_text_tokens)
-    if _declares(embedder, "max_tokens"):
+    if provides(embedder, LimitsTokens):
         limit = embedder.max_tokens
         return None if limit is None else int(limit)
     return None
@@ -458,8 +457,9 @@ def _embedder_limit(embedder: Any) -> int | None:
 
 def _same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
     """Two loaded tokenizers read the same file (``hf:<folder>`` and ``all-MiniLM-L6-v2``)."""
-    pa, pb = getattr(a, "path", None), getattr(b, "path", None)
-    return pa is not None and pb is not None and os.path.realpath(pa) == os.path.realpath(pb)
+    if not (isinstance(a, ReadsTokenizerFile) and isinstance(b, ReadsTokenizerFile)):
+        return False
+    return os.path.realpath(a.path) == os.path.realpath(b.path)
 
 
 def _embedder_name(embedder: Any) -> str:

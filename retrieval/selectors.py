@@ -24,8 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from ragkit.checks import check_bool, check_float, check_int
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError, RagkitError
+from ragkit.protocols import HasDocChunks
+from ragkit.retrieval.base import SelectionContext
 from ragkit.tokenizers import check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Hit
 
@@ -43,20 +46,6 @@ def _by_score(hits: Sequence[Hit]) -> list[Hit]:
     return sorted(hits, key=lambda h: -h.score)  # stable: ties keep the given order
 
 
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"must be an int >= {minimum}; got {value!r}", path=name)
-
-
-def _check_number(value: Any, name: str, lo: float, hi: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        lo <= value and (hi is None or value <= hi)
-    ):
-        where = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ConfigError(f"must be a number {where}; got {value!r}", path=name)
-    return float(value)
-
-
 # -- top-k ----------------------------------------------------------------------------------------
 
 
@@ -67,7 +56,7 @@ class TopK:
     k: int = 5
 
     def __post_init__(self) -> None:
-        _check_int(self.k, "k", 1)
+        check_int(self.k, "k", min=1)
 
     def select(self, query: str, hits: Sequence[Hit], context: Any = None) -> list[Hit]:
         return _ranked(_by_score(hits)[: self.k])
@@ -93,13 +82,12 @@ class ScoreGap:
     min_gap: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_int(self.min_k, "min_k", 1)
-        _check_int(self.max_k, "max_k", 1)
+        check_int(self.min_k, "min_k", min=1)
+        check_int(self.max_k, "max_k", min=1)
         if self.max_k < self.min_k:
             raise ConfigError(f"must be >= min_k={self.min_k}; got {self.max_k}", path="max_k")
-        if not isinstance(self.relative, bool):
-            raise ConfigError(f"must be true or false; got {self.relative!r}", path="relative")
-        self.min_gap = _check_number(self.min_gap, "min_gap", 0.0)
+        check_bool(self.relative, "relative")
+        self.min_gap = check_float(self.min_gap, "min_gap", min=0.0)
 
     def cut(self, scores: Sequence[float]) -> int:
         """How many of the descending ``scores`` to keep."""
@@ -142,15 +130,15 @@ class MMR:
     lambda_: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_int(self.k, "k", 1)
-        self.lambda_ = _check_number(self.lambda_, "lambda_", 0.0, 1.0)
+        check_int(self.k, "k", min=1)
+        self.lambda_ = check_float(self.lambda_, "lambda_", min=0.0, max=1.0)
 
     def select(self, query: str, hits: Sequence[Hit], context: Any) -> list[Hit]:
         hits = list(hits)
         if not hits:
             return []
-        embed = getattr(context, "embed", None)
-        qvec = getattr(context, "query_vec", None)
+        embed = context.embed if isinstance(context, SelectionContext) else None
+        qvec = context.query_vec if isinstance(context, SelectionContext) else None
         if embed is None or (qvec is None and not query):
             raise SelectionError(
                 "selector 'mmr' needs context.embed (the pipeline's embedder) to compare the hit "
@@ -201,7 +189,7 @@ class TokenBudget:
     tokenizer: str | None = "cl100k"
 
     def __post_init__(self) -> None:
-        _check_int(self.budget, "budget", 1)
+        check_int(self.budget, "budget", min=1)
         if self.tokenizer is not None:
             check_tokenizer_name(self.tokenizer)
 
@@ -280,7 +268,7 @@ class Neighbours:
     inner: Any = field(default=None, metadata={COMPONENT_KIND: "selector"})
 
     def __post_init__(self) -> None:
-        _check_int(self.n, "n", 0)
+        check_int(self.n, "n", min=0)
         if self.inner is not None:
             self.inner = build("selector", self.inner, path="inner")
 
@@ -288,8 +276,8 @@ class Neighbours:
         if self.inner is not None:
             hits = self.inner.select(query, hits, context)
         hits = list(hits)
-        index = getattr(context, "index", None)
-        if hits and not callable(getattr(index, "doc_chunks", None)):
+        index = context.index if isinstance(context, SelectionContext) else None
+        if hits and not isinstance(index, HasDocChunks):
             raise SelectionError(
                 "selector 'neighbours' needs context.index with doc_chunks(doc_id) (the "
                 f"pipeline's index); got {type(index).__name__}"

@@ -9,5 +9,5 @@ bash scripts/setup_vllm.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 VENV="${RAGKIT_VLLM_VENV:-.venv-vllm}"
 # the vLLM tests must run, not skip: fail if vllm cannot be imported in its own venv
-"$VENV/bin/python" -c 'from generation.vllm_backend import import_vllm; import_vllm()'
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_vllm_backend.py "$@"
+"$VENV/bin/python" -c 'from ragkit.generation.vllm_backend import import_vllm; import_vllm()'
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/generation/test_vllm_backend.py "$@"

@@ -28,10 +28,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ragkit.checks import check_choice, check_int
 from ragkit.config import COMPONENT_KIND, build, model_spec
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.evaluation.data import EvalDataset
 from ragkit.evaluation.metrics import omega, retrieval_scores
+from ragkit.protocols import ChunksAndEmbeds, HasEmbedder, KeepsStats, TokenLogprobLLM
 
 Span = tuple[int, int]
 Progress = Callable[[Iterable[Any], str, int], Iterable[Any]]
@@ -71,8 +73,8 @@ class ChunkingEval:
         }
         self.embedder = build("embedder", self.embedder, path="embedder")
         for label, chunker in self.chunkers.items():
-            own = getattr(chunker, "embedder", None)
-            if hasattr(chunker, "chunk_and_embed") and own is not None:
+            own = chunker.embedder if isinstance(chunker, HasEmbedder) else None
+            if isinstance(chunker, ChunksAndEmbeds) and own is not None:
                 if model_spec(own) != model_spec(self.embedder):
                     raise ConfigError(
                         f"embeds chunks with {model_spec(own)} but questions are embedded with "
@@ -104,18 +106,15 @@ class ChunkingEval:
         if isinstance(k, bool) or not isinstance(k, int | float) or not -1e9 < k < 1:
             raise ConfigError(f"must be a number below 1 (edge weights are at most 1); got {k!r}",
                               path="stickiness_k")
-        if self.stickiness_graph not in ("incomplete", "complete"):
-            raise ConfigError(f"unknown graph {self.stickiness_graph!r}; choose one of "
-                              "incomplete, complete", path="stickiness_graph")
-        d = self.stickiness_max_distance
-        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
-            raise ConfigError(f"must be an int >= 1 or null (all pairs); got {d!r}",
-                              path="stickiness_max_distance")
+        check_choice(self.stickiness_graph, "stickiness_graph", ("incomplete", "complete"),
+                     what="graph")
+        check_int(self.stickiness_max_distance, "stickiness_max_distance", min=1, null=True,
+                  hint="all pairs")
         if self.quality_metrics and self.llm is None:
             self.llm = {"name": "transformers", "kv_store": None}
         if isinstance(self.llm, str | Mapping):
             self.llm = build("generator", self.llm, path="llm")
-        if self.quality_metrics and not callable(getattr(self.llm, "token_logprobs", None)):
+        if self.quality_metrics and not isinstance(self.llm, TokenLogprobLLM):
             raise ConfigError(
                 f"{type(self.llm).__name__} has no token_logprobs() method, which "
                 "quality_metrics need (per-token log-probabilities; the transformers generator "
@@ -176,7 +175,7 @@ def evaluate_chunking(
         loop = progress(corpus_ids, f"chunking {label}", len(corpus_ids)) if progress else corpus_ids
         for cid in loop:
             doc = dataset.corpora[cid]
-            if hasattr(chunker, "chunk_and_embed"):
+            if isinstance(chunker, ChunksAndEmbeds):
                 chunks, v = chunker.chunk_and_embed(doc)
                 own_vecs.append(np.asarray(v, dtype=np.float32))
             else:
@@ -192,7 +191,7 @@ def evaluate_chunking(
         chunker_stats = counts_since(chunker, stats_before)
         if not spans:
             raise RagkitError(f"chunker {label!r} produced no chunks for the dataset")
-        if hasattr(chunker, "chunk_and_embed"):
+        if isinstance(chunker, ChunksAndEmbeds):
             vecs = _normalise(np.concatenate(own_vecs))
         else:
             vecs = _normalise(embed_with_cache(config.embedder, texts, cache, progress=progress,
@@ -218,7 +217,7 @@ def evaluate_chunking(
             mean_chunk_chars=statistics.fmean(len(t) for t in texts),
             mean_chunk_tokens=statistics.fmean(tokens) if len(tokens) == len(texts) else None,
             mean_chunk_units=statistics.fmean(e - s for s, e in spans),
-            results=_aggregate(per_q, [q.corpus_id for q in dataset.questions]),
+            results=aggregate(per_q, [q.corpus_id for q in dataset.questions]),
             per_question=per_q,
             seconds=seconds,
             quality=quality,
@@ -289,7 +288,7 @@ def _near(spans: Sequence[Span], idx: list[int], refs: Sequence[Span]) -> list[i
     return [i for i in idx if spans[i][1] >= lo and spans[i][0] <= hi]
 
 
-def _aggregate(per_q: dict[str, dict[str, list[float]]], corpus_of: list[str]) -> dict[str, Any]:
+def aggregate(per_q: dict[str, dict[str, list[float]]], corpus_of: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     corpora = sorted(set(corpus_of))
     for k, vals in per_q.items():
@@ -304,8 +303,9 @@ def _aggregate(per_q: dict[str, dict[str, list[float]]], corpus_of: list[str]) -
 
 def counts_of(component: Any) -> dict[str, Any] | None:
     """A copy of the ``stats`` dict a component keeps about its own work, or ``None``."""
-    stats = getattr(component, "stats", None)
-    return dict(stats) if isinstance(stats, dict) else None
+    if not isinstance(component, KeepsStats) or not isinstance(component.stats, dict):
+        return None
+    return dict(component.stats)
 
 
 def counts_since(component: Any, before: dict[str, Any] | None) -> dict[str, Any] | None:

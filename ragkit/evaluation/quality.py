@@ -26,7 +26,7 @@ scored, the same tokens in both): ``exp`` of the mean negative log-probability o
   chunkings at similar mean chunk size (as the paper does).
 
 Cost: one LM pass over ``d + q`` for every pair (which also gives ``ppl(d)``), one over the last
-chunk alone. The LM needs ``token_logprobs`` (``ragkit.generation.base.TokenLogprobLLM``).
+chunk alone. The LM needs ``token_logprobs`` (``ragkit.protocols.TokenLogprobLLM``).
 """
 
 from __future__ import annotations

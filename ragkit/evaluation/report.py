@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.evaluation.chunking import METRICS, ChunkerResult, ChunkingEval
+from ragkit.protocols import NamesModel
 
 LABELS = {"recall": "recall", "precision": "precision", "iou": "IoU", "precision_omega": "precision_Ω"}
 
@@ -53,7 +54,7 @@ def counts_list(title: str, rows: Sequence[tuple[str, dict[str, Any] | None]]) -
 def quality_table(results: Sequence[ChunkerResult], config: ChunkingEval) -> list[str]:
     """MoC's metrics: boundary clarity (mean ± std over adjacent pairs, higher is better) and
     stickiness (mean structural entropy over documents, lower is better)."""
-    lm = getattr(config.llm, "model", type(config.llm).__name__)
+    lm = config.llm.model if isinstance(config.llm, NamesModel) else type(config.llm).__name__
     graph = (f"{config.stickiness_graph} graph, K = {config.stickiness_k}, pairs up to "
              f"{config.stickiness_max_distance or 'any'} apart")
     lines = [f"**Chunk quality (MoC), LM `{lm}`**: boundary clarity ↑ (ppl(q|d)/ppl(q), "
@@ -142,4 +143,5 @@ def _llm_spec(llm: Any) -> Any:
 
 
 def _embedder_name(config: ChunkingEval) -> str:
-    return getattr(config.embedder, "model", type(config.embedder).__name__)
+    e = config.embedder
+    return e.model if isinstance(e, NamesModel) else type(e).__name__

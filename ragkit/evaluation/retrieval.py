@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ragkit.checks import check_int
 from ragkit.errors import ConfigError
-from ragkit.evaluation.chunking import METRICS, _aggregate, counts_of, counts_since
+from ragkit.evaluation.chunking import METRICS, aggregate, counts_of, counts_since
 from ragkit.evaluation.data import EvalDataset
 from ragkit.evaluation.metrics import omega, retrieval_scores
+from ragkit.protocols import ListsChunks
 from ragkit.types import Document
 
 
@@ -45,12 +47,7 @@ class RetrievalEval:
             except ConfigError as exc:
                 raise exc.under(f"paths.{label}") from None
         self.paths = built
-        ks = []
-        for k in self.ks:
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise ConfigError(f"each k must be an int >= 1; got {k!r}", path="ks")
-            ks.append(k)
-        self.ks = tuple(ks)
+        self.ks = tuple(check_int(k, "ks", min=1, hint="each k") for k in self.ks)
 
 
 @dataclass
@@ -76,7 +73,7 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
         t0 = time.perf_counter()
         pipe.add(docs)
         t_add = time.perf_counter() - t0
-        chunks = list(pipe.index.chunks()) if hasattr(pipe.index, "chunks") else []
+        chunks = list(pipe.index.chunks()) if isinstance(pipe.index, ListsChunks) else []
         by_corpus: dict[str, list[tuple[int, int]]] = {}
         for c in chunks:
             by_corpus.setdefault(c.doc_id, []).append((c.start, c.end))
@@ -109,7 +106,7 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
             mean_chunk_chars=(sum(e - s for c in by_corpus.values() for s, e in c) / len(chunks)
                               if chunks else 0.0),
             mean_hits=mean_hits,
-            results=_aggregate(per_q, [q.corpus_id for q in questions]),
+            results=aggregate(per_q, [q.corpus_id for q in questions]),
             per_question=per_q,
             seconds={"index": t_add, "retrieve": time.perf_counter() - t0 - t_add},
             reranker_stats=counts_since(pipe.reranker, before),
