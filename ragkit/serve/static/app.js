@@ -84,6 +84,7 @@ async function ask(event) {
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    let shown = false;  // the sources come first (and again at the end)
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
@@ -97,7 +98,7 @@ async function ask(event) {
         if (data === "[DONE]") continue;
         const event = JSON.parse(data);
         if (event.error) { $("error").textContent = event.error.message; continue; }
-        if (event.ragkit && event.ragkit.sources) showSources(event.ragkit.sources);
+        if (event.ragkit && event.ragkit.sources && !shown) { showSources(event.ragkit.sources); shown = true; }
         if (event.ragkit && event.ragkit.timings) showTimings(event.ragkit.timings);
         const delta = event.choices[0].delta;
         if (delta.content) $("answer").textContent += delta.content;
