@@ -372,13 +372,23 @@ def source_of(hit: Hit) -> dict[str, Any]:
 
 
 def spans_text(chunks: list[Any]) -> str:
-    """A document's text rebuilt from its chunks at their offsets. Only whitespace lies between
-    chunks (the chunker contract), and the index does not store it: gaps come back as spaces,
-    so every chunk's ``[start:end]`` is exact."""
+    """A document's text rebuilt from its chunks at their offsets, so that every chunk's
+    ``[start:end]`` is exact. Only whitespace lies between chunks (the chunker contract) and the
+    index does not store it: a one-character gap comes back as a space, a longer one as a
+    paragraph break (padded with spaces to its length)."""
     chars = [" "] * max(c.end for c in chunks)
     for c in chunks:
         chars[c.start:c.end] = c.text
-    return "".join(chars)
+    text = "".join(chars)
+    covered = sorted((c.start, c.end) for c in chunks)
+    pos, gaps = 0, []
+    for start, end in covered:
+        if start - pos >= 2:
+            gaps.append((pos, start))
+        pos = max(pos, end)
+    for start, end in reversed(gaps):
+        text = text[:start] + "\n\n" + " " * (end - start - 2) + text[end:]
+    return text
 
 
 class Reply:

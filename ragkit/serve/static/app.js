@@ -58,7 +58,8 @@ async function showPassage(s) {
   box.append(doc.text.slice(0, s.start), mark, doc.text.slice(s.end));
   $("passage-title").textContent = `${doc.source} [${s.start}:${s.end}]`;
   $("passage-box").hidden = false;
-  mark.scrollIntoView({ block: "center" });
+  box.scrollTop = mark.offsetTop - box.offsetTop - 40;  // the chunk at the top of the box
+  $("passage-box").scrollIntoView({ block: "nearest" });
 }
 
 function showTimings(t) {
