@@ -336,6 +336,20 @@ def test_a_client_that_disconnects_stops_its_generation(tmp_path):
         assert "ragkit_generations_cancelled_total 1.0" in metrics
 
 
+def test_a_full_queue_is_a_429(tmp_path):
+    folder = build_index(tmp_path / "idx")
+    with ServerThread(tiny_served(folder, max_new_tokens=4000), folder,
+                      limits=Limits(max_tokens=4000, max_queue=1)) as s:
+        stream = ask(client(s), max_tokens=4000, stream=True)
+        for ch in stream:
+            if ch.choices[0].delta.content:
+                break  # the first answer is generating now
+        with pytest.raises(openai.RateLimitError) as info:
+            ask(client(s), max_tokens=2)
+        assert "--max-queue" in str(info.value)
+        stream.close()
+
+
 def test_metrics_report_requests_prefill_kv_store_and_index(server):
     ask(client(server), max_tokens=2)
     ask(client(server), max_tokens=2)

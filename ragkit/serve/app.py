@@ -203,6 +203,10 @@ def create_app(
         if not state.ready.is_set():
             raise APIError(503, state.load_error or "the model is still loading; see /readyz",
                            type="server_error", code="not_ready")
+        if engine.pending >= limits.max_queue:
+            raise APIError(429, f"server busy: {engine.pending} requests are waiting for the "
+                           "model (ragkit serve --max-queue)", type="rate_limit_error",
+                           code="queue_full")
         gen = engine.for_request(settings)
         hits, retrieve_s = await run_retrieve(state, question, k, body.filters)
         cancel = threading.Event()
