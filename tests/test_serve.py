@@ -5,6 +5,8 @@ package (sync and async, streaming and not) and plain HTTP for the error cases."
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -21,6 +23,7 @@ from tests.serve_helpers import (  # noqa: E402
     CORPUS,
     ServerThread,
     build_index,
+    free_port,
     http,
     tiny_served,
 )
@@ -313,6 +316,18 @@ def test_refuses_a_public_bind_without_a_key(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.startswith("ragkit: error: --host: refusing to serve on 0.0.0.0 without an API key")
     assert len(err.splitlines()) == 1 and "--insecure" in err
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_one_line(tmp_path):
+    folder = build_index(tmp_path / "idx")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ragkit.cli", "serve", "--index", str(folder), "--port",
+         str(free_port()), "-o", f"generator.model={tmp_path / 'no-model'}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "ragkit: error: loading the model failed: generator model")
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_client_that_disconnects_stops_its_generation(tmp_path):

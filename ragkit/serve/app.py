@@ -107,8 +107,9 @@ def create_app(
         try:
             engine.load()
             state.ready.set()
-        except Exception as exc:  # reported by /readyz and the callback, not as a traceback
-            log.exception("loading the model failed")
+        except Exception as exc:  # reported by /readyz and the callback
+            if not isinstance(exc, RagkitError):  # ours say what to do in one line
+                log.exception("loading the model failed")
             state.load_error = f"loading the model failed: {exc}"
             if on_load_error is not None:
                 on_load_error(state.load_error)
