@@ -146,6 +146,26 @@ def _parser() -> argparse.ArgumentParser:
     common(a)
     a.set_defaults(func=cmd_ask)
 
+    sv = sub.add_parser("serve", help="serve an index: OpenAI-compatible chat completions with "
+                        "citations, retrieval, documents, metrics and a web page")
+    sv.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    common(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (default: "
+                    "$RAGKIT_API_KEY; needed to bind a non-loopback address)")
+    sv.add_argument("--insecure", action="store_true",
+                    help="allow a non-loopback --host without an API key (prints a warning)")
+    for flag, default, what in (("--max-body-bytes", 10 * 1024 * 1024, "request body size"),
+                                ("--max-question-chars", 8000, "question length"),
+                                ("--max-tokens", 1024, "max_tokens of a completion"),
+                                ("--max-documents", 256, "documents per POST /v1/documents"),
+                                ("--max-k", 50, "k of a request"),
+                                ("--max-queue", 64, "completions waiting for the model")):
+        sv.add_argument(flag, type=int, default=default, metavar="N",
+                        help=f"limit: {what} (default {default})")
+    sv.set_defaults(func=cmd_serve)
+
     cw = sub.add_parser("cache", help="chunk-KV cache commands").add_subparsers(dest="what", required=True)
     w = cw.add_parser("warm", help="precompute the KV cache of every chunk of an index")
     w.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
@@ -510,6 +530,26 @@ def cmd_ask(args: argparse.Namespace) -> int:
     print("timings: " + "  ".join(f"{k}={t[k]:.3g}" if isinstance(t[k], float) else f"{k}={t[k]}"
                                   for k in keys))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from ragkit.serve import check_bind, run
+    from ragkit.serve.app import Limits
+
+    key = args.api_key or os.environ.get("RAGKIT_API_KEY") or None
+    check_bind(args.host, key, args.insecure)  # before loading anything
+    names = ("max_body_bytes", "max_question_chars", "max_tokens", "max_documents", "max_k",
+             "max_queue")
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ConfigError(f"must be an int >= 1; got {getattr(args, name)}",
+                              path="--" + name.replace("_", "-"))
+    limits = Limits(**{name: getattr(args, name) for name in names})
+    with _pipeline_with_generator(args) as pipe:  # the folder's log is released on the way out
+        return run(pipe, folder=args.index, host=args.host, port=args.port, api_key=key,
+                   limits=limits)
 
 
 def cmd_cache_warm(args: argparse.Namespace) -> int:

@@ -11,3 +11,6 @@ VENV="${RAGKIT_VENV:-.venv}"
 rm -rf .ragkit/quickstart  # the demo index is rebuilt on every run
 "$VENV/bin/ragkit" index ragkit/data/corpus --config configs/quickstart.yaml --out .ragkit/quickstart
 "$VENV/bin/ragkit" ask "${1:-Who built the Eiffel Tower?}" --index .ragkit/quickstart
+echo
+echo "Serve this index (OpenAI-compatible API and a web page at http://127.0.0.1:8000/):"
+echo "  $VENV/bin/ragkit serve --index .ragkit/quickstart"
