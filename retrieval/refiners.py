@@ -10,8 +10,8 @@ union of given chunks that overlap), its text sliced from theirs, so
 - ``SentenceRefiner`` (``sentence-refine``): take hits best first, fold each candidate that
   overlaps a kept hit into it (query-aware de-duplication: the overlap is paid for once and the
   slot goes to the next distinct passage), keep ``k``, then cut each kept hit down to the window
-  of sentences whose score is within ``keep`` of its best sentence, plus ``pad`` sentences on each
-  side.
+  of sentences that score at least ``min_score`` against the query (or within ``keep`` of its
+  best sentence), plus ``pad`` sentences on each side.
 """
 
 from __future__ import annotations
@@ -106,13 +106,14 @@ class SentenceRefiner:
     2. Each kept hit is split into sentences (``sentence_spans``) and each sentence scored
        against the query: ``dense``, the cosine between the query vector
        (``context.query_vec``) and the sentence's vector (``context.embed``, one call for all
-       sentences of all kept hits); ``lexical``, the idf-weighted share of the query's content
-       words that the sentence holds (idf over the sentences of the kept hits; no model). The
-       hit becomes the span from the first to the last sentence scoring at least
-       ``best - keep`` (``best``: its top sentence; for ``lexical``, scores are divided by the
-       best first), widened by ``pad`` sentences on each side. The first ``whole`` hits are left
-       whole (the top-ranked passages are the likeliest to hold the answer, and more of it than
-       one sentence); ``keep=None`` narrows none.
+       sentences of the hits it narrows); ``lexical``, the idf-weighted share of the query's
+       content words that the sentence holds (idf over those sentences; no model; scores divided
+       by the hit's best, so they lie in [0, 1]). A sentence stays when it scores at least
+       ``min_score`` (an absolute floor), or, without ``min_score``, at least ``best - keep``
+       (``best``: the hit's top sentence, which always stays). The hit becomes the span from the
+       first to the last sentence that stays, widened by ``pad`` sentences on each side. The
+       first ``whole`` hits are left whole (the top-ranked passages are the likeliest to hold
+       the answer, and more of it than one sentence); ``keep=None`` narrows none.
     3. Hits keep their score and order; ranks are 0..n-1.
 
     A refined hit is always within the given hits' text, so ``doc.text[start:end] == text``
@@ -127,6 +128,7 @@ class SentenceRefiner:
     keep: float | None = 0.1
     pad: int = 0
     whole: int = 0
+    min_score: float | None = None
     scorer: Literal["dense", "lexical"] = "dense"
 
     def __post_init__(self) -> None:
@@ -137,6 +139,8 @@ class SentenceRefiner:
             raise ConfigError(f"must be true or false; got {self.merge!r}", path="merge")
         if self.keep is not None:
             self.keep = _check_number(self.keep, "keep", 0.0)
+        if self.min_score is not None:
+            self.min_score = _check_number(self.min_score, "min_score", -1.0)
         if self.scorer not in SCORERS:
             raise ConfigError(f"unknown scorer {self.scorer!r}; choose one of "
                               f"{', '.join(SCORERS)}", path="scorer")
@@ -204,7 +208,8 @@ class SentenceRefiner:
             top = float(scores.max())
             scores = scores / top if top > 0 else np.ones_like(scores)
         best = float(scores.max())
-        near = np.flatnonzero(scores >= best - self.keep)  # never empty: best is in it
+        floor = best - self.keep if self.min_score is None else min(best, self.min_score)
+        near = np.flatnonzero(scores >= floor)  # never empty: best is in it
         lo = max(0, int(near[0]) - self.pad)
         hi = min(len(units) - 1, int(near[-1]) + self.pad)
         return sub_chunk(chunk, units[lo][0], units[hi][1])

@@ -157,6 +157,7 @@ def test_union_and_sub_chunk_refuse_what_they_cannot_make_exact():
         ({"whole": "all"}, "whole"),
         ({"merge": "yes"}, "merge"),
         ({"scorer": "bm25"}, "scorer"),
+        ({"min_score": "high"}, "min_score"),
     ],
 )
 def test_bad_configs_name_the_field(spec, path):
@@ -181,3 +182,32 @@ def test_config_round_trip_and_pipeline_retrieve_keeps_offsets():
     for h in hits:
         assert text[h.chunk.doc_id][h.chunk.start:h.chunk.end] == h.chunk.text
     assert RAGPipeline.from_config(pipe.to_config()).selector == refiner
+
+
+def test_best_retrieval_config_builds_with_one_path_named_best():
+    from pathlib import Path
+
+    from ragkit.config import load_yaml
+    from ragkit.evaluation.retrieval import RetrievalEval
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "eval" / "best_retrieval.yaml"
+    spec = load_yaml(path)
+    ev = RetrievalEval(paths=spec["paths"], ks=tuple(spec["ks"]))
+    assert list(ev.paths) == ["best"] and ev.ks == (5,)
+    assert type(ev.paths["best"].selector) is SentenceRefiner
+
+
+def test_min_score_is_an_absolute_floor_and_the_best_sentence_always_stays():
+    chunk = Chunk.of(DOC, 0, len(DOC.text), 0)
+    embed = axis_embed(["cats", "dogs", "moon", "birds"])
+    q = np.array([0.1, 0.6, 0.1, 0.5], dtype=np.float32)  # cosines ~0.13, 0.77, 0.13, 0.64
+    ctx = SelectionContext(query_vec=q, embed=embed)
+    out = SentenceRefiner(min_score=0.5).select("q", [Hit(chunk, 1.0, 0)], ctx)
+    # dogs and birds clear the floor: the window runs from the first to the last of them
+    assert out[0].chunk.text == "Dogs bark at night. The moon is full. Birds sing at dawn."
+    out = SentenceRefiner(min_score=0.7).select("q", [Hit(chunk, 1.0, 0)], ctx)
+    assert out[0].chunk.text == "Dogs bark at night."
+    out = SentenceRefiner(min_score=0.99).select("q", [Hit(chunk, 1.0, 0)], ctx)
+    assert out[0].chunk.text == "Dogs bark at night."  # nothing clears it: the best stays
+    out = SentenceRefiner(min_score=0.1).select("q", [Hit(chunk, 1.0, 0)], ctx)
+    assert out[0].chunk == chunk
