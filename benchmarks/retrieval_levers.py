@@ -91,9 +91,10 @@ def refiners() -> dict[str, tuple[dict | None, int]]:
             {"name": "sentence-refine", "k": K, "whole": whole, "min_score": floor, "pad": pad}, K)
     for whole, keep, pad in itertools.product((1, 2), (0.1, 0.2, 0.3), (0, 1)):
         out[f"refine w{whole} keep{keep} pad{pad}"] = (
-            {"name": "sentence-refine", "k": K, "whole": whole, "keep": keep, "pad": pad}, K)
-    out["merge only"] = ({"name": "sentence-refine", "k": K, "keep": None, "merge": True},
-                         CANDIDATES)
+            {"name": "sentence-refine", "k": K, "whole": whole, "keep": keep, "min_score": None,
+             "pad": pad}, K)
+    out["merge only"] = ({"name": "sentence-refine", "k": K, "keep": None, "min_score": None,
+                          "merge": True}, CANDIDATES)
     return out
 
 

@@ -108,12 +108,12 @@ class SentenceRefiner:
        (``context.query_vec``) and the sentence's vector (``context.embed``, one call for all
        sentences of the hits it narrows); ``lexical``, the idf-weighted share of the query's
        content words that the sentence holds (idf over those sentences; no model; scores divided
-       by the hit's best, so they lie in [0, 1]). A sentence stays when it scores at least
-       ``min_score`` (an absolute floor), or, without ``min_score``, at least ``best - keep``
-       (``best``: the hit's top sentence, which always stays). The hit becomes the span from the
-       first to the last sentence that stays, widened by ``pad`` sentences on each side. The
-       first ``whole`` hits are left whole (the top-ranked passages are the likeliest to hold
-       the answer, and more of it than one sentence); ``keep=None`` narrows none.
+       by the hit's best, so they lie in [0, 1]). A sentence stays when it clears the floors
+       that are set: ``min_score`` (absolute) and ``best - keep`` (relative to the hit's top
+       sentence, which always stays). The hit becomes the span from the first to the last
+       sentence that stays, widened by ``pad`` sentences on each side. The first ``whole`` hits
+       are left whole (the top-ranked passages are the likeliest to hold the answer, and more
+       of it than one sentence). With both floors ``None`` nothing is narrowed.
     3. Hits keep their score and order; ranks are 0..n-1.
 
     A refined hit is always within the given hits' text, so ``doc.text[start:end] == text``
@@ -125,10 +125,10 @@ class SentenceRefiner:
 
     k: int = 5
     merge: bool = True
-    keep: float | None = 0.1
+    min_score: float | None = 0.3
+    keep: float | None = None
     pad: int = 0
     whole: int = 0
-    min_score: float | None = None
     scorer: Literal["dense", "lexical"] = "dense"
 
     def __post_init__(self) -> None:
@@ -147,7 +147,7 @@ class SentenceRefiner:
 
     def select(self, query: str, hits: Sequence[Hit], context: Any = None) -> list[Hit]:
         kept = self.pick(hits)
-        if self.keep is None or len(kept) <= self.whole:
+        if (self.keep is None and self.min_score is None) or len(kept) <= self.whole:
             return _ranked(kept)
         units = [[] if i < self.whole else sentence_spans(h.chunk.text)
                  for i, h in enumerate(kept)]
@@ -208,8 +208,9 @@ class SentenceRefiner:
             top = float(scores.max())
             scores = scores / top if top > 0 else np.ones_like(scores)
         best = float(scores.max())
-        floor = best - self.keep if self.min_score is None else min(best, self.min_score)
-        near = np.flatnonzero(scores >= floor)  # never empty: best is in it
+        floor = max(best - (self.keep if self.keep is not None else np.inf),
+                    self.min_score if self.min_score is not None else -np.inf)
+        near = np.flatnonzero(scores >= min(best, floor))  # never empty: best is in it
         lo = max(0, int(near[0]) - self.pad)
         hi = min(len(units) - 1, int(near[-1]) + self.pad)
         return sub_chunk(chunk, units[lo][0], units[hi][1])

@@ -49,18 +49,18 @@ def test_narrows_a_hit_to_the_matching_sentence_with_exact_offsets():
     chunk = Chunk.of(DOC, 0, len(DOC.text), 0)
     embed = axis_embed(["cats", "dogs", "moon", "birds"])
     ctx = SelectionContext(query_vec=np.array([0, 0, 1, 0.2], dtype=np.float32), embed=embed)
-    out = SentenceRefiner(k=5, keep=0.1).select("moon?", [Hit(chunk, 0.7, 0)], ctx)
+    out = SentenceRefiner(k=5, keep=0.1, min_score=None).select("moon?", [Hit(chunk, 0.7, 0)], ctx)
     assert len(out) == 1
     c = out[0].chunk
     assert c.text == "The moon is full." == DOC.text[c.start:c.end]
     assert c.metadata["refined_from"] == chunk.id and out[0].score == 0.7
     # a looser keep takes the window from the best down to the second sentence within reach
-    out = SentenceRefiner(keep=0.9).select("moon?", [Hit(chunk, 0.7, 0)], ctx)
+    out = SentenceRefiner(keep=0.9, min_score=None).select("moon?", [Hit(chunk, 0.7, 0)], ctx)
     assert out[0].chunk.text == "The moon is full. Birds sing at dawn."
     # pad widens by whole sentences, never past the hit
-    out = SentenceRefiner(keep=0.1, pad=1).select("moon?", [Hit(chunk, 0.7, 0)], ctx)
+    out = SentenceRefiner(keep=0.1, min_score=None, pad=1).select("moon?", [Hit(chunk, 0.7, 0)], ctx)
     assert out[0].chunk.text == "Dogs bark at night. The moon is full. Birds sing at dawn."
-    out = SentenceRefiner(keep=0.1, pad=5).select("moon?", [Hit(chunk, 0.7, 0)], ctx)
+    out = SentenceRefiner(keep=0.1, min_score=None, pad=5).select("moon?", [Hit(chunk, 0.7, 0)], ctx)
     assert out[0].chunk == chunk  # nothing cut: the same chunk comes back
 
 
@@ -76,7 +76,7 @@ def test_whole_keeps_the_top_hits_untouched_and_k_caps_the_count():
     assert [h.rank for h in out] == [0, 1]
     out = SentenceRefiner(k=2, whole=2, keep=0.1).select("q", hits, ctx)
     assert [h.chunk for h in out] == [a, b]
-    out = SentenceRefiner(k=2, keep=None).select("q", hits, ctx)
+    out = SentenceRefiner(k=2, keep=None, min_score=None).select("q", hits, ctx)
     assert [h.chunk for h in out] == [a, b]
 
 
@@ -86,16 +86,16 @@ def test_merge_folds_overlapping_hits_and_frees_the_slot():
     overlapping = Chunk.of(DOC, 18, 55, 1)  # sentences 2-3
     last = Chunk.of(DOC, 56, len(text), 2)  # sentence 4
     hits = [Hit(first, 0.9, 0), Hit(overlapping, 0.8, 1), Hit(last, 0.5, 2)]
-    out = SentenceRefiner(k=2, keep=None, merge=True).select("q", hits, None)
+    out = SentenceRefiner(k=2, keep=None, min_score=None, merge=True).select("q", hits, None)
     assert [h.chunk.text for h in out] == [text[0:55], text[56:]]
     assert out[0].chunk.metadata["merged"] == [first.id, overlapping.id]
     assert all(text[h.chunk.start:h.chunk.end] == h.chunk.text for h in out)
-    out = SentenceRefiner(k=2, keep=None, merge=False).select("q", hits, None)
+    out = SentenceRefiner(k=2, keep=None, min_score=None, merge=False).select("q", hits, None)
     assert [h.chunk for h in out] == [first, overlapping]
     # a hit arriving later that overlaps two kept ones joins them into one
     a, b = Chunk.of(DOC, 0, 17, 0), Chunk.of(DOC, 38, 55, 2)
     bridge = Chunk.of(DOC, 10, 45, 1)
-    out = SentenceRefiner(k=3, keep=None).select("q", [Hit(a, 0.9), Hit(b, 0.8), Hit(bridge, 0.7)],
+    out = SentenceRefiner(k=3, keep=None, min_score=None).select("q", [Hit(a, 0.9), Hit(b, 0.8), Hit(bridge, 0.7)],
                                                  None)
     assert [h.chunk.text for h in out] == [text[0:55]]
 
@@ -210,4 +210,9 @@ def test_min_score_is_an_absolute_floor_and_the_best_sentence_always_stays():
     out = SentenceRefiner(min_score=0.99).select("q", [Hit(chunk, 1.0, 0)], ctx)
     assert out[0].chunk.text == "Dogs bark at night."  # nothing clears it: the best stays
     out = SentenceRefiner(min_score=0.1).select("q", [Hit(chunk, 1.0, 0)], ctx)
+    assert out[0].chunk == chunk
+    # both floors: a sentence must clear both (dogs 0.76, birds 0.63; keep 0.2 -> 0.56)
+    out = SentenceRefiner(min_score=0.1, keep=0.05).select("q", [Hit(chunk, 1.0, 0)], ctx)
+    assert out[0].chunk.text == "Dogs bark at night."
+    out = SentenceRefiner(min_score=None, keep=None).select("q", [Hit(chunk, 1.0, 0)], ctx)
     assert out[0].chunk == chunk
