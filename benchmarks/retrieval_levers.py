@@ -4,7 +4,7 @@ For every base path (chunker + index + fusion settings) the corpora are indexed 
 question's candidates fetched once (``index.search(query_vec, candidates, queries=[q])``, exactly
 what ``RAGPipeline.retrieve`` does); then every selector/refiner setting is applied to the same
 candidates with the same ``SelectionContext`` the pipeline builds, and scored with the
-evaluation's own metric code (``ragkit.evaluation.metrics.retrieval_scores``, exact character
+evaluation's own metric code (``ragkit.evaluation.retrieval.hit_scores``, exact character
 spans, k = 5: a setting returns at most 5 hits). That is ``ragkit eval retrieval`` without
 re-indexing per setting; ``configs/eval/best_retrieval.yaml`` re-measures the chosen setting
 through the real command.
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ragkit.evaluation.data import load_dataset
-from ragkit.evaluation.metrics import retrieval_scores
+from ragkit.evaluation.retrieval import hit_scores
 from ragkit.pipeline import RAGPipeline
 from ragkit.retrieval.base import SelectionContext
 from ragkit.config import build
@@ -116,13 +116,11 @@ def candidates(ds, chunker, index, fusion=None):
 def scores(ds, answers) -> dict[str, np.ndarray]:
     out = {"recall": [], "precision": [], "iou": [], "chars": [], "hits": []}
     for q, hits in zip(ds.questions, answers):
-        own = [(h.chunk.start, h.chunk.end) for h in hits if h.chunk.doc_id == q.corpus_id]
-        sizes = [h.chunk.end - h.chunk.start for h in hits]
-        r, p, iou = retrieval_scores(q.references, own, sizes)
+        r, p, iou = hit_scores(q, hits)  # the evaluation's own scoring
         out["recall"].append(r)
         out["precision"].append(p)
         out["iou"].append(iou)
-        out["chars"].append(sum(sizes))
+        out["chars"].append(sum(h.chunk.end - h.chunk.start for h in hits))
         out["hits"].append(len(hits))
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 

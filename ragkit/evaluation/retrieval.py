@@ -9,7 +9,7 @@ spans; a selector may return fewer than ``k`` hits, and precision counts what it
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,9 +97,7 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
         for k in config.ks:
             vals = {m: [] for m in METRICS}
             for q, hits in zip(questions, answers[k]):
-                own = [(h.chunk.start, h.chunk.end) for h in hits if h.chunk.doc_id == q.corpus_id]
-                sizes = [h.chunk.end - h.chunk.start for h in hits]
-                r, p, iou = retrieval_scores(q.references, own, sizes)
+                r, p, iou = hit_scores(q, hits)
                 vals["recall"].append(r)
                 vals["precision"].append(p)
                 vals["iou"].append(iou)
@@ -125,6 +123,14 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
             reranker_stats=counts_since(pipe.reranker, before),
         ))
     return out
+
+
+def hit_scores(question: Any, hits: Sequence[Any]) -> tuple[float, float, float]:
+    """``(recall, precision, iou)`` of one question's hits: exact character spans, hits from
+    other corpora counted in the precision and IoU denominators only."""
+    own = [(h.chunk.start, h.chunk.end) for h in hits if h.chunk.doc_id == question.corpus_id]
+    sizes = [h.chunk.end - h.chunk.start for h in hits]
+    return retrieval_scores(question.references, own, sizes)
 
 
 def markdown(results: list[PathResult], config: RetrievalEval) -> str:
