@@ -16,13 +16,16 @@ corpus. The report gives each
 held-out corpus's figures and their question-weighted mean (every question is scored by a
 setting that did not see its corpus).
 
-Latency: ``RAGPipeline.retrieve`` wall time per question, p50 and p95, for the chosen setting and
-for plain hybrid top-5, on an embedder *without* the on-disk cache (every query and every
-sentence is embedded for real), after one warm-up query, interleaved question by question so
-both see the same machine load. Tokens to the generator: all-MiniLM-L6-v2 wordpieces of the
-returned hits per question.
+Latency: ``RAGPipeline.retrieve`` per question, p50 and p95, for the chosen setting and for plain
+top-5 over the same chunker and index, with the query (and every sentence the refiner scores)
+embedded for real (no on-disk cache), after one warm-up query, interleaved question by question
+so both see the same machine load; wall time and the process's CPU time (all threads), since on
+a shared machine wall time mostly measures the queue. Tokens to the generator: all-MiniLM-L6-v2
+wordpieces of the returned hits per question.
 
     HF_HUB_OFFLINE=1 python benchmarks/retrieval_levers.py --out runs/levers-cv
+    HF_HUB_OFFLINE=1 python benchmarks/retrieval_levers.py --out runs/latency \
+        --latency-only configs/eval/best_retrieval.yaml
 """
 
 from __future__ import annotations
@@ -141,25 +144,40 @@ def choose(rows, mask, recall_target=90.0, iou_target=8.0):
                                            train[lab]["iou"] / iou_target), train[lab]["recall"]))
 
 
-def latency(ds, chunker, index, selector, candidates, n, tok):
-    """Per-question retrieve seconds of (plain top-5, chosen) on uncached embedders, interleaved."""
-    pipes = []
-    for sel, cands in ((None, None), (selector, candidates)):
-        pipe = RAGPipeline(chunker=chunker, embedder=embedder(), index=copy.deepcopy(index),
+def latency(ds, spec: dict, n: int) -> dict[str, dict[str, float]]:
+    """``RAGPipeline.retrieve`` cost per question of plain top-5 (the same chunker and index, no
+    selector) and of ``spec`` (a pipeline config), on the first ``n`` questions, interleaved so
+    both see the same machine load. Wall time and this process's CPU time (all threads: on a
+    loaded machine wall time mostly measures the queue, CPU time what the query costs)."""
+    from ragkit.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(MINILM)
+    pipes = {}
+    for name, sel, cands in (("plain top-5", None, None),
+                             ("chosen", spec.get("selector"), spec.get("candidates"))):
+        pipe = RAGPipeline(chunker=spec["chunker"], embedder=embedder(),
+                           index=build("index", copy.deepcopy(spec["index"])),
                            selector=sel, k=K, candidates=cands)
         pipe.add([Document(cid, d.text) for cid, d in ds.corpora.items()])  # vectors from cache
         pipe.embedder = build("embedder", embedder(cache=False))  # queries and sentences: real
         pipe.retrieve("warm up the model and the index")
-        pipes.append(pipe)
-    times = [[], []]
-    tokens = [[], []]
+        pipes[name] = pipe
+    wall = {name: [] for name in pipes}
+    cpu = {name: [] for name in pipes}
+    tokens = {name: [] for name in pipes}
     for q in ds.questions[:n]:
-        for j, pipe in enumerate(pipes):
-            t0 = time.perf_counter()
+        for name, pipe in pipes.items():
+            t0, c0 = time.perf_counter(), time.process_time()
             hits = pipe.retrieve(q.text)
-            times[j].append(time.perf_counter() - t0)
-            tokens[j].append(sum(tok.count(h.chunk.text) for h in hits))
-    return times, tokens
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+            tokens[name].append(sum(tok.count(h.chunk.text) for h in hits))
+    return {name: {"wall_p50_ms": 1000 * float(np.percentile(wall[name], 50)),
+                   "wall_p95_ms": 1000 * float(np.percentile(wall[name], 95)),
+                   "cpu_p50_ms": 1000 * float(np.percentile(cpu[name], 50)),
+                   "cpu_p95_ms": 1000 * float(np.percentile(cpu[name], 95)),
+                   "tokens_per_question": statistics.fmean(tokens[name]), "questions": n}
+            for name in pipes}
 
 
 def main() -> None:
@@ -167,10 +185,21 @@ def main() -> None:
     ap.add_argument("data", nargs="?", default="data/chunking_eval")
     ap.add_argument("--out", default="runs/levers-cv")
     ap.add_argument("--latency-questions", type=int, default=60)
+    ap.add_argument("--latency-only", metavar="CONFIG",
+                    help="only time the one path of this `ragkit eval retrieval` config "
+                         "(e.g. configs/eval/best_retrieval.yaml) against plain top-5")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(args.data)
+    if args.latency_only:
+        from ragkit.config import load_yaml
+
+        (label, spec), = load_yaml(args.latency_only)["paths"].items()
+        lat = latency(ds, spec, args.latency_questions)
+        print(json.dumps({label: lat}, indent=1))
+        (out / "latency.json").write_text(json.dumps({label: lat}, indent=1) + "\n")
+        return
     corpus = np.array([q.corpus_id for q in ds.questions])
     rows: dict[str, dict[str, np.ndarray]] = {}
     specs: dict[str, dict] = {}
@@ -210,17 +239,8 @@ def main() -> None:
               for m in ("recall", "iou", "precision", "chars")}
     best = choose(rows, np.ones(len(corpus), bool))
     print("chosen on all corpora:", best, summary(rows[best]))
-    # latency of the chosen setting vs plain hybrid top-5 (same chunker, index and fusion)
-    from ragkit.tokenizers import load_tokenizer
-
-    spec = specs[best]
-    index = build("index", spec["index"])
-    times, tokens = latency(ds, spec["chunker"], index, spec["selector"], spec["candidates"],
-                            args.latency_questions, load_tokenizer(MINILM))
-    lat = {name: {"p50_ms": 1000 * float(np.percentile(t, 50)),
-                  "p95_ms": 1000 * float(np.percentile(t, 95)),
-                  "tokens_per_question": statistics.fmean(tk)}
-           for name, t, tk in zip(("plain top-5", "chosen"), times, tokens)}
+    # latency of the chosen setting vs plain top-5 (same chunker, index and fusion)
+    lat = latency(ds, specs[best], args.latency_questions)
     print("latency", lat)
     result = {"rows": {lab: summary(v) for lab, v in rows.items()},
               "per_corpus": {lab: {c: summary(v, corpus == c) for c in sorted(set(corpus))}
