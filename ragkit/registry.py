@@ -70,6 +70,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "mmr": "ragkit.retrieval.selectors:MMR",
         "token-budget": "ragkit.retrieval.selectors:TokenBudget",
         "neighbours": "ragkit.retrieval.selectors:Neighbours",
+        "sentence-refine": "ragkit.retrieval.refiners:SentenceRefiner",
     },
 }
 

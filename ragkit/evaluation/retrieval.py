@@ -9,7 +9,7 @@ spans; a selector may return fewer than ``k`` hits, and precision counts what it
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,9 @@ class PathResult:
     n_chunks: int
     mean_chunk_chars: float
     mean_hits: dict[str, float]  # k -> hits returned on average (selectors may return fewer)
+    # k -> characters of hit text returned per question on average (what a generator would read)
+    mean_context_chars: dict[str, float]
+    mean_chunk_tokens: float | None  # the chunker's ``tokens`` metadata, where every chunk has it
     results: dict[str, Any]
     per_question: dict[str, dict[str, list[float]]]
     seconds: dict[str, float]
@@ -80,6 +83,7 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
         omegas = [omega(q.references, by_corpus.get(q.corpus_id, []))[0] for q in dataset.questions]
         per_q: dict[str, dict[str, list[float]]] = {}
         mean_hits: dict[str, float] = {}
+        context_chars: dict[str, float] = {}
         questions = dataset.questions
         loop = progress(questions, f"retrieving {label}", len(questions)) if progress else questions
         answers: dict[int, list[list[Any]]] = {k: [] for k in config.ks}
@@ -90,15 +94,17 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
         for k in config.ks:
             vals = {m: [] for m in METRICS}
             for q, hits in zip(questions, answers[k]):
-                own = [(h.chunk.start, h.chunk.end) for h in hits if h.chunk.doc_id == q.corpus_id]
-                sizes = [h.chunk.end - h.chunk.start for h in hits]
-                r, p, iou = retrieval_scores(q.references, own, sizes)
+                r, p, iou = hit_scores(q, hits)
                 vals["recall"].append(r)
                 vals["precision"].append(p)
                 vals["iou"].append(iou)
             vals["precision_omega"] = list(omegas)
             per_q[str(k)] = vals
             mean_hits[str(k)] = sum(map(len, answers[k])) / len(questions)
+            context_chars[str(k)] = sum(h.chunk.end - h.chunk.start
+                                        for hits in answers[k] for h in hits) / len(questions)
+        tokens = [c.metadata.get("tokens") for c in chunks]
+        have_tokens = bool(chunks) and all(isinstance(t, int) for t in tokens)
         out.append(PathResult(
             label=label,
             config=pipe.to_config(),
@@ -106,6 +112,8 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
             mean_chunk_chars=(sum(e - s for c in by_corpus.values() for s, e in c) / len(chunks)
                               if chunks else 0.0),
             mean_hits=mean_hits,
+            mean_context_chars=context_chars,
+            mean_chunk_tokens=sum(tokens) / len(tokens) if have_tokens else None,
             results=aggregate(per_q, [q.corpus_id for q in questions]),
             per_question=per_q,
             seconds={"index": t_add, "retrieve": time.perf_counter() - t0 - t_add},
@@ -114,17 +122,27 @@ def evaluate_retrieval(dataset: EvalDataset, config: RetrievalEval, *, progress=
     return out
 
 
+def hit_scores(question: Any, hits: Sequence[Any]) -> tuple[float, float, float]:
+    """``(recall, precision, iou)`` of one question's hits: exact character spans, hits from
+    other corpora counted in the precision and IoU denominators only."""
+    own = [(h.chunk.start, h.chunk.end) for h in hits if h.chunk.doc_id == question.corpus_id]
+    sizes = [h.chunk.end - h.chunk.start for h in hits]
+    return retrieval_scores(question.references, own, sizes)
+
+
 def markdown(results: list[PathResult], config: RetrievalEval) -> str:
     lines = ["Exact mode, character units; mean ± population std, x100.", ""]
     for k in config.ks:
         lines += [f"**k = {k}**", "",
-                  "| path | chunks | mean hits | recall | precision | IoU | precision_Ω |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| path | chunks | chunk tokens | mean hits | chars/question | recall | precision "
+                  "| IoU | precision_Ω |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in results:
             cells = [f"{r.results[str(k)][m]['mean']:.1f} ± {r.results[str(k)][m]['std']:.1f}"
                      for m in ("recall", "precision", "iou", "precision_omega")]
-            lines.append(f"| {r.label} | {r.n_chunks} | {r.mean_hits[str(k)]:.1f} | "
-                         + " | ".join(cells) + " |")
+            tok = "" if r.mean_chunk_tokens is None else f"{r.mean_chunk_tokens:.1f}"
+            lines.append(f"| {r.label} | {r.n_chunks} | {tok} | {r.mean_hits[str(k)]:.1f} | "
+                         f"{r.mean_context_chars[str(k)]:.0f} | " + " | ".join(cells) + " |")
         lines.append("")
     from ragkit.evaluation.report import counts_list
 

@@ -39,3 +39,29 @@ def test_every_selector_builds_round_trips_and_keeps_its_contract(name):
         assert len({h.chunk.id for h in out}) == len(out)
         assert {h.chunk for h in out} <= {h.chunk for h in hits}
     assert selector.select("query", [], context) == []
+
+
+# -- every registered selector: what comes back is exact text of the document ---------------------
+
+
+@pytest.mark.parametrize("name", SELECTORS)
+def test_every_selector_returns_exact_spans_of_the_documents(name):
+    """Selectors that change spans (neighbours merges, sentence-refine narrows and merges) must
+    keep ``doc.text[start:end] == text``, inside the text the given hits (or the index) hold."""
+    doc = Document("d", "One fish. Two fish! Red fish? Blue fish.\nOld fish. New fish. " * 3)
+    spans = [(0, 19), (10, 40), (41, 61), (61, 100), (90, 130), (130, len(doc.text))]
+    chunks = [Chunk.of(doc, a, b, i) for i, (a, b) in enumerate(spans)]
+    index = MemoryIndex()
+    index.add(chunks, np.eye(len(chunks), 8, dtype=np.float32))
+    hits = [Hit(c, 1.0 - 0.1 * i, i) for i, c in enumerate(chunks)]
+
+    def embed(texts):
+        return np.stack([np.eye(8, dtype=np.float32)[sum(map(ord, t)) % 8] for t in texts])
+
+    context = SelectionContext(query_vec=np.ones(8, dtype=np.float32), embed=embed, index=index)
+    out = build("selector", name).select("red fish", hits, context)
+    assert out and [h.rank for h in out] == list(range(len(out)))
+    covered = set().union(*(range(c.start, c.end) for c in chunks))
+    for h in out:
+        assert doc.text[h.chunk.start:h.chunk.end] == h.chunk.text
+        assert set(range(h.chunk.start, h.chunk.end)) <= covered
