@@ -373,10 +373,6 @@ class DocumentLoader:
     def _allowed(self, name: str) -> bool:
         return name.lower().endswith(tuple(s.lower() for s in self.suffixes))
 
-    # the old private names, which ragkit.ingest still calls; drop them once it calls the above
-    _files = files
-    _parse = parse
-
 
 def path_list(paths: PathArg | Iterable[PathArg]) -> list[Path]:
     """``paths`` (one path or an iterable of them) as a list of ``Path``; a ConfigError at
@@ -472,8 +468,3 @@ def iter_documents(
         text_field=text_field, id_field=id_field, on_error=on_error, suffixes=suffixes
     )
     return loader.iter(paths, problems=problems)
-
-
-# the old private names, which ragkit.ingest still imports; drop them once it imports the above
-_File = SourceFile
-_path_list = path_list

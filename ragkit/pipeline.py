@@ -23,6 +23,15 @@ from ragkit.concurrency import Guarded
 from ragkit.config import COMPONENT_KIND, build, build_dataclass, model_spec, to_config
 from ragkit.doclog import Delete, DocumentInfo, Put
 from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
+from ragkit.protocols import (
+    ChunksAndEmbeds,
+    HasDocHash,
+    HasEmbedder,
+    Persistent,
+    PersistsWrites,
+    RecordsInfo,
+    provides,
+)
 from ragkit.types import Answer, Chunk, Document, Hit
 
 CONFIG_FILE = "pipeline.yaml"
@@ -82,8 +91,8 @@ class RAGPipeline:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"must be an int >= 1; got {value!r}", path=name)
-        own = getattr(self.chunker, "embedder", None)
-        if hasattr(self.chunker, "chunk_and_embed") and own is not None:
+        own = self.chunker.embedder if isinstance(self.chunker, HasEmbedder) else None
+        if isinstance(self.chunker, ChunksAndEmbeds) and own is not None:
             if model_spec(own) != model_spec(self.embedder):
                 raise ConfigError(
                     f"the chunker embeds chunks with {model_spec(own)} but queries would be "
@@ -128,11 +137,11 @@ class RAGPipeline:
             if self.doc_hash(doc.id) == digest:
                 report.unchanged += 1
                 continue
-            if hasattr(self.chunker, "chunk_and_embed"):  # e.g. late chunking: its own vectors
+            if isinstance(self.chunker, ChunksAndEmbeds):  # e.g. late chunking: its own vectors
                 chunks, vecs = self.chunker.chunk_and_embed(doc)
-                chunks = _stamp(chunks, digest)
+                chunks = stamp(chunks, digest)
             else:
-                chunks, vecs = _stamp(self.chunker.chunk(doc), digest), None
+                chunks, vecs = stamp(self.chunker.chunk(doc), digest), None
                 waiting += len(chunks)
             group.append((doc, chunks, vecs))
             report.documents += 1
@@ -157,7 +166,7 @@ class RAGPipeline:
         """The content hash the index holds for document ``doc_id``, or ``None``."""
         if self._log is not None:
             return self._log.hash_of(doc_id)
-        if hasattr(self.index, "doc_hash"):
+        if isinstance(self.index, HasDocHash):
             return self.index.doc_hash(doc_id)
         return None
 
@@ -233,7 +242,7 @@ class RAGPipeline:
         import yaml
 
         path = Path(path)
-        if not hasattr(self.index, "save"):
+        if not provides(self.index, Persistent):
             raise RagkitError(f"index {type(self.index).__name__} cannot be saved to a folder")
         path.mkdir(parents=True, exist_ok=True)
         with self._writer, _reading(self.index):  # a snapshot of whole documents
@@ -384,7 +393,7 @@ class RAGPipeline:
     def bind_index(self) -> None:
         """Record in the index what it is built with (chunker, embedder), or refuse, with an
         ``IndexMismatchError``, a pipeline that differs from what it was built with."""
-        info = getattr(self.index, "info", None)
+        info = self.index.info if isinstance(self.index, RecordsInfo) else None
         if info is None:
             return
         want = {"embedder": model_spec(self.embedder), "chunker": to_config(self.chunker, "chunker")}
@@ -395,7 +404,7 @@ class RAGPipeline:
             self._check_built_with(key, spec)
 
     def _check_built_with(self, key: str, spec: dict[str, Any]) -> None:
-        built = (getattr(self.index, "info", None) or {}).get(key)
+        built = ((self.index.info if isinstance(self.index, RecordsInfo) else None) or {}).get(key)
         if built is not None and built != spec:
             raise IndexMismatchError(
                 f"the index was built with {key} {built}, but this pipeline uses {spec}; "
@@ -407,8 +416,7 @@ class RAGPipeline:
 def _persists_writes(index: Any, folder: Path | None) -> bool:
     """Whether ``index`` makes each write durable itself where ``folder`` points (Chroma), so
     the log need not keep it."""
-    check = getattr(index, "persists_writes", None)
-    return folder is not None and check is not None and bool(check(folder))
+    return folder is not None and isinstance(index, PersistsWrites) and index.persists_writes(folder)
 
 
 def _writing(index: Any) -> Any:
@@ -429,7 +437,7 @@ def _documents_of(index: Any) -> dict[str, DocumentInfo]:
     return docs
 
 
-def _stamp(chunks: list[Chunk], digest: str) -> list[Chunk]:
+def stamp(chunks: list[Chunk], digest: str) -> list[Chunk]:
     """The chunks with their document's content hash in metadata (``doc_hash``)."""
     return [replace(c, metadata={**c.metadata, "doc_hash": digest}) for c in chunks]
 

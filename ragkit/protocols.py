@@ -263,6 +263,15 @@ class ConcurrentWriters(Protocol):
 
 
 @runtime_checkable
+class PersistsWrites(Protocol):
+    """An index whose writes are durable by themselves where a save to ``folder`` points (a
+    Chroma server, or embedded Chroma data under ``folder``), so the document log need not keep
+    them once applied."""
+
+    def persists_writes(self, folder: str | Path) -> bool: ...
+
+
+@runtime_checkable
 class RecordsInfo(Protocol):
     """``info``: what the component was built with (the pipeline records the embedder's and the
     chunker's config in an index's ``info`` and refuses a pipeline that differs)."""

@@ -170,7 +170,7 @@ def ingest(
     ``restart`` forgets the finished shards and replaces the index.
     """
     from ragkit.config import build, load_yaml, model_spec, to_config
-    from ragkit.loaders import DEFAULT_SUFFIXES, DocumentLoader, LoadError, _path_list
+    from ragkit.loaders import DEFAULT_SUFFIXES, DocumentLoader, LoadError, path_list
     from ragkit.pipeline import RAGPipeline
     from ragkit.registry import imports_are_allowed
 
@@ -186,7 +186,7 @@ def ingest(
     suffixes = tuple(suffixes)
     loader = DocumentLoader(text_field=text_field, id_field=id_field, on_error=on_error,
                             suffixes=suffixes)
-    files, problems = _plan(loader, _path_list(paths))
+    files, problems = _plan(loader, path_list(paths))
     if problems and on_error == "raise":
         raise LoadError(problems)
 
@@ -257,9 +257,10 @@ def ingest(
         if not direct:
             pipe.close()
     if target != out:
-        close = getattr(pipe.index, "close", None)
-        if close is not None:
-            close()  # an embedded Chroma holds its folder open
+        from ragkit.protocols import Closes
+
+        if isinstance(pipe.index, Closes):
+            pipe.index.close()  # an embedded Chroma holds its folder open
         swap_dirs(target, out)
     report.seconds = time.perf_counter() - t0
     return report
@@ -366,7 +367,7 @@ def _plan(loader: Any, targets: list[Path]) -> tuple[list[Any], list[Any]]:
     from ragkit.loaders import LoadProblem
 
     files, problems, seen = [], [], {}
-    for item in loader._files(targets):
+    for item in loader.files(targets):
         if isinstance(item, LoadProblem):
             problems.append(item)
             continue

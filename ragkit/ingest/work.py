@@ -82,7 +82,7 @@ def read_shards(batch: Mapping[str, Sequence[Any]], *,
     """Read each shard of ``batch`` (columns ``SHARD_INPUT``) with the loader settings ``loader``
     (``DocumentLoader`` keyword arguments). Under ``on_error="raise"`` a shard with any problem
     gives no document (status ``failed``); under ``"skip"`` it gives its good documents."""
-    from ragkit.loaders import DocumentLoader, LoadProblem, _File
+    from ragkit.loaders import DocumentLoader, LoadProblem, SourceFile
 
     reader = DocumentLoader(**loader)
     out: list[dict[str, Any]] = []
@@ -102,7 +102,7 @@ def read_shards(batch: Mapping[str, Sequence[Any]], *,
             continue
         docs, problems = [], []
         first_line: dict[str, int | None] = {}  # doc id -> its line, as the loader checks ids
-        for item in reader._parse(_File(path, row["name"], row["source"]), data):
+        for item in reader.parse(SourceFile(path, row["name"], row["source"]), data):
             if isinstance(item, LoadProblem):
                 problems.append([item.path, item.line, item.reason])
                 continue
@@ -151,19 +151,20 @@ def chunk_and_embed(docs: Sequence[Document], chunker: Any, embedder: Any,
     """
     import numpy as np
 
-    from ragkit.pipeline import _stamp
+    from ragkit.pipeline import stamp
+    from ragkit.protocols import ChunksAndEmbeds
 
     results: list[DocResult] = []
     for doc in docs:
         result = DocResult(doc)
         results.append(result)
         try:
-            if hasattr(chunker, "chunk_and_embed"):  # e.g. late chunking: its own vectors
+            if isinstance(chunker, ChunksAndEmbeds):  # e.g. late chunking: its own vectors
                 chunks, vecs = chunker.chunk_and_embed(doc)
-                result.chunks = _stamp(chunks, doc.content_hash)
+                result.chunks = stamp(chunks, doc.content_hash)
                 result.vecs = np.asarray(vecs, dtype=np.float32).reshape(len(chunks), -1)
             else:
-                result.chunks = _stamp(chunker.chunk(doc), doc.content_hash)
+                result.chunks = stamp(chunker.chunk(doc), doc.content_hash)
         except RagkitError as exc:
             result.chunks, result.error = [], str(exc)
     todo = [r for r in results if r.vecs is None and not r.error]
