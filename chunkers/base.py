@@ -230,6 +230,18 @@ class TokenIndex:
         before = np.concatenate(([0], first, [len(starts)])).astype(np.int64, copy=False)
         return cuts, before
 
+    @property
+    def has_clusters(self) -> bool:
+        """Whether the text has a grapheme cluster of more than one char (else every offset is
+        a cluster boundary)."""
+        return len(self.inside) > 0
+
+    def sure_fit(self, size: int) -> int:
+        """A span of at most this many chars has at most ``size`` tokens, known without counting
+        (``at_most``'s first bound: a char is at most four UTF-8 bytes, a token at least one);
+        0 when the tokenizer gives no such bound."""
+        return size // 4 if self._additive else 0
+
     def on_boundary(self, pos: int) -> bool:
         """Whether ``pos`` starts a grapheme cluster (or is the end of the text)."""
         if len(self.inside) == 0:
