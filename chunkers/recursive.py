@@ -14,7 +14,14 @@ from functools import cached_property
 
 import numpy as np
 
-from ragkit.chunkers.base import TokenIndex, check_size, make_chunks, pack_indexed, token_windows
+from ragkit.chunkers.base import (
+    ChunkMany,
+    TokenIndex,
+    check_size,
+    make_chunks,
+    pack_indexed,
+    token_windows,
+)
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -23,7 +30,7 @@ DEFAULT_SEPARATORS = ("\n\n", "\n", ". ", "? ", "! ", "。", "！", "？", "; ",
 
 
 @dataclass(kw_only=True)
-class RecursiveChunker:
+class RecursiveChunker(ChunkMany):
     chunk_size: int = 256
     overlap: int = 0
     tokenizer: str = "cl100k"
