@@ -7,7 +7,7 @@ packages cannot share an environment with transformers 5.x (``optimum-onnx`` req
 once, offline, with ``torch.onnx.export`` (the dynamo exporter) into a cache folder; int8 is
 ONNX Runtime's dynamic quantisation of that file (``quantize_dynamic``: int8 weights, activations
 quantised per batch at run time, nothing to calibrate and nothing downloaded); OpenVINO compiles
-the same ONNX files. Tokenizing, pooling and normalising stay those of the sentence-transformers
+the fp32 ONNX file, and its int8 is NNCF's data-free int8 weight compression of it. Tokenizing, pooling and normalising stay those of the sentence-transformers
 model: its tokenizer, and its Pooling module's mean or CLS mode.
 
 Export folder: ``<root>/<model folder name>-<key>/`` where ``key`` hashes the model folder's
@@ -60,8 +60,8 @@ class Runtime:
                               path="backend")
         self.backend = backend
         self.names = _input_names(st_model)
-        onnx_file = ensure_onnx(st_model, folder, int8=backend.endswith("-int8"))
         if backend.startswith("onnx"):
+            onnx_file = ensure_onnx(st_model, folder, int8=backend == "onnx-int8")
             ort = require("onnxruntime", extra="onnx", component=f"embedder backend {backend!r}")
             options = ort.SessionOptions()
             if threads:
@@ -74,7 +74,8 @@ class Runtime:
             ov = require("openvino", extra="openvino", component=f"embedder backend {backend!r}")
             core = ov.Core()
             config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
-            compiled = core.compile_model(core.read_model(str(onnx_file)), "CPU", config)
+            model = ensure_openvino(core, st_model, folder, int8=backend == "openvino-int8")
+            compiled = core.compile_model(model, "CPU", config)
             self._run = lambda feed: compiled(feed)[0]
 
     def hidden(self, features: dict[str, np.ndarray]) -> np.ndarray:
@@ -114,6 +115,30 @@ def ensure_onnx(st_model: Any, folder: Path, *, int8: bool) -> Path:
                                       weight_type=quantization.QuantType.QInt8)
         tmp.replace(q)
     return q
+
+
+def ensure_openvino(core: Any, st_model: Any, folder: Path, *, int8: bool) -> Any:
+    """The OpenVINO model: read from the fp32 ONNX file, or its int8 copy saved in ``folder``.
+
+    OpenVINO's int8 is NNCF's weight compression (``compress_weights``, INT8_ASYM: int8 weights
+    with a per-channel scale and zero point, activations in fp32), the same data-free path as
+    optimum-intel's ``load_in_8bit``. Running ONNX Runtime's dynamically quantised file on
+    OpenVINO was slower than fp32 torch here (its MatMulInteger ops are not fused)."""
+    fp32 = ensure_onnx(st_model, folder, int8=False)
+    if not int8:
+        return core.read_model(str(fp32))
+    xml = folder / "openvino-int8.xml"
+    if not xml.exists():
+        ov = require("openvino", extra="openvino", component="embedder backend 'openvino-int8'")
+        nncf = require("nncf", extra="openvino", component="embedder backend 'openvino-int8'")
+        log.info("compressing %s to int8 weights (nncf)", fp32)
+        model = nncf.compress_weights(core.read_model(str(fp32)),
+                                      mode=nncf.CompressWeightsMode.INT8_ASYM)
+        tmp = folder / f".openvino-int8.{os.getpid()}.xml"
+        ov.save_model(model, str(tmp))
+        tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+        tmp.replace(xml)
+    return core.read_model(str(xml))
 
 
 def _export(st_model: Any, target: Path) -> None:
