@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,9 @@ BUDGET = 512
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:  # loaded by path (tests), not run as a script
+        sys.path.insert(0, here)
     from chunk_throughput import build_corpus
 
     from ragkit.config import build
