@@ -36,8 +36,11 @@ def embedders(args: argparse.Namespace, export_dir: str) -> dict[str, Any]:
     from ragkit.retrieval.embedders import SentenceTransformerEmbedder
     from ragkit.retrieval.static import Model2VecEmbedder
 
+    threads = {"threads": args.threads} if args.threads else {}
     out: dict[str, Any] = {
-        b: SentenceTransformerEmbedder(backend=b, export_dir=export_dir) for b in args.backends
+        b: SentenceTransformerEmbedder(backend=b, export_dir=export_dir,
+                                       **(threads if b != "torch" else {}))
+        for b in args.backends
     }
     if args.model2vec:
         out["model2vec"] = Model2VecEmbedder(model=args.model2vec)
@@ -120,7 +123,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="comma-separated SentenceTransformerEmbedder backends (torch first)")
     p.add_argument("--model2vec", help="also a model2vec folder (scripts/distill_model2vec.sh)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per backend; best kept")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int,
+                   help="threads for every backend: torch.set_num_threads and the onnx/openvino "
+                        "runtimes' (default: each library's own choice, all cores)")
     p.add_argument("--export-dir", help="where exports go (default: a temporary folder)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)

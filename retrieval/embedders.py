@@ -59,7 +59,7 @@ class SentenceTransformerEmbedder:
     """
 
     # fields that never change a vector, left out of the embedding cache's key
-    cache_key_ignores = ("batch_size", "truncate", "cache", "export_dir")
+    cache_key_ignores = ("batch_size", "truncate", "cache", "export_dir", "threads")
 
     model: str = "all-MiniLM-L6-v2"
     device: str = "cpu"
@@ -69,6 +69,7 @@ class SentenceTransformerEmbedder:
     cache: str | None = None
     backend: str = "torch"
     export_dir: str | None = None
+    threads: int | None = None  # onnx/openvino: the runtime's threads (default: its own choice)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -99,6 +100,14 @@ class SentenceTransformerEmbedder:
             raise ConfigError(
                 f"backend {self.backend!r} runs on the CPU; got device {self.device!r} (use "
                 "backend: torch for other devices)", path="device",
+            )
+        th = self.threads
+        if th is not None and (isinstance(th, bool) or not isinstance(th, int) or th < 1):
+            raise ConfigError(f"must be an int >= 1 or null; got {th!r}", path="threads")
+        if th is not None and self.backend == "torch":
+            raise ConfigError(
+                "sets the threads of the onnx and openvino backends; torch's are process-wide "
+                "(torch.set_num_threads, or OMP_NUM_THREADS)", path="threads",
             )
         if self.export_dir is not None and (not isinstance(self.export_dir, str)
                                             or not self.export_dir):
@@ -247,12 +256,12 @@ class SentenceTransformerEmbedder:
         root = Path(self.export_dir).expanduser() if self.export_dir else \
             backends.default_export_root()
         folder = backends.export_folder(self._local_path, root)
-        key = (str(folder), f"backend:{self.backend}")
+        key = (str(folder), f"backend:{self.backend}:{self.threads}")
         with _SHARED_LOCK:
             hit = _SHARED.get(key)
             runtime = hit() if hit is not None else None
             if runtime is None:
-                runtime = backends.Runtime(self._model, self.backend, folder, threads=None)
+                runtime = backends.Runtime(self._model, self.backend, folder, threads=self.threads)
                 _SHARED[key] = weakref.ref(runtime)
             return runtime
 

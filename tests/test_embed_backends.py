@@ -32,6 +32,10 @@ def test_bad_backend_named():
         SentenceTransformerEmbedder(backend="onnx", device="cuda:0")
     with pytest.raises(ConfigError, match="export_dir"):
         SentenceTransformerEmbedder(backend="onnx", export_dir="")
+    with pytest.raises(ConfigError, match="threads: sets the threads of the onnx"):
+        SentenceTransformerEmbedder(threads=1)
+    with pytest.raises(ConfigError, match="threads: must be an int >= 1"):
+        SentenceTransformerEmbedder(backend="onnx", threads=0)
 
 
 def test_backend_is_part_of_the_cache_key():
@@ -76,7 +80,7 @@ def test_tiny_model_on_each_backend(tiny_model, tmp_path_factory, backend):
     exports = tmp_path_factory.getbasetemp() / "exports"  # shared: exported once for all four
     ref = SentenceTransformerEmbedder(model=str(tiny_model)).embed(TEXTS)
     emb = SentenceTransformerEmbedder(model=str(tiny_model), backend=backend,
-                                      export_dir=str(exports), batch_size=4)
+                                      export_dir=str(exports), batch_size=4, threads=1)
     vecs = emb.embed(TEXTS)
     assert vecs.shape == ref.shape and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
