@@ -203,9 +203,7 @@ class SentenceTransformerEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 ``(len(texts), dim)`` in input order; rows L2-normalised when ``normalize``."""
-        if isinstance(texts, str):
-            raise TypeError("embed takes a sequence of texts, not a single str; wrap it in a list")
-        texts = list(texts)
+        texts = as_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self.cache is not None:
@@ -370,6 +368,13 @@ class SentenceTransformerEmbedder:
             if full[i : i + len(plain)] == plain:
                 return full[:i], full[i + len(plain) :]
         raise RagkitError(f"cannot find how model {self.model!r} wraps a text in special tokens")
+
+
+def as_texts(texts: Sequence[str]) -> list[str]:
+    """``embed``'s argument as a list, refusing a single str (a sequence of characters)."""
+    if isinstance(texts, str):
+        raise TypeError("embed takes a sequence of texts, not a single str; wrap it in a list")
+    return list(texts)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import numpy as np
 
 from ragkit._deps import require
 from ragkit.errors import ConfigError
+from ragkit.retrieval.embedders import as_texts
 
 DISTILL_HINT = "make one with: bash scripts/distill_model2vec.sh OUT_FOLDER"
 
@@ -68,9 +69,7 @@ class Model2VecEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 ``(len(texts), dim)`` in input order, rows L2-normalised when ``normalize``."""
-        if isinstance(texts, str):
-            raise TypeError("embed takes a sequence of texts, not a single str; wrap it in a list")
-        texts = list(texts)
+        texts = as_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         vecs = self._model.encode(texts, max_length=self.max_tokens, batch_size=self.batch_size,
