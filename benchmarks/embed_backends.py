@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
                 "backend": name, "seconds": best, "times": times[name], "warm_up": warm[name],
                 "texts_per_s": len(texts) / best, "speedup": base / best if base else None,
                 "cos": cos, "dim": int(vecs[name].shape[1]),
-                "recall_5": 100 * result["recall"]["mean"], "iou_5": 100 * result["iou"]["mean"],
+                "recall_5": result["recall"]["mean"], "iou_5": result["iou"]["mean"],  # x100 already
             })
             say(f"{name}: recall@5 {rows[-1]['recall_5']:.1f}, IoU@5 {rows[-1]['iou_5']:.2f}")
     return {"command": command_line(args.argv), "texts": len(texts), "cpus": os.cpu_count(),
