@@ -52,9 +52,10 @@ def chunk_many(chunker: Chunker, docs: Iterable[Document], *, workers: int = 1) 
     chunks, ids, offsets and metadata.
 
     A worker costs its start-up: ~1-2.5 s on a 2-core machine for the imports and the cl100k
-    tokenizer's tables, about what it chunks 1 MB in. So ``workers`` is an upper bound: a batch
-    holds at least ``MIN_BATCH_CHARS`` (1 M chars), and a corpus of one batch (or one document:
-    a document is never split) is chunked in this process.
+    tokenizer's tables, while one process chunks 20 MB in ~2 s (benchmarks/chunk_workers.py: 2
+    workers were 0.3-0.5x of 1 on 20 MB). So ``workers`` is an upper bound: a batch holds at
+    least ``MIN_BATCH_CHARS`` (25 M chars), and a corpus of one batch (or one document: a
+    document is never split) is chunked in this process.
     """
     return list(iter_chunk_many(chunker, docs, workers=workers))
 
@@ -108,8 +109,8 @@ def cpu_count() -> int:
 
 
 _BATCHES_PER_WORKER = 4  # several batches each, so one long document does not leave a core idle
-MIN_BATCH_CHARS = 1_000_000
-_MAX_BATCH_CHARS = 4_000_000
+MIN_BATCH_CHARS = 25_000_000  # from the 20 MB measurement; where 2 workers start to win is unmeasured
+_MAX_BATCH_CHARS = 50_000_000
 
 
 def _batches(docs: list[Document], workers: int) -> list[list[Document]]:

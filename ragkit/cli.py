@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="stats (default): counts and sizes; jsonl: one chunk per line; text: readable")
     c.add_argument("--workers", type=int, default=None,
                    help="chunking processes (default: this machine's cores); same chunks as 1. "
-                        "A worker takes at least 1 M chars, so small inputs run in-process")
+                        "A worker takes at least 25 M chars, so smaller inputs run in-process")
     c.set_defaults(func=cmd_chunk)
 
     i = sub.add_parser("index", help="chunk, embed and index files into a folder")
