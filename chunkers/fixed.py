@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from ragkit.chunkers.base import check_size, make_chunks, token_windows
+from ragkit.chunkers.base import ChunkMany, check_size, make_chunks, token_windows
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
 
 
 @dataclass(kw_only=True)
-class FixedChunker:
+class FixedChunker(ChunkMany):
     """Windows of ``chunk_size`` tokens; consecutive windows share ``overlap`` tokens.
 
     Windows are cut only where a token and a grapheme cluster start, and lose their edge

