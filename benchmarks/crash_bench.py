@@ -13,8 +13,10 @@ time a clean run takes, and
 3. run ``ragkit index --append`` again to completion and compare every document's chunks with
    the clean build (*mismatched after re-run*, must be 0).
 
-Every fourth kill, the corpus is changed first (a few documents rewritten, one removed, one
-added) and the re-run uses ``--sync``, so kills also land while documents are being replaced.
+Every run writes: even-numbered kills start from no folder at all (a fresh build, killed while
+it writes the first documents), odd-numbered ones change the corpus first (a few documents
+rewritten, one removed, one added) and run ``--sync``, so kills land while documents are being
+replaced and deleted.
 
     .venv/bin/python benchmarks/crash_bench.py --kills 100 --stores memory,faiss,chroma
 """
@@ -109,11 +111,13 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
              "mismatched_after_rerun": 0, "clean_build_s": round(clean_s, 2), "errors": []}
     version = 0
     for i in range(kills):
-        if i % 4 == 3:
+        if i % 2 == 0:
+            shutil.rmtree(out, ignore_errors=True)  # a fresh build
+        else:
             version += 1
         ref = reference(version)
         make_corpus(corpus, docs, version)
-        flags = ("--sync",) if version else ("--append",)
+        flags = ("--sync",) if i % 2 else ("--append",)
         proc = ragkit_index(corpus, config, out, *flags)
         time.sleep(rng.uniform(0.2, clean_s * 1.2))
         proc.send_signal(signal.SIGKILL)
