@@ -94,7 +94,8 @@ def render(chunks: Sequence[Chunk], text: str | None = None) -> str:
             if c.end > len(text) or text[c.start:c.end] != c.text:
                 raise ValueError(f"chunk {c.id} is not text[{c.start}:{c.end}] of the text given")
     order = sorted(range(len(chunks)), key=lambda i: (chunks[i].start, chunks[i].end))
-    cuts = sorted({p for c in chunks for p in (c.start, c.end)} | ({0, len(text)} if text else set()))
+    ends = {0, len(text)} if text else set()
+    cuts = sorted({p for c in chunks for p in (c.start, c.end)} | ends)
     out = ['<div class="rk-doc">']
     active: list[int] = []  # chunks covering the current segment, in start order
     nxt = 0

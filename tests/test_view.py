@@ -25,7 +25,7 @@ from ragkit.view import Chunks, render, show
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "ragkit" / "data" / "corpus"
 HOSTILE = ('Tom & Jerry <b>bold</b> "quoted" \'single\'\n\n<script>window.rkPwned = 1;</script>\n'
-           "<img src=x onerror=\"window.rkPwned = 2\"> a &amp; b &lt;c&gt;\n\n" + "tail words " * 30)
+           '<img src=x onerror="window.rkPwned = 2"> a &amp; b &lt;c&gt;\n\n' + "tail words " * 30)
 OVERLAP = {"name": "fixed", "chunk_size": 12, "overlap": 4, "tokenizer": "whitespace"}
 
 
@@ -165,6 +165,7 @@ def test_readme_example_runs(tmp_path, monkeypatch) -> None:
 
 
 def test_import_ragkit_does_not_load_the_view() -> None:
-    code = "import sys, ragkit; print('ragkit.view' in sys.modules); ragkit.show; print('ragkit.view' in sys.modules)"
+    code = ("import sys, ragkit; print('ragkit.view' in sys.modules); ragkit.show; "
+            "print('ragkit.view' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]

@@ -61,5 +61,5 @@ def chunk_metadata(chunk: Chunk) -> dict[str, Any]:
 def hit_metadata(hit: Hit) -> dict[str, Any]:
     """What a retrieved chunk's framework document carries: score, rank, source and offsets."""
     c = hit.chunk
-    return {"score": float(hit.score), "rank": hit.rank, "source": c.metadata.get("source", c.doc_id),
-            "doc_id": c.doc_id, "start": c.start, "end": c.end, **chunk_metadata(c)}
+    return {"score": float(hit.score), "rank": hit.rank,
+            "source": c.metadata.get("source", c.doc_id), "doc_id": c.doc_id, "start": c.start, "end": c.end, **chunk_metadata(c)}

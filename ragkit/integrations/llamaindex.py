@@ -90,7 +90,9 @@ class RagkitNodeParser(NodeParser):
                 ))
         return out
 
-    def _postprocess_parsed_nodes(self, nodes: list[BaseNode], parent_doc_map: dict) -> list[BaseNode]:
+    def _postprocess_parsed_nodes(
+        self, nodes: list[BaseNode], parent_doc_map: dict
+    ) -> list[BaseNode]:
         # LlamaIndex re-derives the offsets with str.find; keep the chunker's exact ones
         spans = [(n.start_char_idx, n.end_char_idx) for n in nodes]
         nodes = super()._postprocess_parsed_nodes(nodes, parent_doc_map)
