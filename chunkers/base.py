@@ -23,6 +23,7 @@ from ragkit.errors import ConfigError
 from ragkit.protocols import SplitsAtAsciiEdges, SplitsAtWordEnds
 from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, Tokenizer, ascii_edge
 from ragkit.types import Chunk, Document
+from ragkit.view import Chunks
 
 Span = tuple[int, int]
 
@@ -165,12 +166,13 @@ def check_size(chunk_size: int, overlap: int, *, overlap_unit: str = "tokens") -
 
 
 def make_chunks(doc: Document, spans: Sequence[Span], tokens: Sequence[int]) -> list[Chunk]:
-    """Chunks for ``spans`` of ``doc``, numbered in order, carrying the document's source."""
+    """Chunks for ``spans`` of ``doc``, numbered in order, carrying the document's source; a
+    ``Chunks`` list, which draws itself over ``doc``'s text in Jupyter."""
     meta = {"source": doc.metadata["source"]} if "source" in doc.metadata else {}
-    return [
+    return Chunks((
         Chunk(doc.id, s, e, doc.text[s:e], i, {**meta, "tokens": int(n)})
         for i, ((s, e), n) in enumerate(zip(spans, tokens, strict=True))
-    ]
+    ), [doc])
 
 
 def trim(text: str, start: int, end: int) -> Span:

@@ -30,6 +30,7 @@ __all__ = [
     "build",
     "load_documents",
     "load_yaml",
+    "show",
     "to_config",
 ]
 
@@ -43,4 +44,8 @@ def __getattr__(name: str):  # lazy: the pipeline and loaders pull in numpy
         from ragkit.loaders import load_documents
 
         return load_documents
+    if name == "show":  # the chunk view (ragkit.view): stdlib only, loaded when first used
+        from ragkit.view import show
+
+        return show
     raise AttributeError(f"module 'ragkit' has no attribute {name!r}")

@@ -79,8 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chunk", help="chunk files and print chunks or size statistics")
     inputs(c)
     common(c)
-    c.add_argument("--format", choices=("stats", "jsonl", "text"), default="stats",
-                   help="stats (default): counts and sizes; jsonl: one chunk per line; text: readable")
+    c.add_argument("--format", choices=("stats", "jsonl", "text", "html"), default="stats",
+                   help="stats (default): counts and sizes; jsonl: one chunk per line; text: "
+                        "readable; html: the chunks drawn over each document as a standalone page")
+    c.add_argument("--out", metavar="FILE", help="--format html: write the page here (default: "
+                   "standard output)")
     c.add_argument("--workers", type=int, default=None,
                    help="chunking processes (default: this machine's cores); same chunks as 1. "
                         "A worker takes at least 25 M chars, so smaller inputs run in-process")
@@ -247,6 +250,8 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
     workers = cpu_count() if args.workers is None else args.workers
     check_workers(workers, path="--workers")
+    if args.out is not None and args.format != "html":
+        raise ConfigError(f"only with --format html; got --format {args.format}", path="--out")
     config = _config(args)
     if config:  # the whole file is checked, as by every other command (typos, unknown names)
         from ragkit.pipeline import RAGPipeline
@@ -255,6 +260,10 @@ def cmd_chunk(args: argparse.Namespace) -> int:
     else:
         chunker = build("chunker", DEFAULT_NAMES["chunker"], path="chunker")
     docs = _documents(args, chunker)
+    if args.format == "html":
+        from ragkit.view import Chunks
+
+        view = Chunks(docs=docs)
     total_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
     sizes: list[int] = []
     chars: list[int] = []
@@ -265,6 +274,8 @@ def cmd_chunk(args: argparse.Namespace) -> int:
                       weight=lambda d: len(d.text.encode("utf-8")))
     for _, chunks in zip(shown, iter_chunk_many(chunker, docs, workers=workers)):
         n_docs += 1
+        if args.format == "html":
+            view.extend(chunks)
         for c in chunks:
             sizes.append(int(c.metadata.get("tokens", c.metadata.get("nws_chars", 0))))
             chars.append(c.end - c.start)
@@ -275,6 +286,13 @@ def cmd_chunk(args: argparse.Namespace) -> int:
             elif args.format == "text":
                 out.write(f"--- {c.id} ({sizes[-1]} tokens)\n{c.text}\n")
     seconds = time.perf_counter() - t0
+    if args.format == "html":
+        html = view.page(title="ragkit chunks: " + ", ".join(args.paths))
+        if args.out is None:
+            out.write(html)
+        else:
+            Path(args.out).write_text(html, encoding="utf-8")
+            print(f"wrote {len(view)} chunks of {n_docs} documents to {args.out}", file=sys.stderr)
     if args.format == "stats":
         from ragkit.config import to_config
 

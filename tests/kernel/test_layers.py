@@ -35,12 +35,13 @@ KERNEL = frozenset({
     "ragkit",  # the package facade; see FACADE_LAZY for what it may import on first use
     "ragkit._deps", "ragkit.checks", "ragkit.config", "ragkit.errors", "ragkit.loaders",
     "ragkit.protocols", "ragkit.registry", "ragkit.testing", "ragkit.tokenizers", "ragkit.types",
-    "ragkit.concurrency",  # on main since the write-path work: the lock every index takes
+    "ragkit.concurrency",  # the lock every index takes
+    "ragkit.view",  # the chunk view: chunkers return its Chunks list
 })
 STRATEGIES = ("ragkit.chunkers", "ragkit.retrieval", "ragkit.generation")
 APPLICATIONS = ("ragkit.pipeline", "ragkit.cli", "ragkit.ingest", "ragkit.evaluation",
                 "ragkit.bench", "ragkit.serve", "ragkit.integrations",
-                "ragkit.doclog", "ragkit.stress")  # on main since the write-path work
+                "ragkit.doclog", "ragkit.stress")
 
 # `ragkit.RAGPipeline` and `ragkit.load_documents` are resolved on first attribute access
 # (PEP 562 __getattr__), so `import ragkit` stays light while the top-level names stay the same.
