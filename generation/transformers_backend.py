@@ -381,19 +381,21 @@ class TransformersGenerator:
         self, layout: PromptLayout, n: int, mode: KVReuse | None = None
     ) -> tuple[list[int], Any]:
         """``(first n greedy token ids, first-token logits)`` in ``mode``, ignoring stop
-        conditions: what equivalence tests and the TTFT benchmark compare across modes."""
-        torch = self._torch
+        conditions: what equivalence tests and the benchmarks compare across modes."""
         logits, cache, _ = self.first_logits(layout, mode)
-        first = logits
+        return self.decode_greedy(logits, cache, len(layout.ids), n), logits
+
+    def decode_greedy(self, logits: Any, cache: Any, pos: int, n: int) -> list[int]:
+        """``n`` greedy ids from first-token ``logits`` and the ``cache`` of ``pos`` tokens."""
+        torch = self._torch
         ids: list[int] = []
-        pos = len(layout.ids)
         with torch.inference_mode():
             for _ in range(n):
                 ids.append(int(torch.argmax(logits).item()))
                 if len(ids) < n:
                     logits = self._forward([ids[-1]], cache, pos)
                     pos += 1
-        return ids, first
+        return ids
 
     def _run(self, query: str, hits: Sequence[Hit]) -> Iterator[str]:
         if not isinstance(query, str) or not query.strip():
