@@ -117,8 +117,11 @@ def main() -> None:
             return time.perf_counter() - t
 
         def floor() -> float:
-            kv, _ = gen._independent_context(layout)
-            cache = gen._cache_from(kv)
+            from ragkit.generation import context
+
+            with torch.inference_mode():
+                kv, _, _ = context.independent_context(gen, layout, len(layout.ids) + 8)
+            cache = context.buffer_cache(kv, layout.context_len)
             t = time.perf_counter()
             with torch.inference_mode():
                 int(torch.argmax(gen._forward(list(layout.question), cache, layout.context_len)))

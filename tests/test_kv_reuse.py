@@ -155,12 +155,27 @@ def test_store_is_keyed_by_model_weights(tmp_path):
 
 
 def test_warm_precomputes_chunk_entries(tmp_path):
-    gen = tiny_generator(0, kv_reuse="independent", kv_store=TieredKVStore(path=str(tmp_path)))
+    gen = tiny_generator(0, kv_reuse="independent", warm_batch=3,
+                         kv_store=TieredKVStore(path=str(tmp_path)))
     seen = []
     report = gen.warm(TEXTS, progress=lambda done, total: seen.append((done, total)))
     assert report == {"chunks": 4, "computed": 4, "cached": 0}
-    assert seen == [(i, 4) for i in range(1, 5)]
+    assert seen == [(3, 4), (4, 4)]  # progress after each batch of warm_batch chunks
     assert gen.warm(TEXTS[:2])["cached"] == 2
     layout = gen.layout(QUERY, TEXTS)
     _, _, stats = gen.first_logits(layout)
     assert stats == {"computed": len(layout.question), "reused": layout.context_len}
+
+
+def test_batched_warm_gives_the_same_entries_as_one_chunk_per_forward():
+    """Chunks of different lengths in one right-padded forward: each entry equals the one
+    computed alone (padding after a token is never attended under causal attention)."""
+    one = tiny_generator(0, kv_reuse="independent", warm_batch=1)
+    many = tiny_generator(0, kv_reuse="independent", warm_batch=4)
+    one.warm(TEXTS)
+    many.warm(TEXTS)
+    for _, store in ((one, one.kv_store), (many, many.kv_store)):
+        assert len(store.memory._items) == 5  # prefix + 4 chunks
+    for (ka, a), (kb, b) in zip(sorted(one.kv_store.memory._items.items()),
+                                sorted(many.kv_store.memory._items.items())):
+        assert ka == kb and torch.allclose(a, b, atol=1e-5), ka
