@@ -230,7 +230,7 @@ def prefill_prefix(gen: Any, layout: PromptLayout, capacity: int) -> tuple[Any, 
         for seg, k in zip(segments[len(found):], keys[len(found):]):
             store.put(k, buf[:, :, :, pos : pos + len(seg)].clone())
             pos += len(seg)
-    return logits, cache, {"computed": len(rest), "reused": reused}
+    return logits, cache, {"computed": len(rest), "reused": reused, "approximate": 0}
 
 
 def independent_context(gen: Any, layout: PromptLayout, capacity: int,

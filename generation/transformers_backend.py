@@ -11,11 +11,17 @@ context (prefix and chunks) is obtained is ``kv_reuse``:
   (not its neighbours), stored with its keys rotated back to position 0, and at answer time
   rotated (RoPE) to the chunk's place and concatenated after the prefix's KV; only the question
   is prefilled. The first chunk is exact; later ones miss the attention to earlier chunks.
-- ``blend`` (CacheBlend): ``independent``, then a fraction ``blend_ratio`` of the chunk tokens is
-  recomputed. Layer 0 is run for the tokens of chunks 2..n over the whole context; at layer 1 their
-  values are compared with the cached ones, the tokens that deviate most are selected (the rest of
-  layer 1's KV, now exact, is fused in), and layers 1..L-1 are recomputed for the selected tokens
-  only, attending to the whole (partly fused) context, their KV fused into the cache.
+- ``blend`` (CacheBlend): ``independent``, then some chunk tokens are recomputed through every
+  layer at their true positions, attending to the whole context, their KV fused into the cache
+  (``ragkit.generation.blend``): ``blend_ratio`` of the chunk tokens ranked by ``blend_select``
+  (``kv``: key+value deviation at layer 1; ``stored``: a score kept with each chunk's entry) and
+  the first ``blend_boundary`` tokens of each chunk after the first (EPIC's LegoLink).
+
+``none`` and ``prefix`` are exact; ``independent`` and ``blend`` are approximations whose answers can
+differ from a full prefill's: each answer's timings count the context tokens whose KV is
+approximate (``prefill_tokens_approximate``; 0 means exact) and those recomputed
+(``blend_tokens_recomputed``). Measured fidelity per setting: benchmarks/README.md ("KV reuse
+fidelity"). Context KV assembly and store entries live in ``ragkit.generation.context``.
 
 Every mode ends with the same question prefill and decoding loop (greedy, or sampled with
 temperature/top-p/seed), stopping at an end-of-turn token, ``max_new_tokens`` or a stop string.
@@ -391,15 +397,19 @@ class TransformersGenerator:
             if mode == "none":
                 cache = context.buffer_cache(context.new_buffer(self.lm, capacity), 0)
                 logits = self._forward(layout.ids, cache, 0)
-                return logits, cache, {"computed": len(layout.ids), "reused": 0}
+                return logits, cache, {"computed": len(layout.ids), "reused": 0, "approximate": 0}
             if mode == "prefix":
                 return context.prefill_prefix(self, layout, capacity)
             meta = mode == "blend" and self.blend_select == "stored"
             kv, scores, stats = context.independent_context(self, layout, capacity, meta)
+            # chunks 2..n miss their attention to earlier chunks unless recomputed
+            stats["approximate"] = layout.context_len - (
+                layout.chunk_starts()[1] if len(layout.chunks) > 1 else layout.context_len)
             if mode == "blend":
                 stats["blend_recomputed"] = context.blend(self, kv, layout, scores)
                 stats["computed"] += stats["blend_recomputed"]
                 stats["reused"] -= stats["blend_recomputed"]
+                stats["approximate"] -= stats["blend_recomputed"]
             cache = context.buffer_cache(kv, layout.context_len)
             logits = self._forward(list(layout.question), cache, layout.context_len)
             stats["computed"] += len(layout.question)
@@ -466,6 +476,8 @@ class TransformersGenerator:
             "tokens_per_s": (n - 1) / (t_end - t_first) if n > 1 and t_end > t_first else 0.0,
             "prefill_tokens_computed": float(stats["computed"]),
             "prefill_tokens_reused": float(stats["reused"]),
+            # context tokens whose KV differs from a full prefill's (0: the answer is exact)
+            "prefill_tokens_approximate": float(stats["approximate"]),
         }
         if "blend_recomputed" in stats:
             timings["blend_tokens_recomputed"] = float(stats["blend_recomputed"])

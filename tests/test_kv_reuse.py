@@ -164,7 +164,8 @@ def test_warm_precomputes_chunk_entries(tmp_path):
     assert gen.warm(TEXTS[:2])["cached"] == 2
     layout = gen.layout(QUERY, TEXTS)
     _, _, stats = gen.first_logits(layout)
-    assert stats == {"computed": len(layout.question), "reused": layout.context_len}
+    assert stats["computed"] == len(layout.question) and stats["reused"] == layout.context_len
+    assert stats["approximate"] == layout.context_len - layout.chunk_starts()[1]
 
 
 def test_batched_warm_gives_the_same_entries_as_one_chunk_per_forward():
