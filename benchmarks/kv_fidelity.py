@@ -70,8 +70,9 @@ def questions_of(n: int) -> list[str]:
     return [rows[int(i * step)] for i in range(min(n, len(rows)))]
 
 
-def bm25_ranker():
-    """``rank(question) -> chunks``, best first: BM25 over the dev-split corpora."""
+def corpus_ranker(index: dict | None = None):
+    """``rank(question) -> chunks``, best first: the dev-split corpora chunked by ``recursive``
+    (256 cl100k tokens) in ``index`` (default BM25; the ``hash`` embedder feeds vector ones)."""
     from ragkit.chunkers.recursive import RecursiveChunker
     from ragkit.pipeline import RAGPipeline
     from ragkit.types import Document
@@ -79,7 +80,7 @@ def bm25_ranker():
     paths = sorted((DATA / "corpora").glob("*.md"))
     docs = [Document(p.name, p.read_text(encoding="utf-8")) for p in paths]
     pipe = RAGPipeline(chunker=RecursiveChunker(chunk_size=256), embedder={"name": "hash"},
-                       index={"name": "bm25"})
+                       index=index or {"name": "bm25"})
     pipe.add(docs)
     return lambda question: [h.chunk for h in pipe.retrieve(question, k=200)]
 
@@ -128,13 +129,9 @@ def run_question(gen, layout, modes, repeat: int) -> dict:
 
     times = {label: ([], []) for label, _, _ in modes}
     outs = {}
-    defaults = {}
     for r in range(repeat):
         for label, name, params in modes:
-            defaults = {k: getattr(gen, k) for k in params}
-            for k, v in params.items():
-                setattr(gen, k, v)
-            try:
+            with settings(gen, params):
                 w0, c0 = time.perf_counter(), time.process_time()
                 logits, cache, stats = gen.first_logits(layout, name)
                 int(torch.argmax(logits))
@@ -143,9 +140,6 @@ def run_question(gen, layout, modes, repeat: int) -> dict:
                 if r == 0:
                     ids = gen.decode_greedy(logits, cache, len(layout.ids), N_GREEDY)
                     outs[label] = (logits, ids, stats)
-            finally:
-                for k, v in defaults.items():
-                    setattr(gen, k, v)
     return {"times": times, "outs": outs}
 
 
@@ -297,6 +291,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="generator model (default: the packaged SmolLM2)")
     ap.add_argument("--gen", default="{}", help="JSON of generator fields for every mode")
     ap.add_argument("--out", default="runs/kv_fidelity")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--warm", type=int, default=0, metavar="N",
                     help="only measure warming the first N corpus chunks (batching, codecs)")
     args = ap.parse_args()
@@ -309,6 +304,8 @@ def main() -> None:
     from ragkit.generation.kv_store import TieredKVStore
     from ragkit.generation.transformers_backend import TransformersGenerator
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.warm:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -331,12 +328,6 @@ def main() -> None:
             f"{len(questions)} questions, repeat {args.repeat}, load avg "
             f"{os.getloadavg()[0]:.1f} at start")
     print("# " + head, flush=True)
-    # warm the entries with their stored scores if a mode reads them, as such a config would
-    stored = any(p.get("blend_select") == "stored" for _, _, p in modes)
-    settings = (gen.kv_reuse, gen.blend_select)
-    rank = bm25_ranker()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     records, warm = [], []
     t_start = time.perf_counter()
     for qi, question in enumerate(questions):
@@ -345,12 +336,13 @@ def main() -> None:
             texts = context_for(gen, question, chunks, size)
             layout = gen.layout(question, texts)
             w0 = time.perf_counter()
-            if stored:
-                gen.kv_reuse, gen.blend_select = "blend", "stored"
             report = gen.warm(texts)
-            gen.kv_reuse, gen.blend_select = settings
             if report["computed"]:
                 warm.append((time.perf_counter() - w0) / report["computed"])
+            for _, name, params in modes:  # entries a mode's own config would warm (codec, scores)
+                if params:
+                    with settings(gen, {**params, "kv_reuse": name}):
+                        gen.warm(texts)
             gen.first_logits(layout, "prefix")  # store the exact prefix chain once
             res = run_question(gen, layout, modes, args.repeat)
             ref = res["outs"]["none"]
@@ -362,20 +354,37 @@ def main() -> None:
                               for k, v in fid.items() if k != "none")
             print(f"# q{qi} {size}: {len(layout.ids)} tok, {len(texts)} chunks | {brief} "
                   f"| {time.perf_counter() - t_start:.0f} s", flush=True)
-    rows = summarize(records, [label for label, _, _ in modes])
+            rows = summarize(records, [label for label, _, _ in modes])
+            warm_s = statistics.median(warm) if warm else float("nan")
+            write(out, cmd, f"{note}; warm: median {warm_s * 1000:.0f} ms per chunk", rows,
+                  records)  # after every question: a stopped run keeps what it measured
+    print(markdown(rows))
+
+
+def write(out: Path, cmd: str, note: str, rows: list[dict], records: list[dict]) -> None:
     table = markdown(rows)
-    warm_s = statistics.median(warm) if warm else float("nan")
-    note = (f"{head}; contexts: BM25 top chunks (recursive, 256 cl100k tokens) in rank order; "
-            f"warm: median {warm_s * 1000:.0f} ms per chunk (one chunk per forward unless the "
-            "generator batches)")
+    n = len({r["question"] for r in records})
+    note = f"{note}; {n} questions done"
     (out / "results.json").write_text(json.dumps(
         {"command": cmd, "note": note, "rows": rows, "records": records}, indent=1))
     (out / "results.md").write_text(f"    {cmd}\n\n{note}\n\n{table}\n")
     plot(rows, out / "frontier.png", note)
-    print()
-    print(note)
-    print()
-    print(table)
+
+
+class settings:
+    """Generator fields set for a block, restored after it."""
+
+    def __init__(self, gen, params: dict) -> None:
+        self.gen, self.params = gen, params
+
+    def __enter__(self):
+        self.old = {k: getattr(self.gen, k) for k in self.params}
+        for k, v in self.params.items():
+            setattr(self.gen, k, v)
+
+    def __exit__(self, *exc) -> None:
+        for k, v in self.old.items():
+            setattr(self.gen, k, v)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,10 @@ pytest.importorskip("transformers")
 from ragkit.config import build  # noqa: E402
 from ragkit.errors import ConfigError  # noqa: E402
 from ragkit.generation.blend import boundary_positions, pick  # noqa: E402
-from ragkit.generation.testing import tiny_generator  # noqa: E402
+from ragkit.generation.testing import SAMPLE_QUERY, SAMPLE_TEXTS, tiny_generator  # noqa: E402
 
-TEXTS = [
-    "The Eiffel Tower was completed on 31 March 1889, in time for the World's Fair in Paris.",
-    "Bananas are yellow when ripe and grow in hanging clusters called hands.",
-    "The Louvre, the world's most-visited museum, holds the Mona Lisa and about 35,000 works.",
-    "Mount Everest's summit is 8,849 metres above sea level, on the Nepal-China border.",
-]
-QUERY = "When was the Eiffel Tower completed?"
+TEXTS = list(SAMPLE_TEXTS)
+QUERY = SAMPLE_QUERY
 N = 12
 ATOL = 1e-4
 PATH = "ragkit.generation.transformers_backend:TransformersGenerator"

@@ -13,16 +13,16 @@ pytest.importorskip("transformers")
 
 from ragkit.generation.kv_store import DiskKVStore, TieredKVStore  # noqa: E402
 from ragkit.generation.rope import rotate_kv  # noqa: E402
-from ragkit.generation.testing import tiny_generator, tiny_llama  # noqa: E402
+from ragkit.generation.testing import (  # noqa: E402
+    SAMPLE_QUERY,
+    SAMPLE_TEXTS,
+    tiny_generator,
+    tiny_llama,
+)
 from ragkit.generation.transformers_backend import cache_kwarg  # noqa: E402
 
-TEXTS = [
-    "The Eiffel Tower was completed on 31 March 1889, in time for the World's Fair in Paris.",
-    "Bananas are yellow when ripe and grow in hanging clusters called hands.",
-    "The Louvre, the world's most-visited museum, holds the Mona Lisa and about 35,000 works.",
-    "Mount Everest's summit is 8,849 metres above sea level, on the Nepal-China border.",
-]
-QUERY = "When was the Eiffel Tower completed?"
+TEXTS = list(SAMPLE_TEXTS)
+QUERY = SAMPLE_QUERY
 N = 12  # greedy tokens compared
 ATOL = 1e-4
 
