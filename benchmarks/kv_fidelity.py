@@ -328,6 +328,10 @@ def main() -> None:
             f"{len(questions)} questions, repeat {args.repeat}, load avg "
             f"{os.getloadavg()[0]:.1f} at start")
     print("# " + head, flush=True)
+    rank = corpus_ranker()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    note = f"{head}; contexts: BM25 top chunks (recursive, 256 cl100k tokens) in rank order"
     records, warm = [], []
     t_start = time.perf_counter()
     for qi, question in enumerate(questions):
