@@ -272,5 +272,4 @@ def blend(gen: Any, buf: torch.Tensor, layout: PromptLayout, scores: list) -> in
         return 0
     stored = torch.cat(scores[1:]) if gen.blend_select == "stored" else None
     return recompute(gen.lm, buf, layout.ids[:total], first, total, n_select=n_select,
-                     must=must, select=gen.blend_select, stored=stored,
-                     gradual=gen.blend_gradual)
+                     must=must, select=gen.blend_select, stored=stored)

@@ -67,9 +67,8 @@ class TransformersGenerator:
     model: str = DEFAULT_MODEL  # the packaged SmolLM2 (converted once) or a local HF folder
     kv_reuse: KVReuse = "none"
     blend_ratio: float = 0.15  # fraction of chunk tokens recomputed in 'blend' (by blend_select)
-    blend_select: Literal["kv", "v", "stored"] = "kv"  # how 'blend' ranks tokens (generation.blend)
+    blend_select: Literal["kv", "stored"] = "kv"  # how 'blend' ranks tokens (generation.blend)
     blend_boundary: int = 0  # 'blend' also recomputes the first k tokens of each chunk (LegoLink)
-    blend_gradual: bool = False  # select 2x at layer 1, narrow at layer 2
     warm_batch: int = 8  # chunk KVs computed per forward when missing
     kv_codec: Literal["float32", "float16", "bfloat16", "int8"] = "float32"  # chunk entries
     max_new_tokens: int = 256
@@ -108,9 +107,6 @@ class TransformersGenerator:
         if self.kv_codec not in CODECS:
             raise ConfigError(f"unknown {self.kv_codec!r}; choose one of {', '.join(CODECS)}",
                               path="kv_codec")
-        if not isinstance(self.blend_gradual, bool):
-            raise ConfigError(f"must be true or false; got {self.blend_gradual!r}",
-                              path="blend_gradual")
         _check_number(self.temperature, "temperature", 0.0, math.inf)
         _check_number(self.top_p, "top_p", 0.0, 1.0, low_open=True)
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or (

@@ -1,7 +1,7 @@
 """Blend options (generation.blend) against a trusted full prefill on a random-init tiny Llama.
 
 Every option degenerates to the full prefill when it recomputes every token: LegoLink with k
-covering every chunk token, each selection rule at ratio 1.0, gradual filtering at ratio 1.0.
+covering every chunk token, each selection rule at ratio 1.0.
 Partial settings record their drift (no equality: they are approximations).
 """
 
@@ -56,13 +56,9 @@ def test_legolink_with_k_covering_every_token_equals_full_prefill(gen):
     _check_equal_to_full(gen, blend_ratio=0.0, blend_boundary=10_000)
 
 
-@pytest.mark.parametrize("select", ["kv", "v", "stored"])
+@pytest.mark.parametrize("select", ["kv", "stored"])
 def test_every_selection_at_ratio_one_equals_full_prefill(gen, select):
     _check_equal_to_full(gen, blend_ratio=1.0, blend_select=select)
-
-
-def test_gradual_filtering_at_ratio_one_equals_full_prefill(gen):
-    _check_equal_to_full(gen, blend_ratio=1.0, blend_gradual=True)
 
 
 def test_boundary_and_selection_counts(gen):
@@ -129,7 +125,6 @@ def test_independent_plus_legolink_drift_is_recorded(gen, record_property):
 @pytest.mark.parametrize("bad, where", [
     ({"blend_select": "attention"}, "generator.blend_select"),
     ({"blend_boundary": -1}, "generator.blend_boundary"),
-    ({"blend_gradual": "yes"}, "generator.blend_gradual"),
     ({"warm_batch": 0}, "generator.warm_batch"),
 ])
 def test_bad_blend_config_names_the_field(bad, where):
