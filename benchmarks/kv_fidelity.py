@@ -221,7 +221,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             ax.set_ylabel(label)
     axes[0].set_yscale("log")
     axes[0].legend()
-    fig.suptitle(title, fontsize=9)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, 170)), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
 
