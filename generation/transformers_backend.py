@@ -200,8 +200,10 @@ class TransformersGenerator:
     ) -> dict[str, int]:
         """Precompute and store each chunk's KV (the entries ``independent``/``blend`` read).
 
-        ``progress(done, total)`` is called after each chunk. Returns counts of chunks computed
-        and already cached.
+        Missing entries are computed ``warm_batch`` chunks per forward (right-padded), in the
+        ``kv_codec`` the generator reads, with their ``stored`` scores when ``blend`` ranks by
+        them. ``progress(done, total)`` is called after each batch. Returns counts of chunks
+        computed and already cached.
         """
         if self.kv_store is None:
             raise RagkitError("generator.kv_store is null: there is no store to warm")
