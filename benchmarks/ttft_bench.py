@@ -36,39 +36,13 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT / "data" / "chunking_eval"
 MODES = ("none", "prefix", "independent", "blend")
 
+from kv_fidelity import context_for, corpus_ranker, kl  # noqa: E402  (same folder)
+
 
 def ranker():
-    """``rank(question) -> chunks``: the dev-split corpora indexed once."""
-    from ragkit.chunkers.recursive import RecursiveChunker
-    from ragkit.pipeline import RAGPipeline
-    from ragkit.types import Document
-
-    paths = sorted((DATA / "corpora").glob("*.md"))
-    docs = [Document(p.name, p.read_text(encoding="utf-8")) for p in paths]
-    pipe = RAGPipeline(chunker=RecursiveChunker(chunk_size=256), embedder={"name": "hash"},
-                       index={"name": "memory"})
-    pipe.add(docs)
-    return lambda question: [h.chunk for h in pipe.retrieve(question, k=len(pipe.index))]
-
-
-def context_for(gen, question: str, chunks: list, size: int) -> list[str]:
-    """The top chunks whose prompt (prefix + chunks + question) stays within ``size`` tokens."""
-    base = len(gen.layout(question, []).ids)
-    texts, total = [], base
-    for c in chunks:
-        n = len(gen.layout(question, [c.text]).ids) - base
-        if total + n > size:
-            continue
-        texts.append(c.text)
-        total += n
-        if total > size - 64:
-            break
-    return texts
-
-
-def kl(p_logits, q_logits) -> float:
-    p, q = p_logits.log_softmax(-1), q_logits.log_softmax(-1)
-    return float((p.exp() * (p - q)).sum())
+    """``rank(question) -> chunks``: the dev-split corpora, ``hash`` embedder + memory index (a
+    deterministic ranking, not a good one)."""
+    return corpus_ranker({"name": "memory"})
 
 
 def main() -> None:
@@ -117,8 +91,11 @@ def main() -> None:
             return time.perf_counter() - t
 
         def floor() -> float:
-            kv, _ = gen._independent_context(layout)
-            cache = gen._cache_from(kv)
+            from ragkit.generation import context
+
+            with torch.inference_mode():
+                kv, _, _ = context.independent_context(gen, layout, len(layout.ids) + 8)
+            cache = context.buffer_cache(kv, layout.context_len)
             t = time.perf_counter()
             with torch.inference_mode():
                 int(torch.argmax(gen._forward(list(layout.question), cache, layout.context_len)))

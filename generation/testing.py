@@ -13,6 +13,15 @@ from typing import Any
 
 from ragkit.generation.models import default_tokenizer_dir
 
+# four short chunks and a question about the first: the KV-reuse tests' shared context
+SAMPLE_TEXTS = (
+    "The Eiffel Tower was completed on 31 March 1889, in time for the World's Fair in Paris.",
+    "Bananas are yellow when ripe and grow in hanging clusters called hands.",
+    "The Louvre, the world's most-visited museum, holds the Mona Lisa and about 35,000 works.",
+    "Mount Everest's summit is 8,849 metres above sea level, on the Nepal-China border.",
+)
+SAMPLE_QUERY = "When was the Eiffel Tower completed?"
+
 
 @cache
 def smollm2_tokenizer() -> Any:

@@ -11,11 +11,17 @@ context (prefix and chunks) is obtained is ``kv_reuse``:
   (not its neighbours), stored with its keys rotated back to position 0, and at answer time
   rotated (RoPE) to the chunk's place and concatenated after the prefix's KV; only the question
   is prefilled. The first chunk is exact; later ones miss the attention to earlier chunks.
-- ``blend`` (CacheBlend): ``independent``, then a fraction ``blend_ratio`` of the chunk tokens is
-  recomputed. Layer 0 is run for the tokens of chunks 2..n over the whole context; at layer 1 their
-  values are compared with the cached ones, the tokens that deviate most are selected (the rest of
-  layer 1's KV, now exact, is fused in), and layers 1..L-1 are recomputed for the selected tokens
-  only, attending to the whole (partly fused) context, their KV fused into the cache.
+- ``blend`` (CacheBlend): ``independent``, then some chunk tokens are recomputed through every
+  layer at their true positions, attending to the whole context, their KV fused into the cache
+  (``ragkit.generation.blend``): ``blend_ratio`` of the chunk tokens ranked by ``blend_select``
+  (``kv``: key+value deviation at layer 1; ``stored``: a score kept with each chunk's entry) and
+  the first ``blend_boundary`` tokens of each chunk after the first (EPIC's LegoLink).
+
+``none`` and ``prefix`` are exact; ``independent`` and ``blend`` are approximations whose answers can
+differ from a full prefill's: each answer's timings count the context tokens whose KV is
+approximate (``prefill_tokens_approximate``; 0 means exact) and those recomputed
+(``blend_tokens_recomputed``). Measured fidelity per setting: benchmarks/README.md ("KV reuse
+fidelity"). Context KV assembly and store entries live in ``ragkit.generation.context``.
 
 Every mode ends with the same question prefill and decoding loop (greedy, or sampled with
 temperature/top-p/seed), stopping at an end-of-turn token, ``max_new_tokens`` or a stop string.
@@ -25,8 +31,6 @@ temperature/top-p/seed), stopping at an end-of-turn token, ``max_new_tokens`` or
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
@@ -40,6 +44,13 @@ from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.types import Answer, Chunk, Hit
 
+from ragkit.generation.decoding import (  # noqa: F401  (cache_kwarg: public, used by tests)
+    Detokenizer,
+    cache_kwarg,
+    check_number,
+    tokenizer_fingerprint,
+    weights_fingerprint,
+)
 from ragkit.generation.models import DEFAULT_MODEL, shared_model
 from ragkit.generation.prompt import (
     DEFAULT_CHUNK_FORMAT,
@@ -60,7 +71,11 @@ DEFAULT_KV_STORE = "tiered"
 class TransformersGenerator:
     model: str = DEFAULT_MODEL  # the packaged SmolLM2 (converted once) or a local HF folder
     kv_reuse: KVReuse = "none"
-    blend_ratio: float = 0.15  # fraction of chunk tokens recomputed in 'blend'
+    blend_ratio: float = 0.15  # fraction of chunk tokens recomputed in 'blend' (by blend_select)
+    blend_select: Literal["kv", "stored"] = "kv"  # how 'blend' ranks tokens (generation.blend)
+    blend_boundary: int = 0  # 'blend' also recomputes the first k tokens of each chunk (LegoLink)
+    warm_batch: int = 8  # chunk KVs computed per forward when missing
+    kv_codec: Literal["float32", "float16", "bfloat16", "int8"] = "float32"  # chunk entries
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
@@ -82,9 +97,23 @@ class TransformersGenerator:
                 f"unknown {self.kv_reuse!r}; choose one of none, prefix, independent, blend",
                 path="kv_reuse",
             )
-        _check_number(self.blend_ratio, "blend_ratio", 0.0, 1.0)
-        _check_number(self.temperature, "temperature", 0.0, math.inf)
-        _check_number(self.top_p, "top_p", 0.0, 1.0, low_open=True)
+        check_number(self.blend_ratio, "blend_ratio", 0.0, 1.0)
+        from ragkit.generation.blend import SELECTS
+
+        if self.blend_select not in SELECTS:
+            raise ConfigError(f"unknown {self.blend_select!r}; choose one of "
+                              f"{', '.join(SELECTS)}", path="blend_select")
+        for name in ("blend_boundary", "warm_batch"):
+            value, low = getattr(self, name), 0 if name == "blend_boundary" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"must be an int >= {low}; got {value!r}", path=name)
+        from ragkit.generation.kv_codec import CODECS
+
+        if self.kv_codec not in CODECS:
+            raise ConfigError(f"unknown {self.kv_codec!r}; choose one of {', '.join(CODECS)}",
+                              path="kv_codec")
+        check_number(self.temperature, "temperature", 0.0, math.inf)
+        check_number(self.top_p, "top_p", 0.0, 1.0, low_open=True)
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or (
             self.max_new_tokens < 1
         ):
@@ -176,26 +205,30 @@ class TransformersGenerator:
     ) -> dict[str, int]:
         """Precompute and store each chunk's KV (the entries ``independent``/``blend`` read).
 
-        ``progress(done, total)`` is called after each chunk. Returns counts of chunks computed
-        and already cached.
+        Missing entries are computed ``warm_batch`` chunks per forward (right-padded), in the
+        ``kv_codec`` the generator reads, with their ``stored`` scores when ``blend`` ranks by
+        them. ``progress(done, total)`` is called after each batch. Returns counts of chunks
+        computed and already cached.
         """
         if self.kv_store is None:
             raise RagkitError("generator.kv_store is null: there is no store to warm")
+        from ragkit.generation import context
+
         prefix = encode(self.tokenizer, self._head() + self.instruction)
+        meta = self.kv_reuse == "blend" and self.blend_select == "stored"
         computed = cached = 0
         total = len(chunks)
+        step = max(1, self.warm_batch)
         with self._torch.inference_mode():
-            prefix_kv = self._prefix_kv(prefix)[0]
-            for i, c in enumerate(chunks):
-                text = c.text if isinstance(c, Chunk) else c
-                ids = encode(self.tokenizer, self.chunk_format.format(text=text))
-                if self.kv_store.contains(self._chunk_key(prefix, ids)):
-                    cached += 1
-                else:
-                    self._chunk_kv(prefix, prefix_kv, ids)
-                    computed += 1
+            pkv = context.prefix_kv(self, prefix)[0]
+            for at in range(0, total, step):
+                ids = [encode(self.tokenizer, self.chunk_format.format(
+                    text=c.text if isinstance(c, Chunk) else c)) for c in chunks[at : at + step]]
+                for _, _, hit in context.chunk_entries(self, prefix, pkv, ids, meta=meta):
+                    cached += hit
+                    computed += not hit
                 if progress is not None:
-                    progress(i + 1, total)
+                    progress(min(at + step, total), total)
         return {"chunks": total, "computed": computed, "cached": cached}
 
     def complete(self, prompt: str, max_new_tokens: int | None = None) -> str:
@@ -210,7 +243,7 @@ class TransformersGenerator:
         gen = torch.Generator().manual_seed(
             self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         )
-        detok = _Detokenizer(self.tokenizer, self.stop)
+        detok = Detokenizer(self.tokenizer, self.stop)
         out: list[int] = []
         with torch.inference_mode():
             cache = self._new_cache()
@@ -281,53 +314,10 @@ class TransformersGenerator:
         ``max_position_embeddings`` the kept context is re-encoded from position 0.
         ``progress(done, total)`` counts tokens.
         """
-        import numpy as np
+        from ragkit.generation.decoding import token_logprobs
 
-        for name, value, low in (("window", window, 2), ("batch_tokens", batch_tokens, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"must be an int >= {low}; got {value!r}", path=name)
-        torch = self._torch
-        per_segment = [list(encode(self.tokenizer, s)) if s else [] for s in segments]
-        flat = [t for ids in per_segment for t in ids]
-        out = np.zeros(len(flat), dtype=np.float32)
-        step = max(1, min(batch_tokens, window // 2))
-        limit = int(getattr(self.lm.config, "max_position_embeddings", 0) or 2**31)
-        with torch.inference_mode():
-            context = [self._doc_start_id]  # the ids held in the cache, oldest first
-            cache = self._new_cache()
-            prev = self._forward(context, cache, 0)  # (vocab,): predicts the first token
-            pos = 1
-            done = 0
-            while done < len(flat):
-                batch = flat[done : done + step]
-                keep = window - len(batch)
-                if len(context) > keep:  # slide: drop the oldest cached tokens
-                    cache = self._new_cache([
-                        (layer.keys[:, :, -keep:], layer.values[:, :, -keep:])
-                        for layer in cache.layers
-                    ])
-                    context = context[-keep:]
-                if pos + len(batch) > limit:  # re-encode the kept context from position 0
-                    cache = self._new_cache()
-                    self._forward(context, cache, 0)
-                    pos = len(context)
-                logits = self.lm(
-                    input_ids=torch.tensor([batch], dtype=torch.long),
-                    position_ids=torch.arange(pos, pos + len(batch)).unsqueeze(0),
-                    **{self._cache_kw: cache}, use_cache=True, logits_to_keep=0,
-                ).logits[0].float()  # (n, vocab): row j predicts batch[j + 1]
-                scores = torch.cat((prev.float()[None], logits[:-1]))  # (n, vocab)
-                target = torch.tensor(batch, dtype=torch.long)[:, None]  # (n, 1)
-                picked = scores.gather(1, target)[:, 0] - torch.logsumexp(scores, dim=-1)
-                out[done : done + len(batch)] = picked.numpy()
-                prev = logits[-1]
-                context.extend(batch)
-                pos += len(batch)
-                done += len(batch)
-                if progress is not None:
-                    progress(done, len(flat))
-        bounds = np.cumsum([0] + [len(ids) for ids in per_segment])
-        return [out[a:b].copy() for a, b in zip(bounds[:-1], bounds[1:])]
+        return token_logprobs(self, segments, window=window, batch_tokens=batch_tokens,
+                              progress=progress)
 
     @cached_property
     def _doc_start_id(self) -> int:
@@ -358,21 +348,29 @@ class TransformersGenerator:
         self, layout: PromptLayout, mode: KVReuse | None = None
     ) -> tuple[Any, Any, dict]:
         """``(logits of the first new token (vocab,), cache, stats)`` for ``layout`` in ``mode``."""
+        from ragkit.generation import context
+
         mode = mode or self.kv_reuse
         torch = self._torch
+        capacity = len(layout.ids) + self.max_new_tokens
         with torch.inference_mode():
             if mode == "none":
-                cache = self._new_cache()
+                cache = context.buffer_cache(context.new_buffer(self.lm, capacity), 0)
                 logits = self._forward(layout.ids, cache, 0)
-                return logits, cache, {"computed": len(layout.ids), "reused": 0}
+                return logits, cache, {"computed": len(layout.ids), "reused": 0, "approximate": 0}
             if mode == "prefix":
-                return self._prefill_prefix(layout)
-            kv, stats = self._independent_context(layout)
+                return context.prefill_prefix(self, layout, capacity)
+            meta = mode == "blend" and self.blend_select == "stored"
+            kv, scores, stats = context.independent_context(self, layout, capacity, meta)
+            # chunks 2..n miss their attention to earlier chunks unless recomputed
+            stats["approximate"] = layout.context_len - (
+                layout.chunk_starts()[1] if len(layout.chunks) > 1 else layout.context_len)
             if mode == "blend":
-                stats["blend_recomputed"] = self._blend(kv, layout)
+                stats["blend_recomputed"] = context.blend(self, kv, layout, scores)
                 stats["computed"] += stats["blend_recomputed"]
                 stats["reused"] -= stats["blend_recomputed"]
-            cache = self._cache_from(kv)
+                stats["approximate"] -= stats["blend_recomputed"]
+            cache = context.buffer_cache(kv, layout.context_len)
             logits = self._forward(list(layout.question), cache, layout.context_len)
             stats["computed"] += len(layout.question)
             return logits, cache, stats
@@ -381,19 +379,21 @@ class TransformersGenerator:
         self, layout: PromptLayout, n: int, mode: KVReuse | None = None
     ) -> tuple[list[int], Any]:
         """``(first n greedy token ids, first-token logits)`` in ``mode``, ignoring stop
-        conditions: what equivalence tests and the TTFT benchmark compare across modes."""
-        torch = self._torch
+        conditions: what equivalence tests and the benchmarks compare across modes."""
         logits, cache, _ = self.first_logits(layout, mode)
-        first = logits
+        return self.decode_greedy(logits, cache, len(layout.ids), n), logits
+
+    def decode_greedy(self, logits: Any, cache: Any, pos: int, n: int) -> list[int]:
+        """``n`` greedy ids from first-token ``logits`` and the ``cache`` of ``pos`` tokens."""
+        torch = self._torch
         ids: list[int] = []
-        pos = len(layout.ids)
         with torch.inference_mode():
             for _ in range(n):
                 ids.append(int(torch.argmax(logits).item()))
                 if len(ids) < n:
                     logits = self._forward([ids[-1]], cache, pos)
                     pos += 1
-        return ids, first
+        return ids
 
     def _run(self, query: str, hits: Sequence[Hit]) -> Iterator[str]:
         if not isinstance(query, str) or not query.strip():
@@ -406,7 +406,7 @@ class TransformersGenerator:
             self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         )
         out: list[int] = []
-        detok = _Detokenizer(self.tokenizer, self.stop)
+        detok = Detokenizer(self.tokenizer, self.stop)
         pos = len(layout.ids)
         t_first = None
         with torch.inference_mode():
@@ -436,6 +436,8 @@ class TransformersGenerator:
             "tokens_per_s": (n - 1) / (t_end - t_first) if n > 1 and t_end > t_first else 0.0,
             "prefill_tokens_computed": float(stats["computed"]),
             "prefill_tokens_reused": float(stats["reused"]),
+            # context tokens whose KV differs from a full prefill's (0: the answer is exact)
+            "prefill_tokens_approximate": float(stats["approximate"]),
         }
         if "blend_recomputed" in stats:
             timings["blend_tokens_recomputed"] = float(stats["blend_recomputed"])
@@ -459,10 +461,6 @@ class TransformersGenerator:
 
         return DynamicCache(ddp_cache_data=data) if data is not None else DynamicCache()
 
-    def _cache_from(self, kv: Any) -> Any:
-        """A DynamicCache holding ``kv`` (layers, 2, kv_heads, seq, head_dim)."""
-        return self._new_cache([(kv[i, 0][None], kv[i, 1][None]) for i in range(kv.shape[0])])
-
     def _forward(self, ids: Sequence[int], cache: Any, start: int) -> Any:
         """Run ``ids`` at positions ``start...`` on ``cache`` (updated); last position's logits."""
         torch = self._torch
@@ -474,255 +472,7 @@ class TransformersGenerator:
         )
         return out.logits[0, -1]  # (vocab,)
 
-    @staticmethod
-    def _kv_of(cache: Any, start: int = 0, end: int | None = None) -> Any:
-        """Positions ``[start, end)`` of ``cache`` as one tensor (layers, 2, kv_heads, seq, hd)."""
-        import torch
-
-        return torch.stack(
-            [torch.stack((layer.keys[0, :, start:end], layer.values[0, :, start:end]))
-             for layer in cache.layers]
-        ).contiguous()
-
     def _head(self) -> str:
         from ragkit.generation.prompt import chat_frame
 
         return chat_frame(self.tokenizer, self.system)[0]
-
-    # -- store keys and entries ----------------------------------------------------------------
-
-    def _key(self, ids: Sequence[int], prefix_id: str) -> str:
-        from ragkit.generation.kv_store import kv_key
-
-        fp = self.fingerprint
-        return kv_key(model=fp["model"], tokenizer=fp["tokenizer"], dtype=fp["dtype"],
-                      token_ids=ids, prefix_id=prefix_id)
-
-    def _chunk_key(self, prefix: Sequence[int], ids: Sequence[int]) -> str:
-        return self._key(ids, "after:" + _ids_hash(prefix))
-
-    def _prefix_kv(self, ids: Sequence[int]) -> tuple[Any, bool]:
-        """KV of ``ids`` at positions 0.. with nothing before (the prefix); from the store if
-        there. Returns ``(kv, reused)``."""
-        key = self._key(ids, "")
-        kv = self.kv_store.get(key) if self.kv_store is not None else None
-        if kv is not None:
-            return kv, True
-        cache = self._new_cache()
-        self._forward(ids, cache, 0)
-        kv = self._kv_of(cache)
-        if self.kv_store is not None:
-            self.kv_store.put(key, kv)
-        return kv, False
-
-    def _chunk_kv(
-        self, prefix: Sequence[int], prefix_kv: Any, ids: Sequence[int]
-    ) -> tuple[Any, bool]:
-        """A chunk's KV computed after the prefix alone, keys rotated back to position 0."""
-        from ragkit.generation.rope import rotate_kv
-
-        key = self._chunk_key(prefix, ids)
-        kv = self.kv_store.get(key) if self.kv_store is not None else None
-        if kv is not None:
-            return kv, True
-        cache = self._cache_from(prefix_kv)
-        self._forward(ids, cache, len(prefix))
-        kv = rotate_kv(self._kv_of(cache, len(prefix)), -len(prefix), self._inv_freq)
-        if self.kv_store is not None:
-            self.kv_store.put(key, kv)
-        return kv, False
-
-    # -- prefix mode ---------------------------------------------------------------------------
-
-    def _prefill_prefix(self, layout: PromptLayout) -> tuple[Any, Any, dict]:
-        torch = self._torch
-        segments = [layout.prefix, *layout.chunks]
-        keys, before = [], []
-        for seg in segments:
-            keys.append(self._key(seg, "chain:" + _ids_hash(before)))
-            before.extend(seg)
-        found = []
-        if self.kv_store is not None:
-            for key in keys:
-                kv = self.kv_store.get(key)
-                if kv is None:
-                    break
-                found.append(kv)
-        reused = sum(len(s) for s in segments[: len(found)])
-        cache = self._cache_from(torch.cat(found, dim=3)) if found else self._new_cache()
-        rest = [t for seg in segments[len(found):] for t in seg] + list(layout.question)
-        logits = self._forward(rest, cache, reused)
-        if self.kv_store is not None:  # store the newly computed context segments
-            pos = reused
-            for seg, key in zip(segments[len(found):], keys[len(found):]):
-                self.kv_store.put(key, self._kv_of(cache, pos, pos + len(seg)))
-                pos += len(seg)
-        return logits, cache, {"computed": len(rest), "reused": reused}
-
-    # -- independent and blend -----------------------------------------------------------------
-
-    def _independent_context(self, layout: PromptLayout) -> tuple[Any, dict]:
-        """The context KV (layers, 2, kv_heads, prefix + chunks, hd) from per-chunk entries."""
-        from ragkit.generation.rope import rotate_keys
-
-        torch = self._torch
-        prefix_kv, hit = self._prefix_kv(layout.prefix)
-        computed = 0 if hit else len(layout.prefix)
-        n_layers, _, n_heads, n_prefix, head_dim = prefix_kv.shape
-        # one fresh tensor, written in place (blend may modify it): no intermediate copies
-        kv = torch.empty(n_layers, 2, n_heads, layout.context_len, head_dim, dtype=prefix_kv.dtype)
-        kv[:, :, :, :n_prefix] = prefix_kv
-        for ids, start in zip(layout.chunks, layout.chunk_starts()):
-            chunk_kv, hit = self._chunk_kv(layout.prefix, prefix_kv, ids)
-            if not hit:
-                computed += len(ids)
-            end = start + len(ids)
-            kv[:, 0, :, start:end] = rotate_keys(chunk_kv[:, 0], start, self._inv_freq)
-            kv[:, 1, :, start:end] = chunk_kv[:, 1]
-        return kv, {"computed": computed, "reused": layout.context_len - computed}
-
-    def _blend(self, kv: Any, layout: PromptLayout) -> int:
-        """Recompute ``blend_ratio`` of the chunk tokens in place in ``kv``; returns how many."""
-        torch = self._torch
-        if len(layout.chunks) < 2 or self.blend_ratio == 0.0:
-            return 0  # prefix and first chunk are exact already
-        first = layout.chunk_starts()[1]  # chunks 2..n miss cross-chunk attention
-        total = layout.context_len
-        n_chunk_tokens = total - len(layout.prefix)
-        n_sel = min(total - first, math.ceil(self.blend_ratio * n_chunk_tokens))
-        ids = torch.tensor(layout.ids[first:total], dtype=torch.long)
-        pos = torch.arange(first, total)  # (n,)
-        inner = self.lm.model
-        h = inner.embed_tokens(ids)[None]  # (1, n, hidden)
-        h = self._blend_layer(0, h, pos, kv)  # layer 0 exact for all candidates
-        # layer 1: exact KV for all candidates; select those whose V moved most
-        q, k, v = self._qkv(1, h, pos)
-        dev = (v[0] - kv[1, 1][:, pos]).pow(2).sum(dim=(0, 2))  # (n,)
-        kv[1, 0][:, pos] = k[0]
-        kv[1, 1][:, pos] = v[0]
-        sel = torch.topk(dev, n_sel).indices.sort().values  # (n_sel,)
-        h, pos = h[:, sel], pos[sel]
-        h = self._blend_attend(1, h, q[:, :, sel], pos, kv)
-        for layer in range(2, kv.shape[0]):
-            h = self._blend_layer(layer, h, pos, kv, last=layer == kv.shape[0] - 1)
-        return int(n_sel)
-
-    def _qkv(self, layer: int, h: Any, pos: Any) -> tuple[Any, Any, Any]:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        block = self.lm.model.layers[layer]
-        attn = block.self_attn
-        x = block.input_layernorm(h)  # (1, n, hidden)
-        shape = (1, h.shape[1], -1, attn.head_dim)
-        q = attn.q_proj(x).view(shape).transpose(1, 2)  # (1, heads, n, hd)
-        k = attn.k_proj(x).view(shape).transpose(1, 2)  # (1, kv_heads, n, hd)
-        v = attn.v_proj(x).view(shape).transpose(1, 2)
-        cos, sin = self.lm.model.rotary_emb(x, position_ids=pos[None])
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        return q, k, v
-
-    def _blend_layer(self, layer: int, h: Any, pos: Any, kv: Any, last: bool = False) -> Any:
-        """Recompute tokens ``pos`` at ``layer``: fuse their KV into ``kv``, return their output."""
-        q, k, v = self._qkv(layer, h, pos)
-        kv[layer, 0][:, pos] = k[0]
-        kv[layer, 1][:, pos] = v[0]
-        if last:
-            return h  # the last layer's output is not needed: only its KV
-        return self._blend_attend(layer, h, q, pos, kv)
-
-    def _blend_attend(self, layer: int, h: Any, q: Any, pos: Any, kv: Any) -> Any:
-        torch = self._torch
-        block = self.lm.model.layers[layer]
-        attn = block.self_attn
-        n_ctx = kv.shape[3]
-        mask = torch.arange(n_ctx)[None, :] <= pos[:, None]  # (n, ctx): causal by position
-        o = torch.nn.functional.scaled_dot_product_attention(
-            q, kv[layer, 0][None], kv[layer, 1][None], attn_mask=mask, scale=attn.scaling,
-            enable_gqa=True,
-        )  # (1, heads, n, hd)
-        o = o.transpose(1, 2).reshape(1, h.shape[1], -1)  # (1, n, heads * hd)
-        h = h + attn.o_proj(o)
-        return h + block.mlp(block.post_attention_layernorm(h))
-
-
-class _Detokenizer:
-    """Turns the growing list of new ids into text pieces, holding back partial characters and
-    anything that could be the start of a stop string."""
-
-    def __init__(self, tok: Any, stop: tuple[str, ...]) -> None:
-        self.tok, self.stop = tok, stop
-        self.hold = max((len(s) for s in stop), default=1) - 1
-        self.sent = 0
-        self.text = ""
-        self.stopped = False
-
-    def add(self, ids: list[int]) -> str:
-        text = self.tok.decode(ids, skip_special_tokens=True)
-        for s in self.stop:
-            at = text.find(s)
-            if at >= 0:
-                text = text[:at]
-                self.stopped = True
-        self.text = text
-        if self.stopped:
-            return self._emit(len(text))
-        if text.endswith("\ufffd"):
-            return ""  # a multi-byte character is not complete yet
-        return self._emit(len(text) - self.hold)
-
-    def flush(self, ids: list[int]) -> str:
-        return self._emit(len(self.text))
-
-    def _emit(self, upto: int) -> str:
-        if upto <= self.sent:
-            return ""
-        piece = self.text[self.sent:upto]
-        self.sent = upto
-        return piece
-
-
-def cache_kwarg(lm: Any) -> str:
-    """The name under which ``lm.forward`` takes a KV cache: ``cache`` from transformers 5.24
-    (``past_key_values`` is deprecated there and prints a warning into every answer), else
-    ``past_key_values``."""
-    import inspect
-
-    params = inspect.signature(type(lm).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def weights_fingerprint(lm: Any) -> str:
-    """sha256 of the config and a strided sample (up to 512 values) of every weight tensor."""
-    import torch
-
-    h = hashlib.sha256(json.dumps(lm.config.to_dict(), sort_keys=True, default=str).encode())
-    for name, p in sorted(lm.state_dict().items()):
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // 512)
-        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-        h.update(flat[::step].to(torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:32]
-
-
-def tokenizer_fingerprint(tok: Any) -> str:
-    backend = getattr(tok, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
-    h = hashlib.sha256(text.encode())
-    h.update(str(getattr(tok, "chat_template", "")).encode())
-    return h.hexdigest()[:32]
-
-
-def _ids_hash(ids: Sequence[int]) -> str:
-    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:32]
-
-
-def _check_number(
-    value: Any, name: str, low: float, high: float, *, low_open: bool = False
-) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        lo = "(" if low_open else "["
-        raise ConfigError(f"must be a number in {lo}{low}, {high}]; got {value!r}", path=name)
-

@@ -41,6 +41,7 @@ from ragkit._deps import require
 from ragkit.errors import ConfigError, MissingDependencyError, RagkitError
 from ragkit.types import Answer, Hit
 
+from ragkit.generation.decoding import check_number as _check_number
 from ragkit.generation.models import DEFAULT_MODEL, cache_root, check_tokenizer, resolve_model
 from ragkit.generation.prompt import (
     DEFAULT_CHUNK_FORMAT,
@@ -331,14 +332,3 @@ class VLLMGenerator:
 def _check_int(value: Any, name: str, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"must be an int >= {low}; got {value!r}", path=name)
-
-
-def _check_number(
-    value: Any, name: str, low: float, high: float, *, low_open: bool = False
-) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        lo = "(" if low_open else "["
-        raise ConfigError(f"must be a number in {lo}{low}, {high}]; got {value!r}", path=name)

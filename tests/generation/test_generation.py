@@ -76,7 +76,12 @@ def test_generate_returns_answer_with_hits_and_timings(mode):
     assert isinstance(answer, Answer) and list(answer.hits) == hits
     assert "".join(pieces) == answer.text and answer.text
     t = answer.timings
-    assert {"ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused"} <= set(t)
+    assert {"ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused",
+            "prefill_tokens_approximate"} <= set(t)
+    layout = gen.layout("When was the Eiffel Tower completed?", TEXTS)
+    exact = mode in ("none", "prefix")  # two chunks: the second one's KV is approximate
+    want = 0 if exact else len(layout.chunks[1]) - t.get("blend_tokens_recomputed", 0)
+    assert t["prefill_tokens_approximate"] == want
     assert t["new_tokens"] <= 6 and t["ttft_s"] > 0
     layout = gen.layout(answer.query, TEXTS)
     assert t["prefill_tokens_computed"] + t["prefill_tokens_reused"] >= len(layout.ids)

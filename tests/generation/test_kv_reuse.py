@@ -13,16 +13,16 @@ pytest.importorskip("transformers")
 
 from ragkit.generation.kv_store import DiskKVStore, TieredKVStore  # noqa: E402
 from ragkit.generation.rope import rotate_kv  # noqa: E402
-from ragkit.generation.testing import tiny_generator, tiny_llama  # noqa: E402
+from ragkit.generation.testing import (  # noqa: E402
+    SAMPLE_QUERY,
+    SAMPLE_TEXTS,
+    tiny_generator,
+    tiny_llama,
+)
 from ragkit.generation.transformers_backend import cache_kwarg  # noqa: E402
 
-TEXTS = [
-    "The Eiffel Tower was completed on 31 March 1889, in time for the World's Fair in Paris.",
-    "Bananas are yellow when ripe and grow in hanging clusters called hands.",
-    "The Louvre, the world's most-visited museum, holds the Mona Lisa and about 35,000 works.",
-    "Mount Everest's summit is 8,849 metres above sea level, on the Nepal-China border.",
-]
-QUERY = "When was the Eiffel Tower completed?"
+TEXTS = list(SAMPLE_TEXTS)
+QUERY = SAMPLE_QUERY
 N = 12  # greedy tokens compared
 ATOL = 1e-4
 
@@ -155,12 +155,28 @@ def test_store_is_keyed_by_model_weights(tmp_path):
 
 
 def test_warm_precomputes_chunk_entries(tmp_path):
-    gen = tiny_generator(0, kv_reuse="independent", kv_store=TieredKVStore(path=str(tmp_path)))
+    gen = tiny_generator(0, kv_reuse="independent", warm_batch=3,
+                         kv_store=TieredKVStore(path=str(tmp_path)))
     seen = []
     report = gen.warm(TEXTS, progress=lambda done, total: seen.append((done, total)))
     assert report == {"chunks": 4, "computed": 4, "cached": 0}
-    assert seen == [(i, 4) for i in range(1, 5)]
+    assert seen == [(3, 4), (4, 4)]  # progress after each batch of warm_batch chunks
     assert gen.warm(TEXTS[:2])["cached"] == 2
     layout = gen.layout(QUERY, TEXTS)
     _, _, stats = gen.first_logits(layout)
-    assert stats == {"computed": len(layout.question), "reused": layout.context_len}
+    assert stats["computed"] == len(layout.question) and stats["reused"] == layout.context_len
+    assert stats["approximate"] == layout.context_len - layout.chunk_starts()[1]
+
+
+def test_batched_warm_gives_the_same_entries_as_one_chunk_per_forward():
+    """Chunks of different lengths in one right-padded forward: each entry equals the one
+    computed alone (padding after a token is never attended under causal attention)."""
+    one = tiny_generator(0, kv_reuse="independent", warm_batch=1)
+    many = tiny_generator(0, kv_reuse="independent", warm_batch=4)
+    one.warm(TEXTS)
+    many.warm(TEXTS)
+    for _, store in ((one, one.kv_store), (many, many.kv_store)):
+        assert len(store.memory._items) == 5  # prefix + 4 chunks
+    for (ka, a), (kb, b) in zip(sorted(one.kv_store.memory._items.items()),
+                                sorted(many.kv_store.memory._items.items())):
+        assert ka == kb and torch.allclose(a, b, atol=1e-5), ka
