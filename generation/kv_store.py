@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -38,6 +38,15 @@ from ragkit.errors import ConfigError
 log = logging.getLogger(__name__)
 
 FORMAT = "ragkit-kv/1"
+DEFAULT_MAX_DISK_GB = 20.0  # the disk tier's default size limit (kv_store.max_disk_gb)
+_GONE = object()  # _read: the file went away (evicted) before it could be read
+
+
+def _disk_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return 0
 
 
 def kv_key(
@@ -137,18 +146,30 @@ class MemoryKVStore:
 
 @dataclass(kw_only=True)
 class DiskKVStore:
-    """One safetensors file per key under ``path`` (default ``$RAGKIT_CACHE/kv``)."""
+    """One safetensors file per key under ``path`` (default ``$RAGKIT_CACHE/kv``), at most
+    ``max_disk_gb`` of disk (blocks allocated, not nominal sizes; ``null``: no limit). A read
+    marks its file used (mtime); when a write takes the folder over the limit, the least recently
+    used files go until it is under 90% of it. Several processes may share a folder: each counts
+    what it writes and rescans the folder before it evicts."""
 
     path: str | None = None
     verify: bool = True  # check each file's CRC32 on read
+    max_disk_gb: float | None = DEFAULT_MAX_DISK_GB
 
     def __post_init__(self) -> None:
         if self.path is not None and (not isinstance(self.path, str) or not self.path):
             raise ConfigError(f"must be a folder path or null; got {self.path!r}", path="path")
+        m = self.max_disk_gb
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int | float) or
+                              not 0 < m < float("inf")):
+            raise ConfigError(f"must be a number of GB > 0, or null for no limit; got {m!r}",
+                              path="max_disk_gb")
         self.stats = StoreStats()
+        self._used: int | None = None  # bytes on disk as this process counts them (lazy scan)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and (other.path, other.verify) == (self.path, self.verify)
+        return type(other) is type(self) and (other.path, other.verify, other.max_disk_gb) == (
+            self.path, self.verify, self.max_disk_gb)
 
     @property
     def root(self) -> Path:
@@ -167,6 +188,9 @@ class DiskKVStore:
             self.stats.misses += 1
             return None
         kv = self._read(key, path)
+        if kv is _GONE:  # evicted (by another process) between the check and the read
+            self.stats.misses += 1
+            return None
         if kv is None:
             self.stats.corrupt += 1
             self.stats.misses += 1
@@ -174,15 +198,21 @@ class DiskKVStore:
             return None
         self.stats.hits += 1
         self.stats.bytes_read += nbytes(kv)
+        try:
+            os.utime(path)  # used now: the last to be evicted
+        except OSError:
+            pass
         return kv
 
-    def _read(self, key: str, path: Path) -> torch.Tensor | None:
+    def _read(self, key: str, path: Path) -> Any:
         from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 kv = f.get_tensor("kv")
+        except FileNotFoundError:
+            return _GONE
         except Exception as exc:  # any parse failure means a broken file, never a crash
             log.warning("KV store: unreadable entry %s (%s); it will be recomputed", path, exc)
             return None
@@ -220,6 +250,57 @@ class DiskKVStore:
             tmp.unlink(missing_ok=True)
         self.stats.puts += 1
         self.stats.bytes_written += nbytes(kv)
+        if self.max_disk_gb is not None:
+            if self._used is None:
+                self._used = self.usage()[1]
+            else:
+                self._used += _disk_bytes(path)
+            if self._used > self.max_disk_gb * 1e9:
+                self.evict(int(0.9 * self.max_disk_gb * 1e9))
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """``(last used, bytes on disk, file)`` of every entry in the folder."""
+        out = []
+        root = self.root
+        if not root.is_dir():
+            return out
+        for sub in os.scandir(root):
+            if not sub.is_dir():
+                continue
+            for f in os.scandir(sub.path):
+                if f.name.endswith(".safetensors"):
+                    try:
+                        st = f.stat()
+                    except FileNotFoundError:
+                        continue
+                    out.append((st.st_mtime, st.st_blocks * 512, Path(f.path)))
+        return out
+
+    def usage(self) -> tuple[int, int]:
+        """``(entries, bytes on disk)`` in the folder now."""
+        found = self.entries()
+        return len(found), sum(b for _, b, _ in found)
+
+    def evict(self, target: int) -> tuple[int, int]:
+        """Delete the least recently used entries until the folder holds at most ``target``
+        bytes; returns ``(entries, bytes)`` deleted."""
+        found = sorted(self.entries(), key=lambda e: e[0])
+        used = sum(b for _, b, _ in found)
+        gone = freed = 0
+        for _, size, path in found:
+            if used - freed <= target:
+                break
+            path.unlink(missing_ok=True)
+            gone, freed = gone + 1, freed + size
+        self._used = used - freed
+        self.stats.evictions += gone
+        if gone:
+            log.info("KV store: evicted %d entries (%d bytes) from %s", gone, freed, self.root)
+        return gone, freed
+
+    def clear(self) -> tuple[int, int]:
+        """Delete every entry; returns ``(entries, bytes)`` deleted."""
+        return self.evict(0)
 
     def contains(self, key: str) -> bool:
         return self.file(key).is_file()
@@ -235,11 +316,13 @@ class TieredKVStore:
     max_memory_bytes: int = 1 << 30
     path: str | None = None  # disk tier folder (default $RAGKIT_CACHE/kv)
     disk: bool = True
+    max_disk_gb: float | None = DEFAULT_MAX_DISK_GB  # the disk tier's limit (LRU eviction)
     stats: StoreStats = field(default_factory=StoreStats, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.memory = MemoryKVStore(max_bytes=self.max_memory_bytes)
-        self.disk_tier = DiskKVStore(path=self.path) if self.disk else None
+        self.disk_tier = (DiskKVStore(path=self.path, max_disk_gb=self.max_disk_gb) if self.disk
+                          else None)
         self.stats = self.memory.stats  # hits/misses are counted once, at the store's door
 
     def get(self, key: str) -> torch.Tensor | None:

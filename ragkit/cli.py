@@ -177,6 +177,15 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
     common(w)
     w.set_defaults(func=cmd_cache_warm)
+    for name, helptext, func in (
+        ("stats", "entries, bytes on disk and the size limit of the chunk-KV disk store",
+         cmd_cache_stats),
+        ("clear", "delete every entry of the chunk-KV disk store", cmd_cache_clear)):
+        cs = cw.add_parser(name, help=helptext)
+        cs.add_argument("--index", help="the store this index's generator uses (default: the "
+                        "default store, $RAGKIT_CACHE/kv)")
+        cs.add_argument("--json", action="store_true", help="print one JSON document")
+        cs.set_defaults(func=func)
 
     e = sub.add_parser("eval", help="measure chunkers (and later whole retrieve paths)")
     esub = e.add_subparsers(dest="what", required=True)
@@ -591,6 +600,53 @@ def cmd_cache_warm(args: argparse.Namespace) -> int:
 
             stats = pipe.generator.warm(chunks, progress=progress)
     print(f"chunk KVs: {stats}")
+    return 0
+
+
+def _kv_disk(args: argparse.Namespace) -> Any:
+    """The disk tier a generator would use: the --index's saved ``generator.kv_store``, else
+    the default."""
+    from ragkit.generation.kv_store import DEFAULT_MAX_DISK_GB, DiskKVStore
+
+    spec: Any = {}
+    if args.index:
+        from ragkit.config import load_yaml
+        from ragkit.pipeline import CONFIG_FILE
+
+        file = Path(args.index) / CONFIG_FILE
+        if not file.is_file():
+            raise RagkitError(f"{str(args.index)!r} is not a saved ragkit index (no "
+                              f"{CONFIG_FILE})")
+        gen = load_yaml(file).get("generator")
+        spec = (gen.get("kv_store") if isinstance(gen, dict) else None) or {}
+        spec = {} if not isinstance(spec, dict) else spec
+        if spec.get("disk") is False:
+            raise RagkitError(f"the KV store of {args.index}'s generator keeps no disk tier "
+                              "(kv_store.disk: false)")
+    return DiskKVStore(path=spec.get("path"), max_disk_gb=spec.get("max_disk_gb",
+                                                                   DEFAULT_MAX_DISK_GB))
+
+
+def cmd_cache_stats(args: argparse.Namespace) -> int:
+    store = _kv_disk(args)
+    entries, used = store.usage()
+    limit = store.max_disk_gb
+    if args.json:
+        _print_json({"path": str(store.root), "entries": entries, "bytes": used,
+                     "max_bytes": None if limit is None else int(limit * 1e9)})
+        return 0
+    cap = "no limit" if limit is None else f"limit {limit:g} GB ({used / (limit * 1e9):.1%} used)"
+    print(f"chunk-KV disk store {store.root}: {entries} entries, {used / 1e9:.3f} GB on disk; {cap}")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    store = _kv_disk(args)
+    entries, freed = store.clear()
+    if args.json:
+        _print_json({"path": str(store.root), "deleted": entries, "bytes": freed})
+    else:
+        print(f"deleted {entries} entries ({freed / 1e9:.3f} GB) from {store.root}")
     return 0
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -126,3 +129,60 @@ def test_store_config_round_trip_and_validation(tmp_path):
     assert build("kv_store", spec) == store
     with pytest.raises(ConfigError, match="max_bytes"):
         MemoryKVStore(max_bytes=-1)
+
+
+# -- the disk tier's size limit -------------------------------------------------------------------
+
+
+def _entry(i: int) -> torch.Tensor:
+    return torch.full((2, 2, 1, 64, 8), float(i))  # 8 KB of float32
+
+
+def test_disk_store_evicts_the_least_recently_used_past_its_limit(tmp_path):
+    probe = DiskKVStore(path=str(tmp_path / "probe"), max_disk_gb=None)
+    probe.put("00" * 32, _entry(0))
+    size = probe.usage()[1]  # one entry's blocks on disk
+    store = DiskKVStore(path=str(tmp_path / "kv"), max_disk_gb=5.5 * size / 1e9)  # five entries
+    for i in range(5):
+        store.put(f"{i:064x}", _entry(i))
+        os.utime(store.file(f"{i:064x}"), (1000 + i, 1000 + i))  # put in order, a second apart
+    assert store.get(f"{0:064x}") is not None  # read: now the most recently used
+    store.put(f"{9:064x}", _entry(9))  # over the limit: down to 90% of it
+    kept = {p.stem for _, _, p in store.entries()}
+    assert f"{0:064x}" in kept and f"{9:064x}" in kept  # used and new stay
+    assert f"{1:064x}" not in kept  # the least recently used went first
+    entries, used = store.usage()
+    assert used <= 0.9 * store.max_disk_gb * 1e9 and store.stats.evictions == 5 - entries + 1
+    assert store.get(f"{1:064x}") is None  # an evicted entry is a plain miss
+
+
+def test_disk_store_limit_is_validated_and_clear_empties_it(tmp_path):
+    for bad in (0, -1, True, "10", float("inf")):
+        with pytest.raises(ConfigError, match="max_disk_gb"):
+            DiskKVStore(path=str(tmp_path), max_disk_gb=bad)
+    store = DiskKVStore(path=str(tmp_path), max_disk_gb=None)
+    for i in range(3):
+        store.put(f"{i:064x}", _entry(i))
+    assert store.usage()[0] == 3
+    assert store.clear()[0] == 3 and store.usage() == (0, 0)
+
+
+def test_cli_cache_stats_and_clear(tmp_path, capsys):
+    from ragkit.cli import main
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    kv = tmp_path / "kv"
+    (folder / "pipeline.yaml").write_text(
+        "chunker: recursive\nembedder: hash\nindex: memory\n"
+        f"generator: {{name: transformers, kv_store: {{name: tiered, path: {kv}, "
+        "max_disk_gb: 2.5}}\n", encoding="utf-8")
+    store = DiskKVStore(path=str(kv))
+    store.put("ab" * 32, _entry(1))
+    assert main(["cache", "stats", "--index", str(folder), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["path"] == str(kv) and stats["entries"] == 1 and stats["bytes"] > 0
+    assert stats["max_bytes"] == 2_500_000_000
+    assert main(["cache", "clear", "--index", str(folder)]) == 0
+    assert capsys.readouterr().out.startswith("deleted 1 entries (")
+    assert store.usage() == (0, 0)
