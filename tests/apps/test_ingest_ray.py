@@ -33,6 +33,12 @@ ROOT = Path(__file__).parents[2]
 RAY = {"name": "ray", "workers": 2}
 
 
+@pytest.fixture(autouse=True)
+def _test_components(monkeypatch):
+    """These tests name their own chunkers and embedders by import path (tests.ingest_helpers)."""
+    monkeypatch.setenv("RAGKIT_ALLOW_IMPORT", "1")
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster with 2 CPUs for the module; its GCS address (for subprocesses).
