@@ -44,12 +44,14 @@ def test_the_readme_shows_commands():
 
 
 def _workspace(tmp_path: Path) -> Path:
-    """A folder laid out as the README assumes: docs/, notes.md, configs/, data/, ragkit/data."""
+    """A folder laid out as the README assumes: docs/, notes.md, big-corpus/, configs/, data/,
+    ragkit/."""
     ws = tmp_path / "ws"
     shutil.copytree(ROOT / "ragkit" / "data" / "corpus", ws / "docs")
     (ws / "docs" / "notes").mkdir()
     (ws / "docs" / "notes" / "old.md").write_text("Old notes about slow start in TCP.", "utf-8")
     (ws / "notes.md").write_text("Notes. " * 200, encoding="utf-8")
+    shutil.copytree(ROOT / "ragkit" / "data" / "corpus", ws / "big-corpus")
     for name in ("configs", "data", "ragkit"):  # as in a clone (ragkit/ is the package itself)
         (ws / name).symlink_to(ROOT / name)
     return ws
