@@ -199,17 +199,17 @@ def ingest(
             f"{out} already holds an index; pass --append to add new and changed documents "
             "(--sync also deletes those whose files are gone), or --replace to build a new one "
             "from these files and swap it in")
-    target = out
-    if state != "none" and (mode == "replace" or restart):
-        target = out.parent / f".{out.name}.replacing"
-        shutil.rmtree(target, ignore_errors=True)
-        if not restart and (out / DIR / "run.json").is_file():  # its finished shards still count
-            shutil.copytree(out / DIR, target / DIR, copy_function=os.link,
-                            ignore=shutil.ignore_patterns("lock", FINISHED))
     direct = bool(getattr(pipe.index, "concurrent_writers", False))
     spec = {"chunker": to_config(pipe.chunker, "chunker"), "embedder": model_spec(pipe.embedder),
             "loader": {"text_field": text_field, "id_field": id_field},
             "target": to_config(pipe.index, "index") if direct else "parts"}
+    target = out
+    if state != "none" and (mode == "replace" or restart):
+        target = out.parent / f".{out.name}.replacing"
+        shutil.rmtree(target, ignore_errors=True)
+        if not restart and Ledger(out / DIR).made_with(spec):  # its finished shards still count
+            shutil.copytree(out / DIR, target / DIR, copy_function=os.link,
+                            ignore=shutil.ignore_patterns("lock", FINISHED))
     report = IngestReport(engine=registry_name(eng), workers=getattr(eng, "workers", None),
                           out=str(out), shards=len(files))
     ledger = Ledger(target / DIR)

@@ -75,6 +75,16 @@ class Ledger:
             _write_atomic(run, json.dumps(want, indent=2) + "\n")
         self.entries = self.load_entries()
 
+    def made_with(self, pipeline: Mapping[str, Any]) -> bool:
+        """Whether the shards recorded here were processed with ``pipeline`` (so another run
+        with it may keep them); ``False`` if there is no readable run file."""
+        try:
+            have = json.loads((self.root / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return (have.get("format"), have.get("version"), have.get("pipeline")) == (
+            FORMAT, VERSION, dict(pipeline))
+
     def load_entries(self) -> dict[str, dict[str, Any]]:
         """The finished shards on disk now: shard key -> its last line."""
         return dict(self._read())

@@ -204,3 +204,13 @@ def test_a_corrupt_chroma_folder_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("ragkit: error: ")
     assert str(out / "index" / "data") in err and "Traceback" not in err
+
+
+def test_replace_with_another_chunker_starts_its_shards_afresh(corpus, tmp_path):
+    """The old index's finished shards are kept for a --replace with the same pipeline only."""
+    out = tmp_path / "idx"
+    assert _index(corpus, out) == 0
+    assert main(["index", str(corpus), "--config", HASH, "-o", "chunker.chunk_size=16",
+                 "--out", str(out), "--no-progress", "--replace"]) == 0
+    pipe = RAGPipeline.load(out)
+    assert pipe.chunker.chunk_size == 16 and len(pipe.documents()) == 6
