@@ -127,6 +127,23 @@ def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None,
             return e.code, text.decode(errors="replace")
 
 
+def chunked_post(url: str, chunks: list[bytes], timeout: float = 30) -> tuple[int, Any]:
+    """``(status, parsed JSON body)`` of a POST whose body is sent with chunked transfer
+    encoding (no Content-Length), written to the socket in one ``sendall``."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    head = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read() or b"null")
+
+
 def tiny_model_folder(path: Path) -> Path:
     """A random-init tiny Llama and the SmolLM2 tokenizer saved as a model folder."""
     from ragkit.generation.testing import smollm2_tokenizer, tiny_llama
