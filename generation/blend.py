@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-SELECTS = ("kv", "stored")
+SELECTS = ("kv", "stored", "query", "query_kv")
 
 
 def boundary_positions(starts: list[int], lengths: list[int], k: int) -> torch.Tensor:
@@ -55,23 +55,29 @@ def recompute(
     must: torch.Tensor,
     select: str = "kv",
     stored: torch.Tensor | None = None,
+    question: list[int] | None = None,
+    gradual: float = 1.0,
 ) -> int:
     """Recompute tokens of positions ``[first, total)`` in place in ``kv``; returns how many.
 
     ``ids`` are the token ids of positions ``[0, total)``; ``must`` are positions always
     recomputed (boundary tokens); ``stored`` is the per-position score for ``select="stored"``
-    (length ``total - first``).
+    (length ``total - first``); ``question`` the ids after the context (``select`` ``query`` and
+    ``query_kv``). ``gradual > 1``: ``gradual * n_select`` rows go through layer 1 and are narrowed
+    to ``n_select`` over layers 2-4 by their deviation there (CacheBlend's gradual filtering).
     """
     n_layers = kv.shape[0]
     cand = torch.arange(first, total)  # (n,)
     must_idx = must - first
     ids_t = torch.tensor(ids, dtype=torch.long)
     embed = lm.model.embed_tokens
-    if select == "stored" or n_select == 0:
-        if select == "stored" and n_select > 0:
-            idx = pick(stored, n_select, must_idx)
-        else:
+    if select in ("stored", "query") or n_select == 0:
+        if n_select == 0:
             idx = must_idx
+        else:
+            score = stored if select == "stored" else query_attention(lm, kv, question, first,
+                                                                        total)
+            idx = pick(score, n_select, must_idx)
         if idx.numel() == 0:
             return 0
         pos = cand[idx]
@@ -86,14 +92,66 @@ def recompute(
     h = _layer(lm, 0, h, cand, kv, total, mask)
     q, k, v = _qkv(lm, 1, h, cand)
     dev = _deviation(k[0], v[0], kv[1], cand)
+    if select == "query_kv":
+        mass = query_attention(lm, kv, question, first, total)
+        dev = dev * (mass / mass.mean().clamp_min(1e-12))
     kv[1, 0][:, cand] = k[0]  # every candidate's KV at layer 1 is exact now
     kv[1, 1][:, cand] = v[0]
-    keep = pick(dev, n_select, must_idx)
+    widths = _widths(n_select, gradual, cand.numel())
+    keep = pick(dev, widths[0], must_idx)
     pos, h, q, mask = cand[keep], h[:, keep], q[:, :, keep], mask[keep]
-    h = _attend(lm, 1, h, q, kv, total, mask)
+    h = _attend(lm, 1, h, q, kv, total, mask, pos)
     for layer in range(2, n_layers):
-        h = _layer(lm, layer, h, pos, kv, total, mask, last=layer == n_layers - 1)
+        last = layer == n_layers - 1
+        width = widths[min(layer - 1, len(widths) - 1)]
+        if width < pos.numel():  # narrow by this layer's deviation (before writing it)
+            q, k, v = _qkv(lm, layer, h, pos)
+            dev = _deviation(k[0], v[0], kv[layer], pos)
+            sel = pick(dev, width, torch.nonzero(torch.isin(pos, must)).flatten())
+            pos, h, mask, q, k, v = pos[sel], h[:, sel], mask[sel], q[:, :, sel], k[:, :, sel], \
+                v[:, :, sel]
+            kv[layer, 0][:, pos] = k[0]
+            kv[layer, 1][:, pos] = v[0]
+            if not last:
+                h = _attend(lm, layer, h, q, kv, total, mask, pos)
+            continue
+        h = _layer(lm, layer, h, pos, kv, total, mask, last=last)
     return int(pos.numel())
+
+
+def _widths(n: int, gradual: float, cap: int) -> list[int]:
+    """Rows kept at layers 1, 2, 3, 4: ``gradual * n`` narrowed geometrically to ``n``."""
+    if gradual <= 1.0:
+        return [n]
+    start = min(cap, int(round(gradual * n)))
+    return [max(n, int(round(start * (n / start) ** (i / 3)))) if start else n for i in range(4)]
+
+
+def query_attention(lm: Any, kv: torch.Tensor, question: list[int], first: int,
+                    total: int) -> torch.Tensor:
+    """Attention mass each context position ``[first, total)`` receives from the ``question``
+    tokens (placed after the context, on the approximate cache), summed over layers, heads and
+    question tokens: the positions the answer reads most, whose stale KV matters most. The
+    question's KV is written at ``[total, total + len(question))`` (the question prefill
+    overwrites it). Returns ``(total - first,)``."""
+    n_layers = kv.shape[0]
+    end = total + len(question)
+    pos = torch.arange(total, end)
+    h = lm.model.embed_tokens(torch.tensor(question, dtype=torch.long))[None]
+    causal = torch.arange(end)[None, :] <= pos[:, None]  # (q, end)
+    mass = torch.zeros(total - first)
+    for layer in range(n_layers):
+        q, k, v = _qkv(lm, layer, h, pos)
+        kv[layer, 0][:, pos] = k[0]
+        kv[layer, 1][:, pos] = v[0]
+        probs = _probs(lm, layer, q, kv[layer, 0, :, :end], causal, pos)  # (heads, q, end)
+        mass += probs[:, :, first:total].sum((0, 1))
+        if layer == n_layers - 1:
+            break
+        values = kv[layer, 1, :, :end]
+        o = probs @ values.repeat_interleave(probs.shape[0] // values.shape[0], 0)  # (heads, q, hd)
+        h = _residual(lm.model.layers[layer], h, o.transpose(0, 1).reshape(1, len(question), -1))
+    return mass
 
 
 def _deviation(k: torch.Tensor, v: torch.Tensor, cached: torch.Tensor,
@@ -116,9 +174,32 @@ def _qkv(lm: Any, layer: int, h: torch.Tensor, pos: torch.Tensor):
     q = attn.q_proj(x).view(shape).transpose(1, 2)  # (1, heads, n, hd)
     k = attn.k_proj(x).view(shape).transpose(1, 2)  # (1, kv_heads, n, hd)
     v = attn.v_proj(x).view(shape).transpose(1, 2)
-    cos, sin = lm.model.rotary_emb(x, position_ids=pos[None])
+    if hasattr(attn, "q_norm"):  # Gemma 3: per-head norms before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    kind = getattr(attn, "layer_type", None)
+    if kind is not None and hasattr(lm.model.rotary_emb, f"{kind}_inv_freq"):  # per layer type
+        cos, sin = lm.model.rotary_emb(x, position_ids=pos[None], layer_type=kind)
+    else:
+        cos, sin = lm.model.rotary_emb(x, position_ids=pos[None])
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     return q, k, v
+
+
+def _window(lm: Any, layer: int, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``mask`` (rows, keys) narrowed to the layer's sliding window, if it has one (Gemma 3)."""
+    window = getattr(lm.model.layers[layer].self_attn, "sliding_window", None)
+    if not window:
+        return mask
+    return mask & (torch.arange(mask.shape[1])[None, :] > pos[:, None] - window)
+
+
+def _residual(block: Any, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """The decoder block after attention: ``o`` (1, rows, heads * hd) added, then the MLP."""
+    if hasattr(block, "pre_feedforward_layernorm"):  # Gemma 3: sandwich norms
+        h = h + block.post_attention_layernorm(block.self_attn.o_proj(o))
+        return h + block.post_feedforward_layernorm(block.mlp(block.pre_feedforward_layernorm(h)))
+    h = h + block.self_attn.o_proj(o)
+    return h + block.mlp(block.post_attention_layernorm(h))
 
 
 def _layer(lm: Any, layer: int, h: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor, total: int,
@@ -129,20 +210,27 @@ def _layer(lm: Any, layer: int, h: torch.Tensor, pos: torch.Tensor, kv: torch.Te
     kv[layer, 1][:, pos] = v[0]
     if last:
         return h  # the last layer's output is not needed: only its KV
-    return _attend(lm, layer, h, q, kv, total, mask)
+    return _attend(lm, layer, h, q, kv, total, mask, pos)
 
 
 def _attend(lm: Any, layer: int, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor, total: int,
-            mask: torch.Tensor) -> torch.Tensor:
+            mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     block = lm.model.layers[layer]
-    attn = block.self_attn
     o = torch.nn.functional.scaled_dot_product_attention(
-        q, kv[layer, 0, :, :total][None], kv[layer, 1, :, :total][None], attn_mask=mask,
-        scale=attn.scaling, enable_gqa=True,
+        q, kv[layer, 0, :, :total][None], kv[layer, 1, :, :total][None],
+        attn_mask=_window(lm, layer, mask, pos), scale=block.self_attn.scaling, enable_gqa=True,
     )  # (1, heads, rows, hd)
-    o = o.transpose(1, 2).reshape(1, h.shape[1], -1)  # (1, rows, heads * hd)
-    h = h + attn.o_proj(o)
-    return h + block.mlp(block.post_attention_layernorm(h))
+    return _residual(block, h, o.transpose(1, 2).reshape(1, h.shape[1], -1))
+
+
+def _probs(lm: Any, layer: int, q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+           pos: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities ``(heads, rows, keys)`` of ``q`` (1, heads, rows, hd) over ``keys``
+    (kv_heads, n, hd) under ``mask`` (and the layer's sliding window)."""
+    group = q.shape[1] // keys.shape[0]
+    scores = (q[0] @ keys.repeat_interleave(group, 0).transpose(1, 2)) * \
+        lm.model.layers[layer].self_attn.scaling
+    return scores.masked_fill(~_window(lm, layer, mask, pos), -math.inf).softmax(-1)
 
 
 def prefix_attention(lm: Any, hidden: tuple, kv: torch.Tensor, n_prefix: int) -> torch.Tensor:
@@ -161,10 +249,6 @@ def prefix_attention(lm: Any, hidden: tuple, kv: torch.Tensor, n_prefix: int) ->
     causal = torch.arange(total)[None, :] <= pos[:, None]  # (n, total)
     for layer in range(n_layers):
         q, _, _ = _qkv(lm, layer, hidden[layer], pos)  # (1, heads, n, hd)
-        keys = kv[layer, 0]  # (kv_heads, total, hd)
-        group = q.shape[1] // keys.shape[0]
-        keys = keys.repeat_interleave(group, dim=0)  # (heads, total, hd)
-        scores = (q[0] @ keys.transpose(1, 2)) * lm.model.layers[layer].self_attn.scaling
-        probs = scores.masked_fill(~causal, -math.inf).softmax(-1)  # (heads, n, total)
+        probs = _probs(lm, layer, q, kv[layer, 0], causal, pos)  # (heads, n, total)
         mass += probs[:, :, 1:n_prefix].sum(-1).mean(0)
     return (mass / n_layers).float()
