@@ -1,4 +1,4 @@
-"""Recomputing some context tokens through a Llama's decoder layers by hand, in place in a KV.
+"""Recomputing some context tokens through the decoder layers by hand, in place in a KV.
 
 The context KV ``kv`` is ``(layers, 2, kv_heads, capacity, head_dim)`` with positions
 ``[0, total)`` filled from independently computed chunk KVs (``ragkit.generation.context``). Chunks
@@ -8,14 +8,20 @@ position, and writes their KV over the cached one (CacheBlend's fusion). Which t
 
 - ``boundary``: the first ``k`` tokens of each chunk after the first (EPIC's LegoLink);
 - plus ``n_select`` more, ranked by one of ``select``:
+  - ``query`` (the default): the attention the question pays to each context token, measured by
+    running the question's few tokens through every layer on the approximate cache
+    (``query_attention``): the tokens the answer reads most are the ones whose stale KV moves it
+    most. Much closer to full prefill than the others at the same count (benchmarks/README.md);
   - ``kv``: deviation of keys and values (each normalised by its mean) at layer 1 between the
     cached KV and an exact recompute of layers 0-1 for every candidate (CacheBlend's criterion);
   - ``stored``: a score kept with each chunk's KV when it was computed (``prefix_attention``, a
     Cache-Craft-style estimate of how much a token depends on what came before its chunk), so no
     pass over every candidate is needed.
 
-Attention of the selected rows is one ``scaled_dot_product_attention`` over ``[0, total)`` with a
-boolean ``(rows, total)`` mask built once. This module must not read or write the KV store,
+Llama layers and Gemma 3 layers (per-head q/k norms, sandwich norms, sliding-window layers, a RoPE
+base per layer type) are supported. Attention of the selected rows is one
+``scaled_dot_product_attention`` over ``[0, total)`` with a boolean ``(rows, total)`` mask built
+once (narrowed per sliding-window layer). This module must not read or write the KV store,
 tokenize, or decode: it only does arithmetic on a model and a KV tensor.
 """
 
@@ -26,7 +32,7 @@ from typing import Any
 
 import torch
 
-SELECTS = ("kv", "stored", "query", "query_kv")
+SELECTS = ("query", "kv", "stored")
 
 
 def boundary_positions(starts: list[int], lengths: list[int], k: int) -> torch.Tensor:
@@ -53,18 +59,15 @@ def recompute(
     *,
     n_select: int,
     must: torch.Tensor,
-    select: str = "kv",
+    select: str = "query",
     stored: torch.Tensor | None = None,
     question: list[int] | None = None,
-    gradual: float = 1.0,
 ) -> int:
     """Recompute tokens of positions ``[first, total)`` in place in ``kv``; returns how many.
 
     ``ids`` are the token ids of positions ``[0, total)``; ``must`` are positions always
     recomputed (boundary tokens); ``stored`` is the per-position score for ``select="stored"``
-    (length ``total - first``); ``question`` the ids after the context (``select`` ``query`` and
-    ``query_kv``). ``gradual > 1``: ``gradual * n_select`` rows go through layer 1 and are narrowed
-    to ``n_select`` over layers 2-4 by their deviation there (CacheBlend's gradual filtering).
+    (length ``total - first``); ``question`` the ids after the context (``select="query"``).
     """
     n_layers = kv.shape[0]
     cand = torch.arange(first, total)  # (n,)
@@ -92,39 +95,14 @@ def recompute(
     h = _layer(lm, 0, h, cand, kv, total, mask)
     q, k, v = _qkv(lm, 1, h, cand)
     dev = _deviation(k[0], v[0], kv[1], cand)
-    if select == "query_kv":
-        mass = query_attention(lm, kv, question, first, total)
-        dev = dev * (mass / mass.mean().clamp_min(1e-12))
     kv[1, 0][:, cand] = k[0]  # every candidate's KV at layer 1 is exact now
     kv[1, 1][:, cand] = v[0]
-    widths = _widths(n_select, gradual, cand.numel())
-    keep = pick(dev, widths[0], must_idx)
+    keep = pick(dev, n_select, must_idx)
     pos, h, q, mask = cand[keep], h[:, keep], q[:, :, keep], mask[keep]
     h = _attend(lm, 1, h, q, kv, total, mask, pos)
     for layer in range(2, n_layers):
-        last = layer == n_layers - 1
-        width = widths[min(layer - 1, len(widths) - 1)]
-        if width < pos.numel():  # narrow by this layer's deviation (before writing it)
-            q, k, v = _qkv(lm, layer, h, pos)
-            dev = _deviation(k[0], v[0], kv[layer], pos)
-            sel = pick(dev, width, torch.nonzero(torch.isin(pos, must)).flatten())
-            pos, h, mask, q, k, v = pos[sel], h[:, sel], mask[sel], q[:, :, sel], k[:, :, sel], \
-                v[:, :, sel]
-            kv[layer, 0][:, pos] = k[0]
-            kv[layer, 1][:, pos] = v[0]
-            if not last:
-                h = _attend(lm, layer, h, q, kv, total, mask, pos)
-            continue
-        h = _layer(lm, layer, h, pos, kv, total, mask, last=last)
+        h = _layer(lm, layer, h, pos, kv, total, mask, last=layer == n_layers - 1)
     return int(pos.numel())
-
-
-def _widths(n: int, gradual: float, cap: int) -> list[int]:
-    """Rows kept at layers 1, 2, 3, 4: ``gradual * n`` narrowed geometrically to ``n``."""
-    if gradual <= 1.0:
-        return [n]
-    start = min(cap, int(round(gradual * n)))
-    return [max(n, int(round(start * (n / start) ** (i / 3)))) if start else n for i in range(4)]
 
 
 def query_attention(lm: Any, kv: torch.Tensor, question: list[int], first: int,
@@ -148,8 +126,9 @@ def query_attention(lm: Any, kv: torch.Tensor, question: list[int], first: int,
         mass += probs[:, :, first:total].sum((0, 1))
         if layer == n_layers - 1:
             break
-        values = kv[layer, 1, :, :end]
-        o = probs @ values.repeat_interleave(probs.shape[0] // values.shape[0], 0)  # (heads, q, hd)
+        values = kv[layer, 1, :, :end]  # (kv_heads, end, hd)
+        o = (probs.reshape(values.shape[0], -1, end) @ values).view(probs.shape[0], -1,
+                                                                    values.shape[2])  # (heads, q, hd)
         h = _residual(lm.model.layers[layer], h, o.transpose(0, 1).reshape(1, len(question), -1))
     return mass
 
@@ -227,9 +206,10 @@ def _probs(lm: Any, layer: int, q: torch.Tensor, keys: torch.Tensor, mask: torch
            pos: torch.Tensor) -> torch.Tensor:
     """Attention probabilities ``(heads, rows, keys)`` of ``q`` (1, heads, rows, hd) over ``keys``
     (kv_heads, n, hd) under ``mask`` (and the layer's sliding window)."""
-    group = q.shape[1] // keys.shape[0]
-    scores = (q[0] @ keys.repeat_interleave(group, 0).transpose(1, 2)) * \
-        lm.model.layers[layer].self_attn.scaling
+    heads, rows, hd = q.shape[1:]
+    kv_heads = keys.shape[0]  # query head h reads kv head h // group: group the queries, no copy
+    scores = (q[0].reshape(kv_heads, -1, hd) @ keys.transpose(1, 2)).view(heads, rows, -1)
+    scores = scores * lm.model.layers[layer].self_attn.scaling
     return scores.masked_fill(~_window(lm, layer, mask, pos), -math.inf).softmax(-1)
 
 

@@ -279,9 +279,6 @@ def blend(gen: Any, buf: torch.Tensor, layout: PromptLayout, scores: list) -> in
     if n_select == 0 and must.numel() == 0:
         return 0
     stored = torch.cat(scores[1:]) if gen.blend_select == "stored" else None
-    tail = getattr(gen, "blend_tail", 0)
-    if tail:
-        must = torch.cat((must, torch.arange(max(first, total - tail), total))).unique()
     return recompute(gen.lm, buf, layout.ids[:total], first, total, n_select=n_select,
                      must=must, select=gen.blend_select, stored=stored,
-                     question=list(layout.question), gradual=getattr(gen, "blend_gradual", 1.0))
+                     question=list(layout.question))

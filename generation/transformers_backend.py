@@ -72,9 +72,7 @@ class TransformersGenerator:
     model: str = DEFAULT_MODEL  # the packaged SmolLM2 (converted once) or a local HF folder
     kv_reuse: KVReuse = "none"
     blend_ratio: float = 0.15  # fraction of chunk tokens recomputed in 'blend' (by blend_select)
-    blend_select: Literal["kv", "stored", "query", "query_kv"] = "kv"  # 'blend' ranking
-    blend_gradual: float = 1.0  # > 1: CacheBlend's gradual filtering from this many times the rows
-    blend_tail: int = 0  # 'blend' also recomputes the last k context tokens
+    blend_select: Literal["query", "kv", "stored"] = "query"  # how 'blend' ranks tokens
     blend_boundary: int = 0  # 'blend' also recomputes the first k tokens of each chunk (LegoLink)
     warm_batch: int = 8  # chunk KVs computed per forward when missing
     kv_codec: Literal["float32", "float16", "bfloat16", "int8", "k8v4"] = "float32"  # chunk entries
