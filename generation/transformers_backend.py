@@ -14,7 +14,8 @@ context (prefix and chunks) is obtained is ``kv_reuse``:
 - ``blend`` (CacheBlend): ``independent``, then some chunk tokens are recomputed through every
   layer at their true positions, attending to the whole context, their KV fused into the cache
   (``ragkit.generation.blend``): ``blend_ratio`` of the chunk tokens ranked by ``blend_select``
-  (``kv``: key+value deviation at layer 1; ``stored``: a score kept with each chunk's entry) and
+  (``query``: the question's attention on the reused cache; ``kv``: key+value deviation at
+  layer 1; ``stored``: a score kept with each chunk's entry) and
   the first ``blend_boundary`` tokens of each chunk after the first (EPIC's LegoLink).
 
 ``none`` and ``prefix`` are exact; ``independent`` and ``blend`` are approximations whose answers can
@@ -25,8 +26,9 @@ fidelity"). Context KV assembly and store entries live in ``ragkit.generation.co
 
 Every mode ends with the same question prefill and decoding loop (greedy, or sampled with
 temperature/top-p/seed), stopping at an end-of-turn token, ``max_new_tokens`` or a stop string.
-``none`` and ``prefix`` work with any causal LM; ``independent`` rotates keys with Llama's RoPE and
-``blend`` re-runs Llama decoder layers by hand, so both need a Llama-architecture model (SmolLM2).
+``none`` and ``prefix`` work with any causal LM; ``independent`` rotates keys with the model's RoPE
+and ``blend`` re-runs its decoder layers by hand, so both need a Llama-architecture model (SmolLM2)
+or Gemma 3.
 """
 
 from __future__ import annotations
