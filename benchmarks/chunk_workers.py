@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     here = str(Path(__file__).resolve().parent)
     if here not in sys.path:  # loaded by path (tests), not run as a script
         sys.path.insert(0, here)
-    from chunk_throughput import build_corpus
+    from prose_corpus import build_corpus
 
     import ragkit.chunkers.parallel as parallel
     from ragkit.config import build
