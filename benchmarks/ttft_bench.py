@@ -98,7 +98,7 @@ def main() -> None:
             cache = context.buffer_cache(kv, layout.context_len)
             t = time.perf_counter()
             with torch.inference_mode():
-                int(torch.argmax(gen._forward(list(layout.question), cache, layout.context_len)))
+                int(torch.argmax(gen.forward_ids(list(layout.question), cache, layout.context_len)))
             return time.perf_counter() - t
 
         times = {m: [] for m in MODES}

@@ -44,20 +44,20 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit._deps import require
-from ragkit.config import build_dataclass, to_config
 from ragkit.concurrency import Guarded, reads, writes
+from ragkit.config import build_dataclass, to_config
 from ragkit.errors import ConfigError, MissingDependencyError
-from ragkit.types import Chunk, Hit
 from ragkit.retrieval.base import filter_rows
-from ragkit.retrieval.memory_index import (
+from ragkit.retrieval.index_files import (
     IndexFileError,
-    _read_chunks,
-    _sha256,
-    _swap_in,
     check_save_target,
     chunks_jsonl,
+    read_chunks,
     read_meta,
+    sha256_file,
+    swap_in,
 )
+from ragkit.types import Chunk, Hit
 
 FORMAT = "ragkit.bm25_index"
 VERSION = 1
@@ -292,10 +292,10 @@ class BM25Index(Guarded):
                 "config": to_config(self),
                 "count": len(self._chunks),
                 "info": self.info,
-                "sha256": {"chunks.jsonl": _sha256(tmp / "chunks.jsonl")},
+                "sha256": {"chunks.jsonl": sha256_file(tmp / "chunks.jsonl")},
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
+            swap_in(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -315,7 +315,7 @@ class BM25Index(Guarded):
         sums = meta.get("sha256")
         if not isinstance(sums, dict) or not isinstance(sums.get("chunks.jsonl"), str):
             raise IndexFileError(f"{file}: missing the sha256 checksum of chunks.jsonl")
-        if _sha256(path / "chunks.jsonl") != sums["chunks.jsonl"]:
+        if sha256_file(path / "chunks.jsonl") != sums["chunks.jsonl"]:
             raise IndexFileError(
                 f"{path / 'chunks.jsonl'}: checksum does not match meta.json; the file is "
                 "corrupted or was changed after saving"
@@ -324,7 +324,7 @@ class BM25Index(Guarded):
             index = build_dataclass(cls, config)
         except ConfigError as exc:
             raise IndexFileError(f"{file}: invalid index config ({exc})") from None
-        chunks = _read_chunks(path / "chunks.jsonl")
+        chunks = read_chunks(path / "chunks.jsonl")
         if len(chunks) != count:
             raise IndexFileError(
                 f"{path / 'chunks.jsonl'}: meta.json says {count} chunks; "

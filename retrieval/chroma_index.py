@@ -70,10 +70,10 @@ from ragkit.retrieval.chroma_codec import (
     where_clause,
 )
 from ragkit.retrieval.chroma_persist import FORMAT, HELD_OPEN, VERSION, ChromaPersistence
-from ragkit.retrieval.memory_index import (
+from ragkit.retrieval.index_files import (
     IndexFileError,
-    _normalise,
     check_vecs,
+    normalise,
 )
 from ragkit.types import Chunk, Hit
 
@@ -357,7 +357,7 @@ class ChromaIndex(ChromaPersistence, Guarded):
         if not chunks:
             return
         if self.metric == "cosine":
-            vecs = _normalise(vecs)
+            vecs = normalise(vecs)
         last = {c.id: i for i, c in enumerate(chunks)}  # the same id twice: the last one wins
         rows = sorted(last.values())
         records = [encode_chunk(chunks[i]) for i in rows]  # every chunk checked before any write
@@ -422,7 +422,7 @@ class ChromaIndex(ChromaPersistence, Guarded):
         if k == 0 or where is NOTHING or self._dim is None or col.count() == 0:
             return empty
         if self.metric == "cosine":
-            q = _normalise(q)
+            q = normalise(q)
         out = []
         size = self._batch()
         for start in range(0, q.shape[0], size):

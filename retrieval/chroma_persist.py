@@ -20,10 +20,10 @@ import numpy as np
 from ragkit._deps import require
 from ragkit.concurrency import reads
 from ragkit.errors import ConfigError
-from ragkit.retrieval.memory_index import (
+from ragkit.retrieval.index_files import (
     IndexFileError,
-    _swap_in,
     read_meta,
+    swap_in,
 )
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class ChromaPersistence:
                 pointer["path"] = DATA
                 self._copy_to(tmp / DATA)
             (tmp / POINTER).write_text(json.dumps(pointer, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
+            swap_in(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

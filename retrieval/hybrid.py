@@ -37,11 +37,11 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit import registry
-from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
 from ragkit.concurrency import Guarded, reads, writes
+from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
 from ragkit.errors import ConfigError, RagkitError
+from ragkit.retrieval.index_files import IndexFileError, check_save_target, read_meta, swap_in
 from ragkit.types import Chunk, Hit
-from ragkit.retrieval.memory_index import IndexFileError, _swap_in, check_save_target, read_meta
 
 FORMAT = "ragkit.hybrid_index"
 VERSION = 1
@@ -204,7 +204,7 @@ class HybridIndex(Guarded):
                 "count": len(self),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
+            swap_in(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

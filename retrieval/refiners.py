@@ -27,7 +27,7 @@ import numpy as np
 from ragkit.errors import ConfigError
 from ragkit.types import Chunk, Hit
 from ragkit.checks import check_bool, check_float, check_int
-from ragkit.retrieval.selectors import SelectionError, _by_score, _ranked
+from ragkit.retrieval.selectors import SelectionError, by_score, ranked
 
 SCORERS = ("dense", "lexical")
 
@@ -146,7 +146,7 @@ class SentenceRefiner:
     def select(self, query: str, hits: Sequence[Hit], context: Any = None) -> list[Hit]:
         kept = self.pick(hits)
         if (self.keep is None and self.min_score is None) or len(kept) <= self.whole:
-            return _ranked(kept)
+            return ranked(kept)
         units = [[] if i < self.whole else sentence_spans(h.chunk.text)
                  for i, h in enumerate(kept)]
         texts = [h.chunk.text[a:b] for h, us in zip(kept, units) for a, b in us]
@@ -156,12 +156,12 @@ class SentenceRefiner:
             s = scores[at:at + len(us)]
             at += len(us)
             out.append(replace(h, chunk=self._narrow(h.chunk, us, s)))
-        return _ranked(out)
+        return ranked(out)
 
     def pick(self, hits: Sequence[Hit]) -> list[Hit]:
         """Step 1: up to ``k`` hits, best first, overlapping ones folded together."""
         kept: list[Hit] = []
-        for h in _by_score(hits):
+        for h in by_score(hits):
             if self.merge:
                 at = next((i for i, g in enumerate(kept) if _overlap(g.chunk, h.chunk)), None)
                 if at is not None:
