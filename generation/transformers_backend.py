@@ -152,6 +152,10 @@ class TransformersGenerator:
     def lm(self) -> Any:
         return self._loaded[1]
 
+    def load_model(self) -> None:
+        """Load (or convert, the first time) the model now instead of on first use."""
+        self._loaded  # noqa: B018
+
     @cached_property
     def torch(self) -> Any:
         return require("torch", extra="generate", component="generator 'transformers'")

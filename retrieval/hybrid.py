@@ -40,6 +40,7 @@ from ragkit import registry
 from ragkit.concurrency import Guarded, reads, writes
 from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
 from ragkit.errors import ConfigError, RagkitError
+from ragkit.protocols import Persistent
 from ragkit.retrieval.index_files import IndexFileError, check_save_target, read_meta, swap_in
 from ragkit.types import Chunk, Hit
 
@@ -182,7 +183,7 @@ class HybridIndex(Guarded):
         is replaced only once it is complete."""
         path = Path(path)
         for side in _SIDES:
-            if not hasattr(getattr(self, side), "save"):
+            if not isinstance(getattr(self, side), Persistent):
                 raise RagkitError(
                     f"hybrid index: the {side} index {type(getattr(self, side)).__name__} cannot "
                     "be saved to a folder"
@@ -228,7 +229,7 @@ class HybridIndex(Guarded):
                 side_cls = registry.resolve("index", name)
             except ConfigError as exc:
                 raise IndexFileError(f"{file}: {side} side: {exc}") from None
-            if not hasattr(side_cls, "load"):
+            if not issubclass(side_cls, Persistent):
                 raise IndexFileError(f"{file}: the {side} index {name!r} cannot be loaded")
             loaded[side] = side_cls.load(path / side)
         try:

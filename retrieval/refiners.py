@@ -187,8 +187,8 @@ class SentenceRefiner:
             return np.zeros(0)
         if self.scorer == "lexical":
             return _lexical(query, texts)
-        embed = getattr(context, "embed", None)
-        qvec = getattr(context, "query_vec", None)
+        embed = context.embed if context is not None else None  # a SelectionContext
+        qvec = context.query_vec if context is not None else None
         if embed is None:
             raise SelectionError(
                 "selector 'sentence-refine' with scorer 'dense' needs context.embed (the "
