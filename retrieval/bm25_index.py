@@ -30,10 +30,7 @@ copy-on-write); ``replace`` swaps a document's chunks in one write.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,12 +47,14 @@ from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.retrieval.base import filter_rows
 from ragkit.retrieval.index_files import (
     IndexFileError,
+    check_chunks,
     check_save_target,
     chunks_jsonl,
     read_chunks,
     read_meta,
+    saving,
     sha256_file,
-    swap_in,
+    write_meta,
 )
 from ragkit.types import Chunk, Hit
 
@@ -159,10 +158,7 @@ class BM25Index(Guarded):
     def add(self, chunks: Sequence[Chunk], vecs: Any = None) -> None:
         """Store ``chunks`` (``vecs`` is ignored: BM25 scores text). Tokenizes now; the bm25s
         index is rebuilt at the next search."""
-        chunks = list(chunks)
-        for c in chunks:
-            if not isinstance(c, Chunk):
-                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
+        chunks = check_chunks(chunks)
         if not chunks:
             return
         tokens = self.tokenize([c.text for c in chunks])
@@ -282,9 +278,7 @@ class BM25Index(Guarded):
         path = Path(path)
         check_save_target(path)
         chunks_bytes = chunks_jsonl(self._chunks, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with saving(path) as tmp:
             (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
             meta = {
                 "format": FORMAT,
@@ -294,11 +288,7 @@ class BM25Index(Guarded):
                 "info": self.info,
                 "sha256": {"chunks.jsonl": sha256_file(tmp / "chunks.jsonl")},
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_meta(tmp, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BM25Index:

@@ -72,8 +72,12 @@ from ragkit.retrieval.chroma_codec import (
 from ragkit.retrieval.chroma_persist import FORMAT, HELD_OPEN, VERSION, ChromaPersistence
 from ragkit.retrieval.index_files import (
     IndexFileError,
+    check_aligned,
+    check_chunks,
+    check_k,
     check_vecs,
     normalise,
+    query_rows,
 )
 from ragkit.types import Chunk, Hit
 
@@ -342,17 +346,10 @@ class ChromaIndex(ChromaPersistence, Guarded):
     @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
-        chunks = list(chunks)
-        for c in chunks:
-            if not isinstance(c, Chunk):
-                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
+        chunks = check_chunks(chunks)
         col = self._connect()
         self._refresh_dim()
-        vecs = self._check_vecs(vecs, what="vectors")
-        if vecs.shape[0] != len(chunks):
-            raise IndexMismatchError(
-                f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
-            )
+        vecs = check_aligned(chunks, vecs, self._dim)
         self._sync_info()
         if not chunks:
             return
@@ -398,22 +395,12 @@ class ChromaIndex(ChromaPersistence, Guarded):
     # -- search --------------------------------------------------------------------------------
 
     @reads
-    def search(
-        self,
-        query_vecs: np.ndarray,
-        k: int,
-        filter: Mapping[str, Any] | None = None,
-        queries: Sequence[str] | None = None,  # unused: dense search needs only the vectors
-    ) -> list[list[Hit]]:
-        """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
-
-        ``filter`` keeps chunks whose ``metadata[key] == value`` for every item (``"doc_id"``
-        matches ``chunk.doc_id``; a list or tuple value means any of its values).
-        """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise ValueError(f"k must be an int >= 0; got {k!r}")
-        q = np.asarray(query_vecs)
-        q = q[None, :] if q.ndim == 1 else q  # (m, d)
+    def search(self, query_vecs: np.ndarray, k: int, filter: Mapping[str, Any] | None = None,
+               queries: Sequence[str] | None = None) -> list[list[Hit]]:
+        """The ``k`` best hits for each query row, with ``filter`` and ``queries`` as in
+        ``MemoryIndex.search``."""
+        k = check_k(k)
+        q = query_rows(query_vecs)
         col = self._connect()
         self._refresh_dim()
         q = self._check_vecs(q, what="query vectors")

@@ -60,13 +60,17 @@ import numpy as np
 
 from ragkit.checks import check_int
 from ragkit.concurrency import Guarded, reads, writes
-from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError
+from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.retrieval.base import filter_rows
 from ragkit.retrieval.faiss_persist import FaissPersistence
 from ragkit.retrieval.faiss_structures import FaissStructures, faiss_module
 from ragkit.retrieval.index_files import (
+    check_aligned,
+    check_chunks,
+    check_k,
     check_vecs,
     normalise,
+    query_rows,
 )
 from ragkit.types import Chunk, Hit
 
@@ -189,15 +193,8 @@ class FaissIndex(FaissStructures, FaissPersistence, Guarded):
     @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
-        chunks = list(chunks)
-        for c in chunks:
-            if not isinstance(c, Chunk):
-                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
-        vecs = self._check_vecs(vecs, what="vectors")
-        if vecs.shape[0] != len(chunks):
-            raise IndexMismatchError(
-                f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
-            )
+        chunks = check_chunks(chunks)
+        vecs = check_aligned(chunks, vecs, self.dim)
         if not chunks:
             return
         d = vecs.shape[1]
@@ -291,23 +288,12 @@ class FaissIndex(FaissStructures, FaissPersistence, Guarded):
     # -- search --------------------------------------------------------------------------------
 
     @reads
-    def search(
-        self,
-        query_vecs: np.ndarray,
-        k: int,
-        filter: Mapping[str, Any] | None = None,
-        queries: Sequence[str] | None = None,  # unused: dense search needs only the vectors
-    ) -> list[list[Hit]]:
-        """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
-
-        ``filter`` keeps chunks whose ``metadata[key] == value`` for every item (``"doc_id"``
-        matches ``chunk.doc_id``; a list or tuple value means any of its values).
-        """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise ValueError(f"k must be an int >= 0; got {k!r}")
-        k = int(k)
-        q = np.asarray(query_vecs)
-        q = q[None, :] if q.ndim == 1 else q  # (m, d)
+    def search(self, query_vecs: np.ndarray, k: int, filter: Mapping[str, Any] | None = None,
+               queries: Sequence[str] | None = None) -> list[list[Hit]]:
+        """The ``k`` best hits for each query row, with ``filter`` and ``queries`` as in
+        ``MemoryIndex.search``."""
+        k = check_k(k)
+        q = query_rows(query_vecs)
         q = self._check_vecs(q, what="query vectors")
         allowed = self._allowed(filter)  # (s,) sorted labels, or None: every live vector
         if not self._labels or k == 0 or (allowed is not None and len(allowed) == 0):

@@ -7,10 +7,7 @@ returns compared with the one that was saved.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +24,9 @@ from ragkit.retrieval.index_files import (
     chunks_jsonl,
     read_chunks,
     read_meta,
+    saving,
     sha256_file,
-    swap_in,
+    write_meta,
 )
 
 if TYPE_CHECKING:
@@ -50,9 +48,7 @@ class FaissPersistence:
         chunks_bytes = chunks_jsonl(list(self.chunks()), path)
         labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self))
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with saving(path) as tmp:
             files = ["chunks.jsonl", "labels.npy"]
             (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
             np.save(tmp / "labels.npy", labels, allow_pickle=False)
@@ -75,11 +71,7 @@ class FaissPersistence:
                 "info": self.info,
                 "sha256": {name: sha256_file(tmp / name) for name in files},
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_meta(tmp, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FaissIndex:

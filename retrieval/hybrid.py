@@ -25,10 +25,7 @@ copy-on-write); ``replace`` swaps a document's chunks in one write.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +38,14 @@ from ragkit.concurrency import Guarded, reads, writes
 from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.protocols import Persistent
-from ragkit.retrieval.index_files import IndexFileError, check_save_target, read_meta, swap_in
+from ragkit.retrieval.index_files import (
+    IndexFileError,
+    check_k,
+    check_save_target,
+    read_meta,
+    saving,
+    write_meta,
+)
 from ragkit.types import Chunk, Hit
 
 FORMAT = "ragkit.hybrid_index"
@@ -137,8 +141,7 @@ class HybridIndex(Guarded):
     ) -> list[list[Hit]]:
         """The ``k`` best fused hits per query; ``query_vecs`` (``(m, d)`` or ``(d,)``) feed the
         dense side and ``queries`` (``m`` texts) the sparse side."""
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise ValueError(f"k must be an int >= 0; got {k!r}")
+        k = check_k(k)
         if query_vecs is None:
             raise TypeError("HybridIndex.search needs query_vecs for its dense side; got None")
         if queries is None or isinstance(queries, str):
@@ -189,9 +192,7 @@ class HybridIndex(Guarded):
                     "be saved to a folder"
                 )
         check_save_target(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with saving(path) as tmp:
             for side in _SIDES:
                 getattr(self, side).save(tmp / side)
             config = to_config(self)
@@ -204,11 +205,7 @@ class HybridIndex(Guarded):
                 },
                 "count": len(self),
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_meta(tmp, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HybridIndex:

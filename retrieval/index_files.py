@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,4 +156,56 @@ def check_vecs(vecs: Any, dim: int | None, *, what: str) -> np.ndarray:
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     if not np.isfinite(vecs).all():
         raise IndexMismatchError(f"{what} contain NaN or infinite values")
+    return vecs
+
+
+def check_k(k: Any) -> int:
+    """``k``, the number of hits a search asks for, as an int >= 0; else a ValueError."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+        raise ValueError(f"k must be an int >= 0; got {k!r}")
+    return int(k)
+
+
+def query_rows(query_vecs: Any) -> np.ndarray:
+    """Query vectors as rows: ``(m, d)`` as given, a single ``(d,)`` vector as ``(1, d)``."""
+    q = np.asarray(query_vecs)
+    return q[None, :] if q.ndim == 1 else q  # (m, d)
+
+
+@contextmanager
+def saving(path: Path) -> Iterator[Path]:
+    """A new folder beside ``path`` to write a saved index into; when the block ends it replaces
+    ``path`` whole (``swap_in``), and if the block raises it is removed and nothing changes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """``folder/meta.json``: ``meta`` as indented JSON."""
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def check_chunks(chunks: Iterable[Any]) -> list[Chunk]:
+    """``chunks`` as a list, or a TypeError naming the first item that is not a ``Chunk``."""
+    chunks = list(chunks)
+    for c in chunks:
+        if not isinstance(c, Chunk):
+            raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
+    return chunks
+
+
+def check_aligned(chunks: Sequence[Chunk], vecs: Any, dim: int | None) -> np.ndarray:
+    """``vecs`` checked by ``check_vecs`` against the index's ``dim``, one per chunk; else an
+    IndexMismatchError saying what is wrong (how many of each ``add`` got)."""
+    vecs = check_vecs(vecs, dim, what="vectors")
+    if vecs.shape[0] != len(chunks):
+        raise IndexMismatchError(
+            f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
+        )
     return vecs

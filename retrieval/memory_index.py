@@ -13,10 +13,7 @@ copy-on-write); ``replace`` swaps a document's chunks in one write.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,21 +22,28 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit.concurrency import Guarded, reads, writes
-from ragkit.errors import ConfigError, IndexMismatchError
-from ragkit.types import Chunk, Hit
+from ragkit.errors import ConfigError
 from ragkit.retrieval.base import filter_rows
-from ragkit.retrieval.index_files import (  # IndexFileError and the checks: re-exported
+
+# IndexFileError and the checks stay importable from here (callers and tests use them)
+from ragkit.retrieval.index_files import (
     IndexFileError,
+    check_aligned,
+    check_chunks,
     check_count_dim,
+    check_k,
     check_save_target,
     check_vecs,
     chunks_jsonl,
     normalise,
+    query_rows,
     read_chunks,
     read_meta,
+    saving,
     sha256_file,
-    swap_in,
+    write_meta,
 )
+from ragkit.types import Chunk, Hit
 
 FORMAT = "ragkit.memory_index"
 VERSION = 1
@@ -96,15 +100,8 @@ class MemoryIndex(Guarded):
     @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
-        chunks = list(chunks)
-        for c in chunks:
-            if not isinstance(c, Chunk):
-                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
-        vecs = self._check_vecs(vecs, what="vectors")
-        if vecs.shape[0] != len(chunks):
-            raise IndexMismatchError(
-                f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
-            )
+        chunks = check_chunks(chunks)
+        vecs = check_aligned(chunks, vecs, self.dim)
         if not chunks:
             return
         if self.metric == "cosine":
@@ -157,22 +154,16 @@ class MemoryIndex(Guarded):
     # -- search --------------------------------------------------------------------------------
 
     @reads
-    def search(
-        self,
-        query_vecs: np.ndarray,
-        k: int,
-        filter: Mapping[str, Any] | None = None,
-        queries: Sequence[str] | None = None,  # unused: dense search needs only the vectors
-    ) -> list[list[Hit]]:
+    def search(self, query_vecs: np.ndarray, k: int, filter: Mapping[str, Any] | None = None,
+               queries: Sequence[str] | None = None) -> list[list[Hit]]:
         """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
 
         ``filter`` keeps chunks whose ``metadata[key] == value`` for every item (``"doc_id"``
-        matches ``chunk.doc_id``; a list or tuple value means any of its values).
+        matches ``chunk.doc_id``; a list or tuple value means any of its values). ``queries``
+        is unused: dense search needs only the vectors.
         """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise ValueError(f"k must be an int >= 0; got {k!r}")
-        q = np.asarray(query_vecs)
-        q = q[None, :] if q.ndim == 1 else q  # (m, d)
+        k = check_k(k)
+        q = query_rows(query_vecs)
         q = self._check_vecs(q, what="query vectors")
         if not self._chunks or k == 0:
             return [[] for _ in range(q.shape[0])]
@@ -216,9 +207,7 @@ class MemoryIndex(Guarded):
         else:
             vecs = np.zeros((0, 0), dtype=np.float32)  # dim is None: meta.json says null
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with saving(path) as tmp:
             np.save(tmp / "vectors.npy", vecs, allow_pickle=False)
             (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
             meta = {
@@ -230,11 +219,7 @@ class MemoryIndex(Guarded):
                 "info": self.info,
                 "sha256": {name: sha256_file(tmp / name) for name in _FILES},
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_meta(tmp, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MemoryIndex:
