@@ -73,6 +73,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "token-budget": "ragkit.retrieval.selectors:TokenBudget",
         "neighbours": "ragkit.retrieval.selectors:Neighbours",
         "sentence-refine": "ragkit.retrieval.refiners:SentenceRefiner",
+        "set-refine": "ragkit.retrieval.set_refiner:SetRefiner",
     },
 }
 

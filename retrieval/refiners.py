@@ -190,16 +190,25 @@ class SentenceRefiner:
     def _scores(self, query: str, kept: list[Hit], units: list[list[tuple[int, int]]],
                 context: Any) -> np.ndarray:
         """One score per sentence of ``units`` (the kept hits' sentences, in order)."""
-        texts = [h.chunk.text[a:b] for h, us in zip(kept, units) for a, b in us]
-        if not texts:
+        if not any(units):
             return np.zeros(0)
         if self.scorer == "lexical":
-            return _lexical(query, texts)
-        embed = getattr(context, "embed", None)
+            return _lexical(query, [h.chunk.text[a:b] for h, us in zip(kept, units)
+                                    for a, b in us])
+        vecs = self.sentence_matrix(kept, units, context)
         qvec = getattr(context, "query_vec", None)
+        q = context.embed([query])[0] if qvec is None else qvec  # embed checked above
+        return _cosines(vecs, q)
+
+    def sentence_matrix(self, kept: Sequence[Hit], units: list[list[tuple[int, int]]],
+                        context: Any) -> np.ndarray:
+        """The vectors ``(n, d)`` of the sentences ``units`` (relative spans) of the hits
+        ``kept``: looked up when ``context.index`` stores them (``HasSentenceVectors``),
+        embedded with ``context.embed`` otherwise (and for the few it does not hold)."""
+        texts = [h.chunk.text[a:b] for h, us in zip(kept, units) for a, b in us]
+        embed = getattr(context, "embed", None)
         index = getattr(context, "index", None)
-        stored = isinstance(index, HasSentenceVectors) and qvec is not None
-        vecs = found = None
+        stored = isinstance(index, HasSentenceVectors)
         if stored:  # vectors computed at index time: a lookup, and a model call only for misses
             looked = [index.sentence_vectors(h.chunk.doc_id, [(h.chunk.start + a, h.chunk.start + b)
                                                               for a, b in us])
@@ -207,27 +216,27 @@ class SentenceRefiner:
             vecs = np.concatenate([v for v, _ in looked]).astype(np.float64)  # (n, d) or (n, 0)
             found = np.concatenate([f for _, f in looked])  # (n,)
             self.stats["looked_up"] += int(found.sum())
-            if found.all():
-                return _cosines(vecs, qvec)
+            if found.all() and getattr(context, "query_vec", None) is not None:
+                return vecs
         if embed is None:
             raise SelectionError(
                 "selector 'sentence-refine' with scorer 'dense' needs context.embed (the "
                 "pipeline's embedder) to embed the sentences"
-                + (" that the index does not store" if stored else "")
+                + (" that the index does not store, or the query" if stored else "")
                 + "; got none (or use scorer: lexical, or an index that stores sentence vectors: "
                 "sentence-vectors)"
             )
-        if stored:  # embed the few sentences the index does not hold (across merged chunks)
+        if not stored:
+            self.stats["embedded"] += len(texts)
+            return np.asarray(embed(texts), dtype=np.float64)  # (n, d)
+        if not found.all():  # embed the few the index does not hold (across merged chunks)
             missing = [t for t, f in zip(texts, found) if not f]
             fresh = np.asarray(embed(missing), dtype=np.float64)  # (m, d)
             if vecs.shape[1] != fresh.shape[1]:
                 vecs = np.zeros((len(texts), fresh.shape[1]))
             vecs[~found] = fresh
-        else:
-            vecs = np.asarray(embed(texts), dtype=np.float64)  # (n, d)
-        self.stats["embedded"] += len(texts) - (int(found.sum()) if stored else 0)
-        q = np.asarray(embed([query])[0] if qvec is None else qvec, dtype=np.float64)  # (d,)
-        return _cosines(vecs, q)
+            self.stats["embedded"] += len(missing)
+        return vecs
 
     def _narrow(self, chunk: Chunk, units: list[tuple[int, int]], scores: np.ndarray) -> Chunk:
         if not units:  # left whole, or no sentence in it
