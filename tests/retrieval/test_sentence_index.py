@@ -124,3 +124,34 @@ def test_config_round_trip_and_the_pipeline_refuses_another_model():
         build("index", {"name": "sentence-vectors", "inner": STORED, "embedder": EMB})
     with pytest.raises(ConfigError, match="batch_size"):
         build("index", {**STORED, "batch_size": 0})
+
+
+def test_best_retrieval_config_refines_from_stored_sentence_vectors():
+    from pathlib import Path
+
+    from ragkit.config import load_yaml
+    from ragkit.evaluation.retrieval import RetrievalEval
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "eval" / "best_retrieval.yaml"
+    spec = load_yaml(path)
+    ev = RetrievalEval(paths=spec["paths"], ks=tuple(spec["ks"]))
+    assert list(ev.paths) == ["best"]
+    best = ev.paths["best"]
+    assert isinstance(best.index, HasSentenceVectors)
+    assert type(best.selector) is SentenceRefiner
+
+
+def test_depth_cv_benchmark_settings_all_build():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "retrieval_depth_cv.py"
+    spec = importlib.util.spec_from_file_location("retrieval_depth_cv", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["retrieval_depth_cv"] = module
+    spec.loader.exec_module(module)
+    for selector, depth in module.settings().values():
+        assert depth in module.DEPTHS
+        if selector is not None:
+            build("selector", selector)
