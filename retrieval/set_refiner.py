@@ -8,7 +8,9 @@ and returns the best set whose text fits ``budget`` characters:
     value(S) = sum over passages p in S of rel(p)  -  redundancy * sum over pairs p < q in S of
                max(0, cos(p, q))
 
-``rel(p)`` is the first-stage score divided by the best one (so the top passage is worth 1), and
+``rel(p)`` is the evidence for the passage, the sum of the first-stage scores of the hits folded
+into it (overlapping candidates that agree on a region add up), divided by the best passage's
+(so the top passage is worth 1), and
 ``cos(p, q)`` the cosine between the mean sentence vectors of two passages (two passages saying
 the same thing pay for it). The sets are enumerated exactly (at most ``sum_{i<=k} C(n, i)``
 sets of ``n`` candidates: 638 for 10 candidates and ``k = 5``), not grown greedily, so a short
@@ -59,8 +61,11 @@ class SetRefiner:
         if not passages:
             return []
         vecs = self._passage_vectors(query, passages, refiner, context)  # (n, d) unit rows
-        top = max(h.score for h in passages)
-        rel = np.array([h.score / top if top > 0 else 1.0 for h in passages])  # (n,)
+        given = {h.chunk.id: h.score for h in hits}
+        evidence = np.array([sum(given.get(i, 0.0) for i in _members(h)) or h.score
+                             for h in passages])  # (n,) scores of the hits folded into each
+        top = evidence.max()
+        rel = evidence / top if top > 0 else np.ones(len(passages))  # (n,)
         sim = np.maximum(vecs @ vecs.T, 0.0) if vecs is not None else np.zeros((len(rel),) * 2)
         size = np.array([len(h.chunk.text) for h in passages])
         best, best_value = (), -np.inf
@@ -90,3 +95,10 @@ class SetRefiner:
             at += len(us)
             out.append(v / max(np.linalg.norm(v), 1e-12))
         return np.array(out)
+
+
+def _members(passage: Hit) -> list[str]:
+    """The ids of the given hits a refined passage came from (``merged``, else the chunk it was
+    narrowed from, else its own)."""
+    meta = passage.chunk.metadata
+    return list(meta.get("merged") or [meta.get("refined_from", passage.chunk.id)])

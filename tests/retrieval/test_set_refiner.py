@@ -111,3 +111,17 @@ def test_bad_configs_name_the_field(spec, path):
 def test_config_round_trip():
     sel = build("selector", {"name": "set-refine", "budget": 2500, "redundancy": 0.0})
     assert build("selector", to_config(sel, "selector")) == sel
+
+
+def test_overlapping_candidates_add_up_as_evidence_for_their_passage():
+    # A is met by two overlapping candidates (0.5 + 0.5 = 1.0 once folded); B alone scores 0.8.
+    # Only one passage fits the budget: the folded one wins, though each part ranks below B.
+    a_start = DOC.text.index(A)
+    first = Hit(Chunk.of(DOC, a_start, a_start + 30, 0), 0.5, 0)
+    second = Hit(Chunk.of(DOC, a_start + 20, a_start + len(A), 1), 0.5, 1)
+    ctx = SelectionContext(query_vec=np.ones(3, dtype=np.float32) / 3 ** 0.5,
+                           embed=axis_embed([["alpha"], ["beta"], ["gamma"]]))
+    out = SetRefiner(k=2, budget=50, min_score=None, redundancy=0.0).select(
+        "q", [hit(B, 0.8), first, second], ctx)
+    assert [h.chunk.text for h in out] == [A]
+    assert DOC.text[out[0].chunk.start:out[0].chunk.end] == A
