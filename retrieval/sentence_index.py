@@ -184,10 +184,12 @@ class SentenceVectorIndex(Guarded):
             spans = [(d, a, b, r) for d, doc in enumerate(docs)
                      for (a, b), r in self._units[doc][0].items()]
             dim = next((v.shape[1] for _, v in self._units.values()), 0)
-            vecs = [self._units[docs[d]][1][r] for d, _, _, r in spans]
+            vecs = np.zeros((len(spans), dim), dtype=np.float32)  # (sentences, d)
+            for i, (d, _, _, r) in enumerate(spans):
+                vecs[i] = self._units[docs[d]][1][r]
             np.savez(tmp / "sentences.npz", docs=np.array(docs, dtype=str),
                      spans=np.array([s[:3] for s in spans], dtype=np.int64).reshape(-1, 3),
-                     vecs=np.array(vecs, dtype=np.float32).reshape(-1, dim))
+                     vecs=vecs)
             config = to_config(self)
             meta = {"format": FORMAT, "version": VERSION,
                     "config": {"embedder": config["embedder"], "batch_size": self.batch_size},

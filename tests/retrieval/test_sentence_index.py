@@ -155,3 +155,38 @@ def test_depth_cv_benchmark_settings_all_build():
         assert depth in module.DEPTHS
         if selector is not None:
             build("selector", selector)
+
+
+def test_an_empty_index_saves_and_loads(tmp_path):
+    # `ragkit index` saves the index before any document is in it
+    index = build("index", STORED)
+    index.save(tmp_path / "empty")
+    again = SentenceVectorIndex.load(tmp_path / "empty")
+    assert len(again) == 0 and again.sentence_count == 0
+    emb = HashEmbedder(dim=64)
+    chunk = Chunk.of(DOCS[1], 0, 22, 0)
+    again.add([chunk], emb.embed([chunk.text]))
+    assert again.sentence_vectors("space", [(0, 22)])[1].all()
+
+
+def test_ragkit_index_and_ask_keep_the_sentence_vectors(tmp_path):
+    from ragkit.cli import main
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for d in DOCS:
+        (docs / f"{d.id}.txt").write_text(d.text, encoding="utf-8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("chunker: {name: recursive, chunk_size: 12, overlap: 4}\n"
+                   "embedder: {name: hash, dim: 64}\n"
+                   "index: {name: sentence-vectors, inner: {name: hybrid, rrf_k: 10}, "
+                   "embedder: {name: hash, dim: 64}}\n"
+                   "selector: {name: sentence-refine, k: 3, min_score: 0.3}\n"
+                   "candidates: 5\nk: 3\n", encoding="utf-8")
+    assert main(["index", str(docs), "--config", str(cfg), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) in (0, None)
+    pipe = RAGPipeline.load(tmp_path / "out", ["index.inner.rrf_k=30"])
+    assert pipe.index.inner.rrf_k == 30 and pipe.index.sentence_count > 0
+    hits = pipe.retrieve("moon orbits")
+    assert hits[0].chunk.text == "The moon orbits the earth."
+    assert pipe.selector.stats == {"looked_up": pipe.selector.stats["looked_up"], "embedded": 0}
