@@ -100,6 +100,13 @@ class RAGPipeline:
                     f"embedded with {model_spec(self.embedder)}; give both the same model",
                     path="chunker.embedder",
                 )
+        own = self.index.embedder if isinstance(self.index, HasEmbedder) else None
+        if own is not None and model_spec(own) != model_spec(self.embedder):
+            raise ConfigError(
+                f"the index embeds sentences with {model_spec(own)} but queries would be "
+                f"embedded with {model_spec(self.embedder)}; give both the same model",
+                path="index.embedder",
+            )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, allow_import: bool = False) -> RAGPipeline:

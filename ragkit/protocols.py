@@ -259,6 +259,14 @@ class HasDocChunks(Protocol):
 
 
 @runtime_checkable
+class HasSentenceVectors(Protocol):
+    """Vectors of sentences stored at index time, looked up by document and absolute character
+    span: ``(vecs (n, d) float32, found (n,) bool)`` (sentence refinement without embedding)."""
+
+    def sentence_vectors(self, doc_id: str, spans: Sequence[tuple[int, int]]) -> Any: ...
+
+
+@runtime_checkable
 class Persistent(Protocol):
     """Saved to a folder and opened again: ``save(path)`` and a classmethod ``load(path)``."""
 
