@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="where to read, chunk and embed: this process (default) or a Ray cluster")
     i.add_argument("--workers", type=int, metavar="N",
-                   help="--engine ray: chunk-and-embed workers (default: the cluster's CPUs)")
+                   help="local engine: chunking processes and the model's threads (default: "
+                        "this machine's cores); --engine ray: chunk-and-embed workers "
+                        "(default: the cluster's CPUs)")
     i.add_argument("--ray-address", metavar="ADDR",
                    help="--engine ray: the cluster to use, e.g. auto or ray://head:10001 "
                         "(default: RAY_ADDRESS, else a local cluster started for the run)")
@@ -330,12 +332,15 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         config = apply_overrides(load_yaml(Path(args.out) / CONFIG_FILE), args.override)
     pipe = RAGPipeline.from_config(config)  # validates everything before any work
-    engine: dict[str, Any] = {"name": args.engine}
+    engine: dict[str, Any] = {"name": args.engine, "workers": args.workers}
     if args.engine == "ray":
-        engine |= {"workers": args.workers, "address": args.ray_address}
-    elif args.workers is not None or args.ray_address is not None:
-        raise ConfigError("only with --engine ray", path="--workers" if args.workers is not None
-                          else "--ray-address")
+        engine |= {"address": args.ray_address}
+    elif args.ray_address is not None:
+        raise ConfigError("only with --engine ray", path="--ray-address")
+    if args.workers is not None:
+        from ragkit.chunkers.base import check_workers
+
+        check_workers(args.workers, path="--workers")
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
