@@ -146,6 +146,7 @@ def chunk_and_embed(docs: Sequence[Document], chunker: Any, embedder: Any,
                     embed_batch: int, workers: int = 1) -> list[DocResult]:
     """Chunk ``docs`` (on ``workers`` processes: ``chunk_many``'s pool) and embed their chunks
     ``embed_batch`` texts at a time, longest first, in this process; results in document order.
+    (The engines give each worker whole batches and call this with ``workers=1``.)
 
     A ``RagkitError`` raised for one document (a chunker refusing it, a text longer than the
     embedder reads) fails that document only, with the error's message; other errors propagate.
@@ -235,8 +236,7 @@ class ChunkEmbed:
         docs = [Document(r["doc_id"], r["text"], json.loads(r["meta"]))
                 for r in rows if r["kind"] == "doc"]
         results = iter(chunk_and_embed(docs, self.chunker, self.embedder,
-                                       int(self.job["embed_batch"]),
-                                       int(self.job.get("workers", 1))))
+                                       int(self.job["embed_batch"])))
         out = []
         written: list[DocResult] = []
         for row in rows:

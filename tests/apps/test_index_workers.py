@@ -1,4 +1,4 @@
-"""``ragkit index --workers N`` on the local engine, and the chunking pool behind it: N workers give
+"""``ragkit index --workers N`` on the local engine and ``chunk_many``'s kept pool: N workers give
 exactly one worker's chunks, ids and vectors; a document a chunker refuses fails alone."""
 
 from __future__ import annotations
@@ -34,25 +34,25 @@ def _index(folder):
     return [c for c, _ in rows], np.stack([v for _, v in rows])
 
 
-def test_cli_workers_2_gives_workers_1_index(tmp_path, small_batches, capsys):
+def test_cli_workers_2_gives_workers_1_index(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     make_corpus(corpus, md=30, jsonl_shards=3, per_shard=30)
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps(CONFIG), encoding="utf-8")
-    out = {}
+    out, reports = {}, {}
     for workers in ("1", "2"):
         out[workers] = tmp_path / f"out{workers}"
         assert main(["index", str(corpus), "--config", str(cfg), "--out", str(out[workers]),
-                     "--workers", workers, "--no-progress", "--batch-size", "16"]) == 0
-    capsys.readouterr()
+                     "--workers", workers, "--no-progress", "--batch-size", "8", "--json"]) == 0
+        reports[workers] = json.loads(capsys.readouterr().out)
+    assert reports["1"]["workers_seen"] == 1
+    assert reports["2"]["workers_seen"] == 2  # both processes chunked and embedded batches
     chunks1, vecs1 = _index(out["1"])
     chunks2, vecs2 = _index(out["2"])
     assert len(chunks1) > 100
     assert [c.id for c in chunks2] == [c.id for c in chunks1]
     assert chunks2 == chunks1  # offsets, text, index, metadata (doc_hash included)
     np.testing.assert_array_equal(vecs2, vecs1)
-    assert pool._POOL["pool"] is not None  # the batches really went to processes
-    assert pool._POOL["method"] == "fork"  # no torch, no threads here: forked workers
 
 
 def test_pool_is_kept_between_calls(small_batches):
@@ -76,7 +76,7 @@ def test_spawned_workers_give_the_same_chunks(small_batches, monkeypatch):
     assert pool._POOL["method"] == "spawn"
 
 
-def test_a_refused_document_fails_alone_on_the_pool(tmp_path, small_batches, monkeypatch):
+def test_a_refused_document_fails_alone_on_worker_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("RAGKIT_ALLOW_IMPORT", "1")
     corpus = tmp_path / "corpus"
     make_corpus(corpus, md=20, jsonl_shards=0)
@@ -84,12 +84,14 @@ def test_a_refused_document_fails_alone_on_the_pool(tmp_path, small_batches, mon
     poisoned.write_text(poisoned.read_text(encoding="utf-8") + " POISON", encoding="utf-8")
     cfg = dict(CONFIG, chunker={"name": "tests.ingest_helpers:PickyChunker", "size": 12})
     report = ingest(corpus, cfg, tmp_path / "out", engine={"name": "local", "workers": 2},
-                    on_error="skip", batch_size=32)
+                    on_error="skip", batch_size=4)
+    assert report.workers_seen == 2
     assert [f.doc_id for f in report.failures] == [poisoned.relative_to(corpus).as_posix()]
     assert "contains 'POISON'" in report.failures[0].reason
     assert report.documents == 19
     with pytest.raises(DocumentError, match="contains 'POISON'"):
-        ingest(corpus, cfg, tmp_path / "out2", engine={"name": "local", "workers": 2})
+        ingest(corpus, cfg, tmp_path / "out2", engine={"name": "local", "workers": 2},
+               batch_size=4)
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
