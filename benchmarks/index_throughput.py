@@ -3,7 +3,7 @@ encode time over the chunks it produced (issue 19, item 1).
 
     python benchmarks/index_throughput.py [--corpus dev|info] [--mb 1] [--stores memory,faiss,chroma]
                                           [--chunk-size 128] [--batch-size 32] [--repeats 1]
-                                          [--json PATH]
+                                          [--index-workers N] [--code DIR ...] [--json PATH]
 
 For each store, one **child process** runs ``ragkit index CORPUS --config C --out OUT`` through
 ``ragkit.cli.main``, exactly as the command line does, and is timed from before its first import
@@ -11,7 +11,12 @@ to its exit (``end to end``; peak RSS from ``os.wait4``). In the same run anothe
 same SentenceTransformer (not timed) and times the **bare** ``SentenceTransformer.encode`` of
 exactly the chunk texts that run produced, with the same ``batch_size``: the physical limit of
 indexing on this CPU. ``x bare`` is end to end over bare; ``x bare in-process`` leaves out the
-startup, ``x bare steady`` also the model's import and load (what a long run tends to).
+startup, ``x bare steady`` also the model's import and load (what a long run tends to). With
+``--index-workers 1`` all the work is in the timed process (the bare encode's set-up: one process,
+torch's own threads); with more, ``ragkit index`` chunks and embeds on worker processes, which
+the breakdown cannot see. ``--code DIR`` (repeatable) runs the ``ragkit`` package of another
+checkout, e.g. the code before a change, in the same run (the strategy packages come from the
+installed tree).
 
 Where the rest goes: the indexing child wraps the library's functions with timers (no change to
 what runs): ``startup`` (interpreter, imports, config, until ``ingest`` starts), ``load`` (the
@@ -116,7 +121,7 @@ def _timer(owner: Any, name: str, bucket: str, spent: dict[str, list[float]],
     setattr(owner, name, wrapped)
 
 
-def child_index(corpus: str, config: str, out: str, report: str) -> None:
+def child_index(corpus: str, config: str, out: str, report: str, workers: str = "") -> None:
     import ragkit.chunkers.recursive as recursive
     import ragkit.ingest as ingest_mod
     import ragkit.ingest.local as local
@@ -171,7 +176,8 @@ def child_index(corpus: str, config: str, out: str, report: str) -> None:
     _timer(Ledger, "write_part", "store", spent, active)
     _timer(ingest_mod, "_merge", "store", spent, active)
     _timer(RAGPipeline, "save", "store", spent, active)
-    rc = cli.main(["index", corpus, "--config", config, "--out", out, "--no-progress"])
+    rc = cli.main(["index", corpus, "--config", config, "--out", out, "--no-progress",
+                   *(["--workers", workers] if workers else [])])
     total, cpu = time.perf_counter() - T_START, time.process_time()
     spent["startup"] = [started[0][0] - T_START, started[0][1]] if started else [0.0, 0.0]
     spent["other"] = [total - sum(spent[b][0] for b in BUCKETS if b != "other"),
@@ -223,6 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--chunk-size", type=int, default=128, help="MiniLM tokens per chunk")
     p.add_argument("--batch-size", type=int, default=32, help="texts per model forward pass")
     p.add_argument("--repeats", type=int, default=1, help="bare-encode runs (best counts)")
+    p.add_argument("--index-workers", default="",
+                   help="pass --workers N to ragkit index (1: everything in the timed process, "
+                        "which the breakdown needs; default: not passed, ragkit's default)")
     p.add_argument("--code", action="append", default=None, metavar="DIR",
                    help="run `ragkit index` with the ragkit of this checkout (repeatable: a "
                         "before/after table in one run; default: this one)")
@@ -261,8 +270,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report = work / f"{store}.json"
             shutil.rmtree(work / f"out-{store}", ignore_errors=True)
             wall, cpu, rss = run_child(["--child-index", str(work / "corpus"), str(cfg),
-                                        str(work / f"out-{store}"), str(report)], env_for(code))
+                                        str(work / f"out-{store}"), str(report),
+                                        args.index_workers], env_for(code))
             data = json.loads(report.read_text(encoding="utf-8"))
+            if not data["texts"]:
+                raise SystemExit("no chunk went through the timed process (ragkit index ran its "
+                                 "worker processes): run with --index-workers 1")
             if texts is None:
                 texts = data["texts"]
             elif texts != data["texts"]:
@@ -330,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child-index":
-        child_index(*sys.argv[2:6])
+        child_index(*sys.argv[2:7])
     elif len(sys.argv) > 1 and sys.argv[1] == "--child-bare":
         child_bare(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
