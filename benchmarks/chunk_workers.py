@@ -40,9 +40,9 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     here = str(Path(__file__).resolve().parent)
     if here not in sys.path:  # loaded by path (tests), not run as a script
         sys.path.insert(0, here)
-    from chunk_throughput import build_corpus
+    from prose_corpus import build_corpus
 
-    import ragkit.chunkers.pool as pool
+    import ragkit.chunkers.parallel as pool
     from ragkit.config import build
     from ragkit.types import Document
 
@@ -109,7 +109,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def _worker_cpu() -> dict[int, float]:
     """CPU seconds (user + system) so far of each process of the chunking pool, from /proc."""
-    import ragkit.chunkers.pool as pool
+    import ragkit.chunkers.parallel as pool
 
     running = pool._POOL["pool"]
     out = {}

@@ -174,7 +174,8 @@ def child_index(corpus: str, config: str, out: str, report: str, workers: str = 
 
     SentenceTransformerEmbedder._load = load_and_time
     _timer(Ledger, "write_part", "store", spent, active)
-    _timer(ingest_mod, "_merge", "store", spent, active)
+    _timer(ingest_mod, "merge_parts" if hasattr(ingest_mod, "merge_parts") else "_merge",
+           "store", spent, active)  # (moved to ragkit.ingest.driver, imported by name)
     _timer(RAGPipeline, "save", "store", spent, active)
     rc = cli.main(["index", corpus, "--config", config, "--out", out, "--no-progress",
                    *(["--workers", workers] if workers else [])])

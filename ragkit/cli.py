@@ -2,20 +2,30 @@
 
 Exit codes: 0 success, 1 a runtime failure with a one-line message, 2 a bad config, a bad input
 file or bad arguments (nothing was done).
+
+This module holds the argument parser and ``main`` (errors -> messages and exit codes); the
+commands live in ``ragkit.cli_corpus`` (chunk, index, docs, query, eval) and
+``ragkit.cli_generate`` (ask, serve, cache), their shared helpers in ``ragkit.cli_support``.
+It must not do a command's work itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import statistics
 import sys
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
+from ragkit.cli_corpus import (
+    cmd_chunk,
+    cmd_docs_delete,
+    cmd_docs_list,
+    cmd_eval_chunking,
+    cmd_eval_retrieval,
+    cmd_index,
+    cmd_query,
+)
+from ragkit.cli_generate import cmd_ask, cmd_cache_clear, cmd_cache_stats, cmd_cache_warm, cmd_serve
 from ragkit.errors import ConfigError, DocumentError, IndexExistsError, RagkitError
 
 DEFAULT_INDEX = ".ragkit/index"
@@ -96,9 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="where to read, chunk and embed: this process (default) or a Ray cluster")
     i.add_argument("--workers", type=int, metavar="N",
-                   help="local engine: chunking processes and the model's threads (default: "
-                        "this machine's cores); --engine ray: chunk-and-embed workers "
-                        "(default: the cluster's CPUs)")
+                   help="local engine: chunk-and-embed processes (default: this machine's "
+                        "cores); --engine ray: chunk-and-embed workers (default: the "
+                        "cluster's CPUs)")
     i.add_argument("--ray-address", metavar="ADDR",
                    help="--engine ray: the cluster to use, e.g. auto or ray://head:10001 "
                         "(default: RAY_ADDRESS, else a local cluster started for the run)")
@@ -241,441 +251,6 @@ def _quiet_stdout() -> None:
         pass
 
 
-def source_dict(hit: Any) -> dict[str, Any]:
-    """A hit as the CLI's --json and the server's ``ragkit.sources`` show it."""
-    c = hit.chunk
-    return {"id": c.id, "doc_id": c.doc_id, "source": c.metadata.get("source", c.doc_id),
-            "start": c.start, "end": c.end, "score": hit.score, "text": c.text}
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2))
-
-
-# -- commands -------------------------------------------------------------------------------------
-
-
-def cmd_chunk(args: argparse.Namespace) -> int:
-    from ragkit.chunkers.base import check_workers, cpu_count, iter_chunk_many
-    from ragkit.config import build
-
-    workers = cpu_count() if args.workers is None else args.workers
-    check_workers(workers, path="--workers")
-    if args.out is not None and args.format != "html":
-        raise ConfigError(f"only with --format html; got --format {args.format}", path="--out")
-    config = _config(args)
-    if config:  # the whole file is checked, as by every other command (typos, unknown names)
-        from ragkit.pipeline import RAGPipeline
-
-        chunker = RAGPipeline.from_config(config).chunker
-    else:
-        chunker = build("chunker", DEFAULT_NAMES["chunker"], path="chunker")
-    docs = _documents(args, chunker)
-    if args.format == "html":
-        from ragkit.view import Chunks
-
-        view = Chunks(docs=docs)
-    total_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
-    sizes: list[int] = []
-    chars: list[int] = []
-    n_docs = 0
-    t0 = time.perf_counter()
-    out = sys.stdout
-    shown = _progress(docs, args, "chunking", unit="B", total=total_bytes,
-                      weight=lambda d: len(d.text.encode("utf-8")))
-    for _, chunks in zip(shown, iter_chunk_many(chunker, docs, workers=workers)):
-        n_docs += 1
-        if args.format == "html":
-            view.extend(chunks)
-        for c in chunks:
-            sizes.append(int(c.metadata.get("tokens", c.metadata.get("nws_chars", 0))))
-            chars.append(c.end - c.start)
-            if args.format == "jsonl":
-                out.write(json.dumps({"id": c.id, "doc_id": c.doc_id, "index": c.index,
-                                      "start": c.start, "end": c.end, "text": c.text,
-                                      "metadata": dict(c.metadata)}, ensure_ascii=False) + "\n")
-            elif args.format == "text":
-                out.write(f"--- {c.id} ({sizes[-1]} tokens)\n{c.text}\n")
-    seconds = time.perf_counter() - t0
-    if args.format == "html":
-        html = view.page(title="ragkit chunks: " + ", ".join(args.paths))
-        if args.out is None:
-            out.write(html)
-        else:
-            Path(args.out).write_text(html, encoding="utf-8")
-            print(f"wrote {len(view)} chunks of {n_docs} documents to {args.out}", file=sys.stderr)
-    if args.format == "stats":
-        from ragkit.config import to_config
-
-        spec = to_config(chunker, "chunker")
-        print(f"chunker    {json.dumps(spec, ensure_ascii=False)}")
-        print(f"documents  {n_docs}  ({total_bytes / 1e6:.2f} MB)")
-        print(f"chunks     {len(sizes)}")
-        if sizes:
-            tok_unit = getattr(chunker, "resolved_tokenizer", None) or getattr(
-                chunker, "tokenizer", "tokens")
-            print(f"tokens     total {sum(sizes)}  ({tok_unit})")
-            print("size       " + _describe(sizes, "tokens"))
-            print("chars      " + _describe(chars, "chars"))
-        print(f"time       {seconds:.2f} s  ({total_bytes / 1e6 / max(seconds, 1e-9):.2f} MB/s)")
-    return 0
-
-
-def cmd_index(args: argparse.Namespace) -> int:
-    from ragkit.ingest import ingest
-    from ragkit.pipeline import CONFIG_FILE, RAGPipeline
-
-    config = _config(args)
-    if args.mode in ("append", "sync") and not args.config and (Path(args.out) /
-                                                                 CONFIG_FILE).is_file():
-        from ragkit.config import apply_overrides, load_yaml
-
-        config = apply_overrides(load_yaml(Path(args.out) / CONFIG_FILE), args.override)
-    pipe = RAGPipeline.from_config(config)  # validates everything before any work
-    engine: dict[str, Any] = {"name": args.engine, "workers": args.workers}
-    if args.engine == "ray":
-        engine |= {"address": args.ray_address}
-    elif args.ray_address is not None:
-        raise ConfigError("only with --engine ray", path="--ray-address")
-    if args.workers is not None:
-        from ragkit.chunkers.base import check_workers
-
-        check_workers(args.workers, path="--workers")
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, desc="indexing", unit="B", unit_scale=True, file=sys.stderr)
-
-    def progress(p) -> None:
-        bar.total = p.bytes_total
-        bar.update(p.bytes_done - bar.n)
-        bar.set_postfix(docs=p.documents, chunks=p.chunks, shards=f"{p.shards_done}/"
-                        f"{p.shards_total}", failed=p.failures, refresh=False)
-
-    try:
-        report = ingest(
-            args.paths, pipe, args.out, engine=engine, batch_size=args.batch_size,
-            on_error="skip" if args.skip_bad_files else "raise", text_field=args.text_field,
-            restart=args.restart, mode=args.mode, suffixes=args.suffixes,
-            progress=progress if bar is not None else None,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    if report.failures:
-        print(f"ragkit: skipped {len(report.failures)} bad file(s), line(s) or document(s); see "
-              "warnings above", file=sys.stderr)
-    if args.json:
-        from dataclasses import asdict
-
-        data = asdict(report)
-        data["failures"] = [str(f) for f in report.failures]
-        _print_json(data)
-    else:
-        print(report.summary())
-    return 0
-
-
-def cmd_docs_list(args: argparse.Namespace) -> int:
-    from ragkit.pipeline import RAGPipeline
-
-    with RAGPipeline.load(args.index) as pipe:
-        docs = pipe.documents()
-    if args.json:
-        _print_json([d.to_dict() for d in docs])
-        return 0
-    for d in docs:
-        print(f"{d.id}\t{d.source or '-'}\t{d.chunks} chunks\t{(d.content_hash or '-')[:12]}")
-    print(f"{len(docs)} documents", file=sys.stderr)
-    return 0
-
-
-def cmd_docs_delete(args: argparse.Namespace) -> int:
-    from ragkit.pipeline import RAGPipeline
-
-    if not args.ids and not args.source:
-        raise ConfigError("name the documents to delete: ids, or --source FILE", path="ids")
-    with RAGPipeline.load(args.index) as pipe:
-        return _delete_docs(pipe, args)
-
-
-def _delete_docs(pipe: Any, args: argparse.Namespace) -> int:
-    docs = {d.id: d for d in pipe.documents()}
-    unknown = [i for i in args.ids if i not in docs]
-    if unknown:
-        raise ConfigError(f"no document {unknown[0]!r} in {args.index} (see `ragkit docs list "
-                          f"--index {args.index}`); nothing was deleted", path="ids")
-    by_source = [d.id for d in docs.values() if d.source is not None and (
-        d.source in args.source or d.source.rpartition("#")[0] in args.source)]
-    missing = [s for s in args.source if not any(
-        d.source in (s,) or (d.source or "").rpartition("#")[0] == s for d in docs.values())]
-    if missing:
-        raise ConfigError(f"no document from source {missing[0]!r} in {args.index}; nothing was "
-                          "deleted", path="--source")
-    ids = list(dict.fromkeys([*args.ids, *by_source]))
-    removed = pipe.delete(ids)
-    pipe.save(args.index)
-    if args.json:
-        _print_json({"deleted": ids, "chunks": removed})
-    else:
-        print(f"deleted {len(ids)} documents ({removed} chunks) from {args.index}")
-    return 0
-
-
-def cmd_query(args: argparse.Namespace) -> int:
-    from ragkit.pipeline import RAGPipeline
-
-    if args.k is not None and args.k < 1:
-        raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
-    pipe = RAGPipeline.load(args.index, args.override)
-    t0 = time.perf_counter()
-    hits = pipe.retrieve(args.question, k=args.k)  # retrieval only, whatever the saved generator
-    if args.json:
-        _print_json({"query": args.question, "sources": [source_dict(h) for h in hits],
-                     "timings": {"retrieve_s": time.perf_counter() - t0}})
-        return 0
-    print(f"Q: {args.question}")
-    print("(retrieval only: `ragkit ask` answers with a generator)")
-    for h in hits:
-        print(f"\n[{h.rank + 1}] {h.citation}  score={h.score:.3f}")
-        print("    " + h.chunk.text.strip().replace("\n", "\n    "))
-    return 0
-
-
-def cmd_eval_chunking(args: argparse.Namespace) -> int:
-    from ragkit.config import build_dataclass
-    from ragkit.evaluation import report
-    from ragkit.evaluation.chunking import ChunkingEval, evaluate_chunking
-    from ragkit.evaluation.data import load_dataset
-
-    data = _config(args)
-    if not args.config and "chunkers" not in data:
-        data["chunkers"] = {"recursive": {"name": "recursive"}}
-    for key in ("mode", "unit"):
-        if getattr(args, key):
-            data[key] = getattr(args, key)
-    config = build_dataclass(ChunkingEval, data)  # validates every chunker before any work
-    if args.subset is not None and args.subset < 1:
-        raise ConfigError(f"must be an int >= 1; got {args.subset}", path="--subset")
-    dataset = load_dataset(args.data)
-    if args.corpora:
-        dataset = dataset.only([c.strip() for c in args.corpora.split(",") if c.strip()])
-    if args.subset:
-        dataset = dataset.subset(args.subset)
-    cache = None
-    if not args.no_cache:
-        from ragkit.retrieval.cache import EmbeddingCache
-
-        cache = EmbeddingCache(args.cache)
-    progress = None if args.no_progress else _bar
-    results = evaluate_chunking(dataset, config, cache=cache, progress=progress)
-    paths = report.write(results, config, args.out, dataset, with_plot=not args.no_plot)
-    print(report.markdown(results, config))
-    if cache is not None:
-        print(f"embedding cache: {cache.hits} hits, {cache.misses} computed ({cache.path})")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
-def cmd_eval_retrieval(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from ragkit.config import build_dataclass
-    from ragkit.evaluation.data import load_dataset
-    from ragkit.evaluation.retrieval import RetrievalEval, evaluate_retrieval, markdown
-
-    if not args.config:
-        raise ConfigError("needs --config FILE with `paths:` (label -> pipeline config) and `ks:`",
-                          path="--config")
-    config = build_dataclass(RetrievalEval, _config(args))  # builds every path before any work
-    if args.subset is not None and args.subset < 1:
-        raise ConfigError(f"must be an int >= 1; got {args.subset}", path="--subset")
-    dataset = load_dataset(args.data)
-    if args.subset:
-        dataset = dataset.subset(args.subset)
-    results = evaluate_retrieval(dataset, config, progress=None if args.no_progress else _bar)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = markdown(results, config)
-    (out / "results.md").write_text(table + "\n", encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({
-        "dataset": dataset.name, "ks": list(config.ks),
-        "questions": [{"question": q.text, "corpus_id": q.corpus_id} for q in dataset.questions],
-        "runs": [asdict(r) for r in results]}, indent=1) + "\n", encoding="utf-8")
-    print(table)
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}")
-    return 0
-
-
-def _bar(items: Iterable[Any], desc: str, total: int) -> Iterator[Any]:
-    from tqdm import tqdm
-
-    yield from tqdm(items, desc=desc, total=total, file=sys.stderr)
-
-
-DEFAULT_GENERATOR = {"name": "transformers"}
-
-
-def _pipeline_with_generator(args: argparse.Namespace):
-    """The saved pipeline (-o keys outside ``generator`` change its query-time settings) with a
-    generator: the saved one, or the ``generator`` section of --config, or the default, with the
-    -o generator.* overrides applied on top."""
-    from ragkit.config import apply_overrides, build, load_yaml
-    from ragkit.pipeline import CONFIG_FILE, RAGPipeline
-
-    def is_gen(item: str) -> bool:
-        return item.partition("=")[0].split(".")[0] == "generator"
-
-    # the saved generator is not built here: it may be replaced below (one generator a command)
-    pipe = RAGPipeline.load(args.index, [*(o for o in args.override if not is_gen(o)),
-                                         "generator=null"])
-    spec = load_yaml(Path(args.index) / CONFIG_FILE).get("generator") or DEFAULT_GENERATOR
-    if args.config:
-        spec = load_yaml(args.config).get("generator", spec)
-    overrides = [o for o in args.override if is_gen(o)]
-    if overrides:  # in full (nested components named), so -o generator.kv_store.path=... has a base
-        full = to_plain(build("generator", spec, path="generator"))
-        spec = apply_overrides({"generator": full}, overrides)["generator"]
-    pipe.generator = build("generator", spec, path="generator")
-    return pipe
-
-
-def to_plain(component: Any) -> dict[str, Any]:
-    from ragkit.config import to_config
-
-    return to_config(component, "generator")
-
-
-def cmd_ask(args: argparse.Namespace) -> int:
-    if args.k is not None and args.k < 1:
-        raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
-    pipe = _pipeline_with_generator(args)
-    getattr(pipe.generator, "lm", None)  # load (or convert, the first time) before answering
-    if args.json:
-        answer = pipe.answer(args.question, k=args.k)
-        _print_json({"answer": answer.text, "sources": [source_dict(h) for h in answer.hits],
-                     "timings": dict(answer.timings)})
-        return 0
-    print(f"Q: {args.question}\nA: ", end="", flush=True)
-    answer = pipe.answer(args.question, k=args.k,
-                         stream=lambda piece: print(piece, end="", flush=True))
-    print("\n\nSources:")
-    for h in answer.hits:
-        print(f"  [{h.rank + 1}] {h.citation}  score={h.score:.3f}")
-    t = answer.timings
-    first = ("retrieve_s", "ttft_s", "tokens_per_s", "prefill_tokens_computed", "prefill_tokens_reused")
-    keys = [k for k in first if k in t] + [k for k in t if k not in first]  # then backend extras
-    print("timings: " + "  ".join(f"{k}={t[k]:.3g}" if isinstance(t[k], float) else f"{k}={t[k]}"
-                                  for k in keys))
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    import os
-
-    from ragkit.serve import check_bind, run
-    from ragkit.serve.app import Limits
-
-    key = args.api_key or os.environ.get("RAGKIT_API_KEY") or None
-    check_bind(args.host, key, args.insecure)  # before loading anything
-    names = ("max_body_bytes", "max_question_chars", "max_tokens", "max_documents", "max_k",
-             "max_queue")
-    for name in names:
-        if getattr(args, name) < 1:
-            raise ConfigError(f"must be an int >= 1; got {getattr(args, name)}",
-                              path="--" + name.replace("_", "-"))
-    limits = Limits(**{name: getattr(args, name) for name in names})
-    with _pipeline_with_generator(args) as pipe:  # the folder's log is released on the way out
-        return run(pipe, folder=args.index, host=args.host, port=args.port, api_key=key,
-                   limits=limits)
-
-
-def cmd_cache_warm(args: argparse.Namespace) -> int:
-    pipe = _pipeline_with_generator(args)
-    chunks = list(pipe.index.chunks())
-    if args.no_progress:
-        stats = pipe.generator.warm(chunks)
-    else:
-        from tqdm import tqdm
-
-        with tqdm(total=len(chunks), desc="warming chunk KVs", unit="chunk", file=sys.stderr) as bar:
-            def progress(done: int, total: int) -> None:
-                bar.update(done - bar.n)
-
-            stats = pipe.generator.warm(chunks, progress=progress)
-    print(f"chunk KVs: {stats}")
-    return 0
-
-
-def _kv_disk(args: argparse.Namespace) -> Any:
-    """The disk tier a generator would use: the --index's saved ``generator.kv_store``, else
-    the default."""
-    from ragkit.generation.kv_store import DEFAULT_MAX_DISK_GB, DiskKVStore
-
-    spec: Any = {}
-    if args.index:
-        from ragkit.config import load_yaml
-        from ragkit.pipeline import CONFIG_FILE
-
-        file = Path(args.index) / CONFIG_FILE
-        if not file.is_file():
-            raise RagkitError(f"{str(args.index)!r} is not a saved ragkit index (no "
-                              f"{CONFIG_FILE})")
-        gen = load_yaml(file).get("generator")
-        spec = (gen.get("kv_store") if isinstance(gen, dict) else None) or {}
-        spec = {} if not isinstance(spec, dict) else spec
-        if spec.get("disk") is False:
-            raise RagkitError(f"the KV store of {args.index}'s generator keeps no disk tier "
-                              "(kv_store.disk: false)")
-    return DiskKVStore(path=spec.get("path"), max_disk_gb=spec.get("max_disk_gb",
-                                                                   DEFAULT_MAX_DISK_GB))
-
-
-def cmd_cache_stats(args: argparse.Namespace) -> int:
-    store = _kv_disk(args)
-    entries, used = store.usage()
-    limit = store.max_disk_gb
-    if args.json:
-        _print_json({"path": str(store.root), "entries": entries, "bytes": used,
-                     "max_bytes": None if limit is None else int(limit * 1e9)})
-        return 0
-    cap = "no limit" if limit is None else f"limit {limit:g} GB ({used / (limit * 1e9):.1%} used)"
-    print(f"chunk-KV disk store {store.root}: {entries} entries, {used / 1e9:.3f} GB on disk; {cap}")
-    return 0
-
-
-def cmd_cache_clear(args: argparse.Namespace) -> int:
-    store = _kv_disk(args)
-    entries, freed = store.clear()
-    if args.json:
-        _print_json({"path": str(store.root), "deleted": entries, "bytes": freed})
-    else:
-        print(f"deleted {entries} entries ({freed / 1e9:.3f} GB) from {store.root}")
-    return 0
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-
-DEFAULT_NAMES = {"chunker": "recursive", "embedder": "sentence-transformers", "index": "memory",
-                 "generator": "transformers"}
-
-
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    """The config file (or an empty one) with the overrides applied. An override of a section the
-    file does not have (``-o chunker.chunk_size=64`` with no config) starts from the default
-    component of that section."""
-    from ragkit.config import apply_overrides, load_yaml
-
-    data = load_yaml(args.config) if args.config else {}
-    for item in args.override:
-        section = item.partition("=")[0].split(".")[0]
-        if section in DEFAULT_NAMES and "." in item.partition("=")[0] and section not in data:
-            data[section] = {"name": DEFAULT_NAMES[section]}
-    return apply_overrides(data, args.override)
-
-
 def _log_to_stderr() -> None:
     """Library warnings (e.g. skipped files) go to the current stderr, once."""
     fmt = logging.Formatter("ragkit: %(levelname)s: %(message)s")
@@ -689,45 +264,6 @@ def _log_to_stderr() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
         logger.propagate = False
-
-
-def _documents(args: argparse.Namespace, chunker: Any = None) -> list:
-    """The documents under ``args.paths``: the files the chunker takes (its ``file_suffixes``,
-    e.g. source files for the code chunker), else .txt/.md/.jsonl."""
-    from ragkit.loaders import DEFAULT_SUFFIXES, load_documents
-
-    problems: list = []
-    docs = load_documents(
-        args.paths, text_field=args.text_field,
-        suffixes=args.suffixes or getattr(chunker, "file_suffixes", DEFAULT_SUFFIXES),
-        on_error="skip" if args.skip_bad_files else "raise",
-        **({"problems": problems} if args.skip_bad_files else {}),
-    )
-    if args.skip_bad_files and problems:
-        print(f"ragkit: skipped {len(problems)} bad file(s) or line(s); see warnings above",
-              file=sys.stderr)
-    return docs
-
-
-def _progress(items: Sequence[Any], args: argparse.Namespace, desc: str, *, unit: str,
-              total: int, weight=None) -> Iterator[Any]:
-    if args.no_progress:
-        yield from items
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr,
-              disable=False) as bar:
-        for item in items:
-            yield item
-            bar.update(weight(item) if weight else 1)
-
-
-def _describe(values: Iterable[int], unit: str) -> str:
-    vals = sorted(values)
-    p95 = vals[min(len(vals) - 1, int(0.95 * len(vals)))]
-    return (f"min {vals[0]}  mean {statistics.fmean(vals):.1f}  median {statistics.median(vals):g}  "
-            f"p95 {p95}  max {vals[-1]}  ({unit})")
 
 
 if __name__ == "__main__":

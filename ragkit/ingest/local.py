@@ -35,7 +35,7 @@ class LocalEngine:
 
     def run(self, shards: Sequence[Mapping[str, Any]], job: Mapping[str, Any]) -> Iterator[dict]:
         """Result batches (see ``ragkit.ingest.work``) for the plan's ``shards`` rows."""
-        from ragkit.chunkers.pool import cpu_count
+        from ragkit.chunkers.parallel import cpu_count
 
         workers = self.workers or cpu_count()
         size = int(job["batch_size"])

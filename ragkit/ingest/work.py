@@ -153,7 +153,7 @@ def chunk_and_embed(docs: Sequence[Document], chunker: Any, embedder: Any,
     """
     import numpy as np
 
-    from ragkit.chunkers.pool import iter_chunk_results
+    from ragkit.chunkers.parallel import iter_chunk_results
     from ragkit.pipeline import stamp
     from ragkit.protocols import ChunksAndEmbeds
 

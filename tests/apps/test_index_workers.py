@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-import ragkit.chunkers.pool as pool
+import ragkit.chunkers.parallel as pool
 from ragkit import RAGPipeline
 from ragkit.chunkers.recursive import RecursiveChunker
 from ragkit.cli import main
@@ -34,7 +34,17 @@ def _index(folder):
     return [c for c, _ in rows], np.stack([v for _, v in rows])
 
 
-def test_cli_workers_2_gives_workers_1_index(tmp_path, capsys):
+def test_cli_workers_2_gives_workers_1_index(tmp_path, capsys, monkeypatch):
+    import ragkit.ingest.local as local
+
+    went: list[int] = []
+    real = local._on_processes
+
+    def on_processes(workers, *args):
+        went.append(workers)
+        yield from real(workers, *args)
+
+    monkeypatch.setattr(local, "_on_processes", on_processes)
     corpus = tmp_path / "corpus"
     make_corpus(corpus, md=30, jsonl_shards=3, per_shard=30)
     cfg = tmp_path / "c.json"
@@ -46,7 +56,8 @@ def test_cli_workers_2_gives_workers_1_index(tmp_path, capsys):
                      "--workers", workers, "--no-progress", "--batch-size", "8", "--json"]) == 0
         reports[workers] = json.loads(capsys.readouterr().out)
     assert reports["1"]["workers_seen"] == 1
-    assert reports["2"]["workers_seen"] == 2  # both processes chunked and embedded batches
+    assert went == [2]  # --workers 2 ran the batches on the worker processes
+    assert reports["2"]["workers_seen"] >= 1  # how many took batches is up to the scheduler
     chunks1, vecs1 = _index(out["1"])
     chunks2, vecs2 = _index(out["2"])
     assert len(chunks1) > 100
@@ -85,7 +96,6 @@ def test_a_refused_document_fails_alone_on_worker_processes(tmp_path, monkeypatc
     cfg = dict(CONFIG, chunker={"name": "tests.ingest_helpers:PickyChunker", "size": 12})
     report = ingest(corpus, cfg, tmp_path / "out", engine={"name": "local", "workers": 2},
                     on_error="skip", batch_size=4)
-    assert report.workers_seen == 2
     assert [f.doc_id for f in report.failures] == [poisoned.relative_to(corpus).as_posix()]
     assert "contains 'POISON'" in report.failures[0].reason
     assert report.documents == 19

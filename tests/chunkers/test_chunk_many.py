@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import ragkit.chunkers.pool as pool
+import ragkit.chunkers.parallel as pool
 from ragkit.chunkers.base import chunk_many
 from ragkit.chunkers.fixed import FixedChunker
 from ragkit.chunkers.recursive import RecursiveChunker

@@ -1,12 +1,16 @@
-"""Many documents on every core: ``chunk_many(docs, workers=N)`` and the process pool behind it.
+"""Chunking many documents on every core: ``chunk_many``/``iter_chunk_many``, the ``ChunkMany``
+mixin that gives a chunker ``chunk_many``, the batching of documents and the worker processes.
 
-One pool per process, kept between calls (``ragkit index`` chunks each batch of documents on it),
-so its start-up is paid once. Where it is safe, on Linux with no other thread in this process and
-torch not imported, the workers are **forked** from this process after the chunker has chunked a
-tiny document here: they start with its tokenizer and tables already loaded (copy-on-write), in
-milliseconds instead of the ~1-3 s a spawned worker spends importing ragkit and loading cl100k.
-Otherwise (another OS, threads, torch: forking a process whose OpenMP or Rust thread pools have
-run can deadlock the child) they are **spawned** and build their chunker from its config.
+It must not change a chunk: the result is exactly ``[chunker.chunk(d) for d in docs]``. It holds
+no chunking strategy and no span machinery (``ragkit.chunkers.base``).
+
+One pool per process, kept between calls, so its start-up is paid once. Where it is safe, on
+Linux with no other thread in this process and torch not imported, the workers are **forked**
+from this process after the chunker has chunked a tiny document here: they start with its
+tokenizer and tables already loaded (copy-on-write), in milliseconds instead of the ~1-3 s a
+spawned worker spends importing ragkit and loading cl100k. Otherwise (another OS, threads, torch:
+forking a process whose OpenMP or Rust thread pools have run can deadlock the child) they are
+**spawned** and build their chunker from its config.
 """
 
 from __future__ import annotations
