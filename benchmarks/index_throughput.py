@@ -12,9 +12,9 @@ same SentenceTransformer (not timed) and times the **bare** ``SentenceTransforme
 exactly the chunk texts that run produced, with the same ``batch_size``: the physical limit of
 indexing on this CPU. ``x bare`` is end to end over bare; ``x bare in-process`` leaves out the
 startup, ``x bare steady`` also the model's import and load (what a long run tends to). With
-``--index-workers 1`` all the work is in the timed process (the bare encode's set-up: one process,
-torch's own threads); with more, ``ragkit index`` chunks and embeds on worker processes, which
-the breakdown cannot see. ``--code DIR`` (repeatable) runs the ``ragkit`` package of another
+``--index-workers 1`` (default) all the work is in the timed process (the bare encode's set-up:
+one process, torch's own threads); with more, ``ragkit index`` chunks and embeds on worker
+processes, which the breakdown cannot see. ``--code DIR`` (repeatable) runs the ``ragkit`` package of another
 checkout, e.g. the code before a change, in the same run (the strategy packages come from the
 installed tree).
 
@@ -177,8 +177,18 @@ def child_index(corpus: str, config: str, out: str, report: str, workers: str = 
     _timer(ingest_mod, "merge_parts" if hasattr(ingest_mod, "merge_parts") else "_merge",
            "store", spent, active)  # (moved to ragkit.ingest.driver, imported by name)
     _timer(RAGPipeline, "save", "store", spent, active)
-    rc = cli.main(["index", corpus, "--config", config, "--out", out, "--no-progress",
-                   *(["--workers", workers] if workers else [])])
+    if workers:  # as --workers N, also for a checkout whose local engine has no workers (--code)
+        from ragkit.ingest.local import LocalEngine
+
+        if "workers" in getattr(LocalEngine, "__dataclass_fields__", {}):
+            run = LocalEngine.run
+
+            def run_with(self: Any, *args: Any, **kwargs: Any) -> Any:
+                self.workers = int(workers)
+                return run(self, *args, **kwargs)
+
+            LocalEngine.run = run_with
+    rc = cli.main(["index", corpus, "--config", config, "--out", out, "--no-progress"])
     total, cpu = time.perf_counter() - T_START, time.process_time()
     spent["startup"] = [started[0][0] - T_START, started[0][1]] if started else [0.0, 0.0]
     spent["other"] = [total - sum(spent[b][0] for b in BUCKETS if b != "other"),
@@ -230,9 +240,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--chunk-size", type=int, default=128, help="MiniLM tokens per chunk")
     p.add_argument("--batch-size", type=int, default=32, help="texts per model forward pass")
     p.add_argument("--repeats", type=int, default=1, help="bare-encode runs (best counts)")
-    p.add_argument("--index-workers", default="",
-                   help="pass --workers N to ragkit index (1: everything in the timed process, "
-                        "which the breakdown needs; default: not passed, ragkit's default)")
+    p.add_argument("--index-workers", default="1",
+                   help="the local engine's workers (1, the default: everything in the timed "
+                        "process, which the breakdown needs; '' for ragkit's own default)")
     p.add_argument("--code", action="append", default=None, metavar="DIR",
                    help="run `ragkit index` with the ragkit of this checkout (repeatable: a "
                         "before/after table in one run; default: this one)")
