@@ -40,14 +40,24 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     here = str(Path(__file__).resolve().parent)
     if here not in sys.path:  # loaded by path (tests), not run as a script
         sys.path.insert(0, here)
+    import ragkit.chunkers.parallel as pool
+
+    # measure the processes, not the in-process path (restored after: tests load this module)
+    saved = pool.MIN_BATCH_CHARS, pool.MIN_SPAWN_BATCH_CHARS
+    pool.MIN_BATCH_CHARS = pool.MIN_SPAWN_BATCH_CHARS = args.min_batch_chars
+    try:
+        return _run(args, say, pool)
+    finally:
+        pool.MIN_BATCH_CHARS, pool.MIN_SPAWN_BATCH_CHARS = saved
+        pool.shutdown_pool()
+
+
+def _run(args: argparse.Namespace, say: Callable[[str], None], pool: Any) -> dict[str, Any]:
     from prose_corpus import build_corpus
 
-    import ragkit.chunkers.parallel as pool
     from ragkit.config import build
     from ragkit.types import Document
 
-    # measure the processes, not the in-process path
-    pool.MIN_BATCH_CHARS = pool.MIN_SPAWN_BATCH_CHARS = args.min_batch_chars
 
     docs = [Document(i, t) for i, t in build_corpus(args.mb)]
     say(f"corpus: {len(docs)} documents, {args.mb:g} MB; {os.cpu_count()} CPUs; "
@@ -88,7 +98,6 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
                          "cpu_speedup": one_cpu / max(parent, busiest, 1e-9),
                          "mb_per_s": args.mb / best, "speedup": one / best,
                          "chunks": sum(map(len, reference))})
-    pool.shutdown_pool()
     return {"command": command_line(args.argv), "mb": args.mb, "cpus": os.cpu_count(),
             "load_at_end": os.getloadavg()[0], "rows": rows}
 
