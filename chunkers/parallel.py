@@ -167,6 +167,10 @@ def _pool(chunker: Any, spec: dict[str, Any], workers: int) -> Any:
     finally:
         if quiet:
             del os.environ["TOKENIZERS_PARALLELISM"]
+    if _POOL["method"] is None:  # first pool of this process: stop it before interpreter exit
+        import atexit
+
+        atexit.register(shutdown_pool)
     _POOL["pool"] = pool
     _POOL["key"] = (json.dumps(spec, sort_keys=True, default=str), workers)
     _POOL["method"] = method
