@@ -106,12 +106,15 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         config = apply_overrides(load_yaml(Path(args.out) / CONFIG_FILE), args.override)
     pipe = RAGPipeline.from_config(config)  # validates everything before any work
-    engine: dict[str, Any] = {"name": args.engine}
+    engine: dict[str, Any] = {"name": args.engine, "workers": args.workers}
     if args.engine == "ray":
-        engine |= {"workers": args.workers, "address": args.ray_address}
-    elif args.workers is not None or args.ray_address is not None:
-        raise ConfigError("only with --engine ray", path="--workers" if args.workers is not None
-                          else "--ray-address")
+        engine |= {"address": args.ray_address}
+    elif args.ray_address is not None:
+        raise ConfigError("only with --engine ray", path="--ray-address")
+    if args.workers is not None:
+        from ragkit.chunkers.base import check_workers
+
+        check_workers(args.workers, path="--workers")
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
