@@ -66,15 +66,31 @@ def chunk_many(chunker: Chunker, docs: Iterable[Document], *, workers: int = 1) 
 def iter_chunk_many(
     chunker: Chunker, docs: Iterable[Document], *, workers: int = 1
 ) -> Iterator[list[Chunk]]:
-    """``chunk_many`` lazily: each document's chunks as soon as its batch is done, in order."""
+    """``chunk_many`` lazily: each document's chunks as soon as its batch is done, in order.
+
+    A list of documents is cut into ``_batches`` up front. Any other iterable is streamed:
+    documents are taken as they are needed, in batches of ``MIN_BATCH_CHARS`` (a document's
+    length in chars), with at most ``workers + 1`` batches in memory at a time; a stream that
+    ends within its first batch is chunked in this process. Either way the chunks are the same.
+    """
     check_workers(workers)
-    docs = list(docs)
-    batches = _batches(docs, workers)
-    if len(batches) <= 1:
+    if workers == 1:
         for doc in docs:
             yield chunker.chunk(doc)
         return
+    if isinstance(docs, Sequence):
+        batches: Iterator[list[Document]] = iter(_batches(list(docs), workers))
+    else:
+        batches = _stream_batches(iter(docs))
+    first = next(batches, None)
+    second = next(batches, None) if first is not None else None
+    if second is None:
+        for doc in first or ():
+            yield chunker.chunk(doc)
+        return
+    import collections
     import concurrent.futures
+    import itertools
     import multiprocessing
 
     from ragkit.config import to_config
@@ -88,14 +104,37 @@ def iter_chunk_many(
             path="workers",
         ) from None
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=min(workers, len(batches)),
+        max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
         initargs=(spec,),
     ) as pool:
-        for batch, spans in zip(batches, pool.map(_chunk_batch, batches)):
-            for doc, rows in zip(batch, spans, strict=True):
-                yield [Chunk(doc.id, s, e, doc.text[s:e], i, meta) for s, e, i, meta in rows]
+        pending: collections.deque = collections.deque()
+        for batch in itertools.chain((first, second), batches):
+            pending.append((batch, pool.submit(_chunk_batch, batch)))
+            while len(pending) > workers:
+                yield from _rebuilt(*pending.popleft())
+        while pending:
+            yield from _rebuilt(*pending.popleft())
+
+
+def _rebuilt(batch: list[Document], future: Any) -> Iterator[list[Chunk]]:
+    for doc, rows in zip(batch, future.result(), strict=True):
+        yield [Chunk(doc.id, s, e, doc.text[s:e], i, meta) for s, e, i, meta in rows]
+
+
+def _stream_batches(docs: Iterator[Document]) -> Iterator[list[Document]]:
+    """Consecutive runs of ``docs`` of about ``MIN_BATCH_CHARS`` chars each."""
+    batch: list[Document] = []
+    size = 0
+    for doc in docs:
+        if batch and size + len(doc.text) > MIN_BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+        batch.append(doc)
+        size += len(doc.text)
+    if batch:
+        yield batch
 
 
 def check_workers(workers: Any, *, path: str = "workers") -> None:
@@ -434,20 +473,26 @@ class TokenIndex:
 
 
 def token_windows(
-    text: str, lo: int, hi: int, tokenizer: Tokenizer, size: int, overlap: int = 0
+    text: str, lo: int, hi: int, tokenizer: Tokenizer, size: int, overlap: int = 0,
+    report: Callable[[int], None] | None = None,
 ) -> list[tuple[int, int, int]]:
     """Windows of at most ``size`` tokens over ``text[lo:hi]``, consecutive windows sharing up to
     ``overlap`` tokens. Returns trimmed, non-empty ``(start, end, tokens)`` triples in doc offsets.
 
     Each window is counted as its own text (BPE can count a cut-out piece differently) and
     shrunk until it fits; a single unit larger than ``size`` is split further where its own
-    tokenization allows, else returned whole (the documented exception).
+    tokenization allows, else returned whole (the documented exception). ``report``, if given,
+    hears ``0`` once the text is tokenized, then the offset (in ``sub``) reached by each window.
     """
     sub = text[lo:hi]
-    return [(lo + s, lo + e, n) for s, e, n in _windows(TokenIndex(sub, tokenizer), size, overlap)]
+    index = TokenIndex(sub, tokenizer)
+    if report is not None:
+        report(0)
+    return [(lo + s, lo + e, n) for s, e, n in _windows(index, size, overlap, report)]
 
 
-def _windows(index: TokenIndex, size: int, overlap: int) -> list[tuple[int, int, int]]:
+def _windows(index: TokenIndex, size: int, overlap: int,
+             report: Callable[[int], None] | None = None) -> list[tuple[int, int, int]]:
     sub, cuts, before = index.text, index.cuts, index.before
     count = index.count
     last = len(cuts) - 1
@@ -474,6 +519,8 @@ def _windows(index: TokenIndex, size: int, overlap: int) -> list[tuple[int, int,
             else:  # keep the parts not already inside the previous window
                 out.extend((a, b, m) for a, b, m in inner if b > prev_e)
             prev_s, prev_e, prev_q = out[-1][0], out[-1][1], q
+            if report is not None:
+                report(prev_e)
         if q == last:
             break
         nxt = int(before.searchsorted(before[q] - overlap, side="left"))
@@ -522,9 +569,11 @@ def pack_indexed(
     *,
     overlap_tokens: int = 0,
     overlap_pieces: int = 0,
+    report: Callable[[int], None] | None = None,
 ) -> list[tuple[int, int, int]]:
-    """``pack`` over ``index.text``, counting each chunk with ``index.count``."""
-    return _pack(index.text, pieces, size, index.count, overlap_tokens, overlap_pieces)
+    """``pack`` over ``index.text``, counting each chunk with ``index.count``; ``report``, if
+    given, hears the offset reached after each chunk."""
+    return _pack(index.text, pieces, size, index.count, overlap_tokens, overlap_pieces, report)
 
 
 def _pack(
@@ -534,6 +583,7 @@ def _pack(
     count: Callable[[int, int], int],
     overlap_tokens: int,
     overlap_pieces: int,
+    report: Callable[[int], None] | None = None,
 ) -> list[tuple[int, int, int]]:
     # Blank pieces dropped: then every chunk (trimmed) starts after and ends after the one before.
     pieces = [p for p in pieces if p[1] > p[0] and not text[p[0] : p[1]].isspace()]
@@ -564,6 +614,8 @@ def _pack(
                 break
         if e > s:
             out.append((s, e, exact))
+            if report is not None:
+                report(e)
         carry = _overlap_tail(pieces, members, overlap_tokens, overlap_pieces) if i < n else []
     return out
 

@@ -254,6 +254,7 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_chunk(args: argparse.Namespace) -> int:
+    from ragkit import progress
     from ragkit.chunkers.base import check_workers, cpu_count, iter_chunk_many
     from ragkit.config import build
 
@@ -268,32 +269,56 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         chunker = RAGPipeline.from_config(config).chunker
     else:
         chunker = build("chunker", DEFAULT_NAMES["chunker"], path="chunker")
-    docs = _documents(args, chunker)
-    if args.format == "html":
+    if args.format == "html":  # the page draws every document: it needs them all
         from ragkit.view import Chunks
 
+        docs: Iterable[Any] = _documents(args, chunker)
         view = Chunks(docs=docs)
-    total_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
+        input_bytes = sum(_utf8_len(d.text) for d in docs)
+    else:  # streamed: one document (or one worker batch) in memory at a time
+        docs, input_bytes = _stream_documents(args, chunker)
     sizes: list[int] = []
     chars: list[int] = []
     n_docs = 0
+    total_bytes = 0
     t0 = time.perf_counter()
     out = sys.stdout
-    shown = _progress(docs, args, "chunking", unit="B", total=total_bytes,
-                      weight=lambda d: len(d.text.encode("utf-8")))
-    for _, chunks in zip(shown, iter_chunk_many(chunker, docs, workers=workers)):
-        n_docs += 1
-        if args.format == "html":
-            view.extend(chunks)
-        for c in chunks:
-            sizes.append(int(c.metadata.get("tokens", c.metadata.get("nws_chars", 0))))
-            chars.append(c.end - c.start)
-            if args.format == "jsonl":
-                out.write(json.dumps({"id": c.id, "doc_id": c.doc_id, "index": c.index,
-                                      "start": c.start, "end": c.end, "text": c.text,
-                                      "metadata": dict(c.metadata)}, ensure_ascii=False) + "\n")
-            elif args.format == "text":
-                out.write(f"--- {c.id} ({sizes[-1]} tokens)\n{c.text}\n")
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=input_bytes, desc="chunking", unit="B", unit_scale=True,
+                   file=sys.stderr)
+    pending: list[int] = []  # the UTF-8 size of the document being chunked, once it is known
+
+    def sized(items: Iterable[Any]) -> Iterator[Any]:
+        for d in items:
+            pending.append(_utf8_len(d.text))
+            yield d
+
+    def listen(fraction: float) -> None:  # the chunker's word on the document in hand
+        if len(pending) > n_docs:  # in this process, the document after the n_docs done
+            bar.update(int(total_bytes + fraction * pending[n_docs]) - bar.n)
+
+    with progress.listening(listen if bar is not None else None):
+        for chunks in iter_chunk_many(chunker, sized(docs), workers=workers):
+            total_bytes += pending[n_docs] if len(pending) > n_docs else 0
+            n_docs += 1
+            if args.format == "html":
+                view.extend(chunks)
+            for c in chunks:
+                sizes.append(int(c.metadata.get("tokens", c.metadata.get("nws_chars", 0))))
+                chars.append(c.end - c.start)
+                if args.format == "jsonl":
+                    out.write(json.dumps({"id": c.id, "doc_id": c.doc_id, "index": c.index,
+                                          "start": c.start, "end": c.end, "text": c.text,
+                                          "metadata": dict(c.metadata)}, ensure_ascii=False) + "\n")
+                elif args.format == "text":
+                    out.write(f"--- {c.id} ({sizes[-1]} tokens)\n{c.text}\n")
+            if bar is not None:
+                bar.update(total_bytes - bar.n)
+    if bar is not None:
+        bar.close()
     seconds = time.perf_counter() - t0
     if args.format == "html":
         html = view.page(title="ragkit chunks: " + ", ".join(args.paths))
@@ -315,7 +340,9 @@ def cmd_chunk(args: argparse.Namespace) -> int:
             print(f"tokens     total {sum(sizes)}  ({tok_unit})")
             print("size       " + _describe(sizes, "tokens"))
             print("chars      " + _describe(chars, "chars"))
-        print(f"time       {seconds:.2f} s  ({total_bytes / 1e6 / max(seconds, 1e-9):.2f} MB/s)")
+        secs = max(seconds, 1e-9)
+        print(f"time       {seconds:.2f} s  ({len(sizes) / secs:.1f} chunks/s, "
+              f"{total_bytes / 1e6 / secs:.2f} MB/s)")
     return 0
 
 
@@ -704,18 +731,37 @@ def _documents(args: argparse.Namespace, chunker: Any = None) -> list:
     return docs
 
 
-def _progress(items: Sequence[Any], args: argparse.Namespace, desc: str, *, unit: str,
-              total: int, weight=None) -> Iterator[Any]:
-    if args.no_progress:
-        yield from items
-        return
-    from tqdm import tqdm
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr,
-              disable=False) as bar:
-        for item in items:
-            yield item
-            bar.update(weight(item) if weight else 1)
+
+def _stream_documents(args: argparse.Namespace, chunker: Any = None) -> tuple[Iterator[Any], int]:
+    """``_documents`` one at a time, and the input files' total size in bytes (the bar's
+    total: for JSONL files a little more than their texts)."""
+    import os
+
+    from ragkit.loaders import DEFAULT_SUFFIXES, DocumentLoader, iter_documents, path_list
+
+    suffixes = args.suffixes or getattr(chunker, "file_suffixes", DEFAULT_SUFFIXES)
+    on_error = "skip" if args.skip_bad_files else "raise"
+    loader = DocumentLoader(text_field=args.text_field, on_error=on_error, suffixes=suffixes)
+    size = 0
+    for f in loader.files(path_list(args.paths)):
+        try:
+            size += os.path.getsize(f.path)
+        except (AttributeError, OSError):  # a problem row, or a file gone since
+            pass
+    problems: list = []
+    docs = iter_documents(args.paths, text_field=args.text_field, suffixes=suffixes,
+                          on_error=on_error, problems=problems)
+
+    def stream() -> Iterator[Any]:
+        yield from docs
+        if args.skip_bad_files and problems:
+            print(f"ragkit: skipped {len(problems)} bad file(s) or line(s); see warnings above",
+                  file=sys.stderr)
+
+    return stream(), size
 
 
 def _describe(values: Iterable[int], unit: str) -> str:

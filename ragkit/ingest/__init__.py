@@ -12,14 +12,14 @@ file is one document, a ``.jsonl`` file one per line (split millions of document
 shards). Document ids, chunks, offsets and vectors are those of ``RAGPipeline.add`` on
 ``load_documents`` of the same paths, and the saved folder is the one ``RAGPipeline.save`` writes.
 
-Where the chunks go:
-
-- an index that lives in one process (``memory``, ``faiss``, ``bm25``, ``hybrid``, an embedded
-  ``chroma``): chunks and vectors stream back to the driver, which keeps them per finished shard in
-  ``OUT/ingest/parts`` and builds the index from the parts at the end (in input order);
-- a Chroma server (``index: {name: chroma, host: ..., port: ...}``): every worker writes its
-  chunks to the server itself (upserts keyed by chunk id, the documents' earlier chunks deleted
-  first); the driver keeps only the ledger.
+Where the chunks go: on every engine and for every index, chunks and vectors stream back to the
+driver, which keeps them per finished shard in ``OUT/ingest/parts`` and commits them at the end (in
+input order) through the pipeline's one write step, ``RAGPipeline.commit``: each document whole,
+in the folder's document log before the index, its content hash with it. That holds for a Chroma
+server too (``index: {name: chroma, host: ..., port: ...}``): workers never write to the server
+themselves. They did once, in parallel; that bypassed the document log, so a worker killed
+between deleting a document's old chunks and adding its new ones left it half-indexed, and the
+server is one serial writer anyway (see benchmarks/README.md, Ingestion).
 
 Resuming: ``OUT/ingest/ledger.jsonl`` records each finished shard with the sha256 of its bytes
 (see ``ragkit.ingest.ledger``). A run killed at any point and started again with the same inputs
@@ -107,6 +107,7 @@ class IngestReport:
     documents: int = 0
     chunks: int = 0
     tokens: int = 0
+    bytes: int = 0  # UTF-8 bytes of the documents this run chunked and embedded
     resumed_documents: int = 0
     resumed_chunks: int = 0
     index_chunks: int = 0  # chunks in the saved index
@@ -117,7 +118,7 @@ class IngestReport:
     seconds: float = 0.0
     # where the time went: "plan" (listing inputs, ledger), "process" (reading, chunking and
     # embedding on the engine, with the driver writing parts), "index" (building the index from
-    # the parts and saving it; for a Chroma server, only saving its pointer), and "driver" (the
+    # the parts and saving it), and "driver" (the
     # part of "process" the driver spent taking results: decoding, parts, ledger; serial)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -129,9 +130,12 @@ class IngestReport:
         """One line: documents, chunks, tokens, throughput, failures, where it was saved."""
         n = self.workers or self.workers_seen
         workers = f", {n} workers" if self.engine != "local" and n else ""
+        secs = self.seconds if self.seconds > 0 else float("inf")
         line = (f"indexed {self.documents} documents -> {self.chunks} chunks ({self.tokens} "
-                f"tokens) in {self.seconds:.1f} s ({self.docs_per_s:.1f} docs/s, engine "
-                f"{self.engine}{workers}); {len(self.failures)} failures")
+                f"tokens, {self.bytes / 1e6:.2f} MB) in {self.seconds:.1f} s "
+                f"({self.docs_per_s:.1f} docs/s, {self.chunks / secs:.1f} chunks/s, "
+                f"{self.bytes / 1e6 / secs:.2f} MB/s, engine {self.engine}{workers}); "
+                f"{len(self.failures)} failures")
         if self.shards_resumed:
             line += (f"; kept {self.shards_resumed} shards ({self.resumed_documents} documents, "
                      f"{self.resumed_chunks} chunks) finished by an earlier run")
@@ -199,10 +203,8 @@ def ingest(
             f"{out} already holds an index; pass --append to add new and changed documents "
             "(--sync also deletes those whose files are gone), or --replace to build a new one "
             "from these files and swap it in")
-    direct = bool(getattr(pipe.index, "concurrent_writers", False))
     spec = {"chunker": to_config(pipe.chunker, "chunker"), "embedder": model_spec(pipe.embedder),
-            "loader": {"text_field": text_field, "id_field": id_field},
-            "target": to_config(pipe.index, "index") if direct else "parts"}
+            "loader": {"text_field": text_field, "id_field": id_field}, "target": "parts"}
     target = out
     if state != "none" and (mode == "replace" or restart):
         target = out.parent / f".{out.name}.replacing"
@@ -219,23 +221,19 @@ def ingest(
         ledger.open(spec, restart=restart)
         ledger.drop_orphans()
         (ledger.root / FINISHED).unlink(missing_ok=True)  # until this run is done
-        if not direct:
-            pipe = _open_target(pipe, target)
-        if direct:
-            pipe.bind_index()  # refuses a collection built with another embedder or chunker
-            pipe.index.delete([])  # writes what it is built with before any worker adds
-        run = _Run(ledger, report, on_error, direct, progress)
+        pipe = _open_target(pipe, target)
+        run = _Run(ledger, report, on_error, progress)
         rows = run.plan(files, problems)
         job = {"chunker": spec["chunker"], "embedder": to_config(pipe.embedder, "embedder"),
-               "index": to_config(pipe.index, "index"), "embed_batch": pipe.batch_size,
-               "batch_size": batch_size, "write": "index" if direct else "driver",
+               "embed_batch": pipe.batch_size,
+               "batch_size": batch_size,
                "allow_import": imports_are_allowed(),
                "loader": {"text_field": text_field, "id_field": id_field, "on_error": on_error,
                           "suffixes": list(suffixes)}}
         t1 = time.perf_counter()
         report.timings["plan"] = t1 - t0
         if rows:
-            with closing(eng.run(rows, job)) as batches:  # a failure stops the engine at once
+            with closing(eng.run(rows, job, progress=run.partial)) as batches:  # a failure stops the engine at once
                 for batch in batches:
                     t = time.perf_counter()
                     run.take(batch)
@@ -244,18 +242,16 @@ def ingest(
         run.finish()
         t2 = time.perf_counter()
         report.timings["process"] = t2 - t1
-        if not direct:
-            _merge(pipe, ledger, [r["shard"] for r in rows], run)
-            if mode == "sync":
-                report.deleted = _sync(pipe, {f.source for f in files})
+        _merge(pipe, ledger, [r["shard"] for r in rows], run)
+        if mode == "sync":
+            report.deleted = _sync(pipe, {f.source for f in files})
         pipe.save(target)
         report.index_chunks = len(pipe.index)
         (ledger.root / FINISHED).write_text("")
         report.timings["index"] = time.perf_counter() - t2
     finally:
         ledger.unlock()
-        if not direct:
-            pipe.close()
+        pipe.close()
     if target != out:
         from ragkit.protocols import Closes
 
@@ -406,10 +402,11 @@ class _Shard:
 class _Run:
     """Takes result batches in any order; writes parts and ledger lines as shards finish."""
 
-    def __init__(self, ledger: Ledger, report: IngestReport, on_error: str, direct: bool,
+    def __init__(self, ledger: Ledger, report: IngestReport, on_error: str,
                  progress: Callable[[IngestProgress], None] | None) -> None:
         self.ledger, self.report, self.on_error = ledger, report, on_error
-        self.direct, self.progress = direct, progress
+        self.progress = progress
+        self.bytes_taken = 0  # bytes of the results taken (the engine may report more in flight)
         self.shards: dict[str, _Shard] = {}
         self.state = IngestProgress()
         self.doc_shard: dict[str, int] = {}  # doc id -> order of its shard (this run)
@@ -439,8 +436,18 @@ class _Run:
         self.state.shards_total = len(rows)
         return rows
 
+    def partial(self, nbytes: int) -> None:
+        """The engine's word that ``nbytes`` of the batch it works on are done (within a big
+        document too): shown in ``bytes_done`` until the batch's result arrives."""
+        if self.progress is None:
+            return
+        self.state.bytes_done = self.bytes_taken + nbytes
+        self.progress(self.state)
+
     def take(self, batch: Mapping[str, Sequence[Any]]) -> None:
         from ragkit.ingest.work import rows_of
+
+        self.state.bytes_done = self.bytes_taken  # the batch's rows count it exactly now
 
         for row in rows_of(batch):
             s = self.shards[row["shard"]]
@@ -506,13 +513,10 @@ class _Run:
             self.workers.add(row["worker"])
             self.report.workers_seen = len(self.workers)
         first = self.doc_shard.setdefault(row["doc_id"], s.order)
-        if first != s.order and (self.on_error == "raise" or self.direct):
+        if first != s.order and self.on_error == "raise":  # under "skip", _merge reports it
             other = next(x.path for x in self.shards.values() if x.order == first)
-            failure = Failure(s.path, f"duplicate document id {row['doc_id']!r}, also in "
-                              f"{other}; ids must be unique", doc_id=row["doc_id"])
-            if self.on_error == "raise":
-                self._stop([failure])
-            self._fail(failure)  # a Chroma server holds whichever was written last
+            self._stop([Failure(s.path, f"duplicate document id {row['doc_id']!r}, also in "
+                                f"{other}; ids must be unique", doc_id=row["doc_id"])])
         if row["error"]:
             failure = Failure(s.path, row["error"], doc_id=row["doc_id"])
             if self.on_error == "raise":
@@ -527,17 +531,16 @@ class _Run:
             self.report.tokens += row["tokens"]
             self.state.documents += 1
             self.state.chunks += row["n_chunks"]
-        if row["chunks"]:
-            import json
-
+        if row["chunks"]:  # JSON lines, one record each, written as they are into the parts
             n, dim = row["n_chunks"], row["dim"]
-            s.records.extend(json.dumps(r, ensure_ascii=False) for r in json.loads(row["chunks"]))
+            s.records.extend(row["chunks"].split("\n"))
             s.pos.extend([row["pos"]] * n)
             s.vecs.append(np.frombuffer(row["vecs"], dtype=np.float32).reshape(n, dim))
             s.buffered += n
             if s.buffered >= PART_ROWS:
                 self._write_part(s)
         s.nbytes += row["nbytes"]
+        self.report.bytes += row["nbytes"]
         self._advance(s, row["nbytes"])
 
     def _complete(self, s: _Shard) -> None:
@@ -566,7 +569,8 @@ class _Run:
         s.records, s.pos, s.vecs, s.buffered = [], [], [], 0
 
     def _advance(self, s: _Shard, nbytes: int) -> None:
-        self.state.bytes_done += nbytes
+        self.bytes_taken += nbytes
+        self.state.bytes_done = self.bytes_taken
 
     def _fail(self, failure: Failure) -> None:
         log.warning("skipped %s", failure)
@@ -582,6 +586,12 @@ class _Run:
             f"{self.ledger.root} and a re-run skips them; pass on_error='skip' / --skip-bad-files "
             "to index the rest)"
         )
+
+
+def _is_identity(order: Any) -> bool:
+    import numpy as np
+
+    return bool((order == np.arange(len(order))).all())
 
 
 def _merge(pipe: Any, ledger: Ledger, keys: list[str], run: _Run) -> None:
@@ -611,8 +621,10 @@ def _merge(pipe: Any, ledger: Ledger, keys: list[str], run: _Run) -> None:
             pos.append(p)
             vecs.append(v)
         order = np.argsort(np.concatenate(pos), kind="stable")  # documents in shard order
-        vecs_all = np.concatenate(vecs)[order]  # (n, d)
+        vecs_all = np.concatenate(vecs)
+        vecs_all = vecs_all if _is_identity(order) else vecs_all[order]  # (n, d)
         chunks = [chunk_from(records[i]) for i in order.tolist()]
+        del records, pos, vecs  # the chunks hold what they need of them
         start = 0
         while start < len(chunks):  # one document's chunks at a time (they are contiguous)
             doc_id = chunks[start].doc_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,14 +14,20 @@ class LocalEngine:
     """Runs ``read_shards`` and ``ChunkEmbed`` in-process: the reference the Ray engine is
     checked against, and the right choice when one process keeps up."""
 
-    def run(self, shards: Sequence[Mapping[str, Any]], job: Mapping[str, Any]) -> Iterator[dict]:
-        """Result batches (see ``ragkit.ingest.work``) for the plan's ``shards`` rows."""
+    def run(self, shards: Sequence[Mapping[str, Any]], job: Mapping[str, Any], *,
+            progress: Callable[[int], None] | None = None) -> Iterator[dict]:
+        """Result batches (see ``ragkit.ingest.work``) for the plan's ``shards`` rows.
+        ``progress(nbytes)``: the input bytes of the batch being worked on that are done so
+        far, called within a document too (see ``chunk_and_embed``); the batch's result
+        supersedes them."""
         worker = ChunkEmbed(job)
         size = int(job["batch_size"])
         for shard in shards:
             rows = rows_of(read_shards(batch_of_input([shard]), loader=job["loader"]))
-            for start in range(0, len(rows), size):
-                yield worker(batch_of(rows[start : start + size]))
+            while rows:  # each batch's documents are dropped here once it is taken
+                batch = batch_of(rows[:size])
+                del rows[:size]
+                yield worker(batch, progress)
 
 
 def batch_of_input(shards: Sequence[Mapping[str, Any]]) -> dict[str, list]:
