@@ -60,7 +60,8 @@ __all__ = ["ENGINES", "Failure", "IngestProgress", "IngestReport", "ingest"]
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-PART_ROWS = 8192  # chunks buffered per shard before they are written as a part
+PART_ROWS = 8192  # chunks buffered per shard before they are written as a part (a document's
+# chunks are never split over two parts, so one bigger document makes one bigger part)
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,7 @@ def ingest(
                 for batch in batches:
                     t = time.perf_counter()
                     run.take(batch)
+                    batch = None  # not alive while the engine makes the next one (memory)
                     report.timings["driver"] = report.timings.get("driver", 0.0) + (
                         time.perf_counter() - t)
         run.finish()
@@ -391,7 +393,7 @@ class _Shard:
     nbytes: int = 0
     problems: list[list[Any]] = field(default_factory=list)
     failed_docs: list[list[Any]] = field(default_factory=list)
-    records: list[str] = field(default_factory=list)
+    records: list[str] = field(default_factory=list)  # blocks of JSON lines, a document each
     pos: list[int] = field(default_factory=list)
     vecs: list[Any] = field(default_factory=list)
     buffered: int = 0
@@ -531,9 +533,9 @@ class _Run:
             self.report.tokens += row["tokens"]
             self.state.documents += 1
             self.state.chunks += row["n_chunks"]
-        if row["chunks"]:  # JSON lines, one record each, written as they are into the parts
+        if row["chunks"]:  # JSON lines, one record each: kept as one block, written as it is
             n, dim = row["n_chunks"], row["dim"]
-            s.records.extend(row["chunks"].split("\n"))
+            s.records.append(row["chunks"])
             s.pos.extend([row["pos"]] * n)
             s.vecs.append(np.frombuffer(row["vecs"], dtype=np.float32).reshape(n, dim))
             s.buffered += n

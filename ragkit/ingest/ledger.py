@@ -122,10 +122,11 @@ class Ledger:
         return self.parts / f"{name}.npz"
 
     def write_part(self, name: str, records: list[str], pos: list[int], vecs: Any) -> None:
-        """Write a part: chunk records (JSON strings), their documents' positions in the shard
-        and their vectors ``(n, d)``; renamed into place once complete and on disk (the file
-        ``fsync``ed before the rename, the folder after it), so that a ledger line written
-        after this names a part that survives a power cut, not only a killed process."""
+        """Write a part: chunk records (JSON strings, or blocks of JSON lines), their documents'
+        positions in the shard and their vectors ``(n, d)``; renamed into place once complete
+        and on disk (the file ``fsync``ed before the rename, the folder after it), so that a
+        ledger line written after this names a part that survives a power cut, not only a
+        killed process."""
         import numpy as np
 
         blob = np.frombuffer(("\n".join(records)).encode("utf-8"), dtype=np.uint8)

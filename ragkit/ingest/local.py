@@ -27,7 +27,10 @@ class LocalEngine:
             while rows:  # each batch's documents are dropped here once it is taken
                 batch = batch_of(rows[:size])
                 del rows[:size]
-                yield worker(batch, progress)
+                result = worker(batch, progress)
+                batch = None  # the documents' texts: not alive while the driver takes the result
+                yield result
+                result = None
 
 
 def batch_of_input(shards: Sequence[Mapping[str, Any]]) -> dict[str, list]:
