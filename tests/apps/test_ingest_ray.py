@@ -145,10 +145,10 @@ def test_ray_into_a_chroma_server_commits_through_the_driver(cluster, corpus, tm
     """Workers never write to the server: their chunks come back to the driver, which keeps them
     in parts and commits each document through the pipeline's write step (document log first)."""
     pytest.importorskip("chromadb")
-    from tests.retrieval.test_chroma_index import _free_port, chroma_server
+    from tests.retrieval.index_helpers import chroma_server, free_port
 
     root, n = corpus
-    port = _free_port()
+    port = free_port()
     cfg = config(index={"name": "chroma", "host": "127.0.0.1", "port": port,
                         "collection": "ray-ingest"})
     with chroma_server(tmp_path / "server", port):

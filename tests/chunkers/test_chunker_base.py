@@ -1,6 +1,6 @@
 """The span machinery of chunkers/base.py against the slow, obvious computation.
 
-``TokenIndex`` counts a span from one tokenization of the whole text, and ``_inside_clusters``
+``TokenIndex`` counts a span from one tokenization of the whole text, and ``inside_clusters``
 finds grapheme clusters without walking every one: both must agree exactly with tokenizing the
 span again and with ``regex``'s ``\\X``.
 """
@@ -15,14 +15,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ragkit.chunkers.base import (
-    _GLUE,
-    TokenIndex,
-    _glue_ranges,
-    _inside_clusters,
-    cut_points,
-    grapheme_starts,
-)
+from ragkit.chunkers.base import TokenIndex, cut_points
+from ragkit.chunkers.graphemes import _GLUE, _glue_ranges, grapheme_starts, inside_clusters
 from ragkit.tokenizers import load_tokenizer
 from tests.chunkers.test_chunker_properties import PROFILE, prose, unicode_text
 from tests.contracts.test_chunkers import SAMPLES
@@ -41,14 +35,14 @@ def reference_inside(text: str) -> list[int]:
 @pytest.mark.parametrize("key", SAMPLES)
 def test_inside_clusters_on_the_samples(key):
     text = SAMPLES[key]
-    assert _inside_clusters(text).tolist() == reference_inside(text)
+    assert inside_clusters(text).tolist() == reference_inside(text)
 
 
 @FEWER
 @given(text=long_text)
 def test_inside_clusters_and_grapheme_starts(text):
     inside = reference_inside(text)
-    assert _inside_clusters(text).tolist() == inside
+    assert inside_clusters(text).tolist() == inside
     starts = grapheme_starts(text)
     if not inside:
         assert starts is None
@@ -162,14 +156,14 @@ def test_inside_clusters_is_the_same_block_by_block(monkeypatch):
     not for a 50 MB text); any block size gives the offsets of one pass over the whole text."""
     import random
 
-    from ragkit.chunkers import base
+    from ragkit.chunkers import graphemes
 
     rng = random.Random(0)
     parts = ["a", " ", "\r\n", "\r", "e\u0301", "\U0001F44D\U0001F3FD", "東", "\u200d",
              "\U0001F468\u200d\U0001F469", "ü", "\n"]
     for _ in range(200):
         text = "".join(rng.choice(parts) for _ in range(rng.randint(1, 400)))
-        monkeypatch.setattr(base, "_CODE_BLOCK", 1 << 30)
-        whole = base._inside_clusters(text)
-        monkeypatch.setattr(base, "_CODE_BLOCK", rng.randint(1, 50))
-        assert np.array_equal(base._inside_clusters(text), whole), text
+        monkeypatch.setattr(graphemes, "_CODE_BLOCK", 1 << 30)
+        whole = graphemes.inside_clusters(text)
+        monkeypatch.setattr(graphemes, "_CODE_BLOCK", rng.randint(1, 50))
+        assert np.array_equal(graphemes.inside_clusters(text), whole), text

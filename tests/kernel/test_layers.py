@@ -40,7 +40,8 @@ KERNEL = frozenset({
     "ragkit.progress",  # how far a long component call has got (chunkers report, the CLI shows)
 })
 STRATEGIES = ("ragkit.chunkers", "ragkit.retrieval", "ragkit.generation")
-APPLICATIONS = ("ragkit.pipeline", "ragkit.cli", "ragkit.ingest", "ragkit.evaluation",
+APPLICATIONS = ("ragkit.pipeline", "ragkit.cli", "ragkit.cli_corpus", "ragkit.cli_generate",
+                "ragkit.cli_support", "ragkit.ingest", "ragkit.evaluation",
                 "ragkit.bench", "ragkit.serve", "ragkit.integrations",
                 "ragkit.doclog", "ragkit.stress")
 
