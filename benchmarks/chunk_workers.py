@@ -81,20 +81,20 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from ragkit.bench import bench_parser
+
+    p = bench_parser(__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=float, default=20.0, help="corpus size in MB of UTF-8")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts, first = base")
     p.add_argument("--repeats", type=int, default=2, help="passes per worker count; best kept")
     p.add_argument("--chunkers", default="fixed,recursive", help="comma-separated chunker names")
     p.add_argument("--min-batch-chars", type=int, default=1_000_000,
                    help="chunk_many's smallest batch (library default 25 M: in-process below it)")
-    p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     args.chunkers = [c for c in args.chunkers.split(",") if c.strip()]
     if args.mb <= 0 or args.repeats < 1 or not args.workers or min(args.workers) < 1:
         p.error("need --mb > 0, --repeats >= 1 and worker counts >= 1")
-    args.argv = list(argv)
     return args
 
 

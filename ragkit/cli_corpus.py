@@ -27,6 +27,7 @@ from ragkit.cli_support import (
     tqdm_bar,
 )
 from ragkit.errors import ConfigError
+from ragkit.protocols import CountsInTokenizer, NamesTokenizer, provides
 
 
 def cmd_chunk(args: argparse.Namespace) -> int:
@@ -111,8 +112,9 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         print(f"documents  {n_docs}  ({total_bytes / 1e6:.2f} MB)")
         print(f"chunks     {len(sizes)}")
         if sizes:
-            tok_unit = getattr(chunker, "resolved_tokenizer", None) or getattr(
-                chunker, "tokenizer", "tokens")
+            tok_unit = chunker.resolved_tokenizer if provides(chunker, CountsInTokenizer) else None
+            if not tok_unit:
+                tok_unit = chunker.tokenizer if provides(chunker, NamesTokenizer) else "tokens"
             print(f"tokens     total {sum(sizes)}  ({tok_unit})")
             print("size       " + describe_sizes(sizes, "tokens"))
             print("chars      " + describe_sizes(chars, "chars"))

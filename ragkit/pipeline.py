@@ -29,6 +29,7 @@ from ragkit.protocols import (
     HasEmbedder,
     Persistent,
     PersistsWrites,
+    QueryTimeSettings,
     RecordsInfo,
     provides,
 )
@@ -99,6 +100,13 @@ class RAGPipeline:
                     f"embedded with {model_spec(self.embedder)}; give both the same model",
                     path="chunker.embedder",
                 )
+        own = self.index.embedder if isinstance(self.index, HasEmbedder) else None
+        if own is not None and model_spec(own) != model_spec(self.embedder):
+            raise ConfigError(
+                f"the index embeds sentences with {model_spec(own)} but queries would be "
+                f"embedded with {model_spec(self.embedder)}; give both the same model",
+                path="index.embedder",
+            )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, allow_import: bool = False) -> RAGPipeline:
@@ -445,17 +453,19 @@ def stamp(chunks: list[Chunk], digest: str) -> list[Chunk]:
 def _apply_query_time(loaded: Any, built: Any, old: Any, new: Any, path: str) -> None:
     """Copy onto the ``loaded`` index the keys that changed between its saved config ``old`` and
     ``new`` (validated in ``built``), if its class allows them at query time; refuse others."""
+    from ragkit.retrieval.base import Index
+
     if old == new:
         return
     old = old if isinstance(old, Mapping) else {"name": old}
     new = new if isinstance(new, Mapping) else {"name": new}
-    allowed = sorted(getattr(type(loaded), "QUERY_TIME", ()))
+    allowed = sorted(loaded.QUERY_TIME) if isinstance(loaded, QueryTimeSettings) else []
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key):
             continue
         here = f"{path}.{key}"
         child = getattr(loaded, key, None)
-        if key != "name" and isinstance(new.get(key), Mapping) and hasattr(child, "search"):
+        if key != "name" and isinstance(new.get(key), Mapping) and isinstance(child, Index):
             _apply_query_time(child, getattr(built, key), old.get(key), new.get(key), here)
         elif key in allowed:
             setattr(loaded, key, getattr(built, key))

@@ -56,6 +56,7 @@ from ragkit.errors import (
 from ragkit.ingest.driver import Run, merge_parts, plan_files
 from ragkit.ingest.ledger import DIR, Ledger
 from ragkit.ingest.report import Failure, IngestProgress, IngestReport
+from ragkit.protocols import HasWorkers
 
 __all__ = ["ENGINES", "Failure", "IngestProgress", "IngestReport", "ingest"]
 
@@ -136,8 +137,9 @@ def ingest(
         if not restart and Ledger(out / DIR).made_with(spec):  # its finished shards still count
             shutil.copytree(out / DIR, target / DIR, copy_function=os.link,
                             ignore=shutil.ignore_patterns("lock", FINISHED))
-    report = IngestReport(engine=registry_name(eng), workers=getattr(eng, "workers", None),
-                          out=str(out), shards=len(files))
+    workers = eng.workers if isinstance(eng, HasWorkers) else None
+    report = IngestReport(engine=registry_name(eng), workers=workers, out=str(out),
+                          shards=len(files))
     ledger = Ledger(target / DIR)
     ledger.root.mkdir(parents=True, exist_ok=True)
     ledger.lock()

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from ragkit.protocols import Fingerprinted, LoadsModel, provides
 from ragkit.types import Answer, Hit
 
 
@@ -118,5 +119,7 @@ class GenerationEngine:
 
 
 def _load(gen: Any) -> None:
-    getattr(gen, "lm", None)  # the transformers backend loads (or converts) its model here
-    getattr(gen, "fingerprint", None)  # KV keys hash the weights once
+    if isinstance(gen, LoadsModel):
+        gen.load_model()  # the transformers backend loads (or converts) its model here
+    if provides(gen, Fingerprinted):
+        gen.fingerprint  # noqa: B018  KV keys hash the weights once
