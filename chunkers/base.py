@@ -218,20 +218,26 @@ class TokenIndex:
 
 
 def token_windows(
-    text: str, lo: int, hi: int, tokenizer: Tokenizer, size: int, overlap: int = 0
+    text: str, lo: int, hi: int, tokenizer: Tokenizer, size: int, overlap: int = 0,
+    report: Callable[[int], None] | None = None,
 ) -> list[tuple[int, int, int]]:
     """Windows of at most ``size`` tokens over ``text[lo:hi]``, consecutive windows sharing up to
     ``overlap`` tokens. Returns trimmed, non-empty ``(start, end, tokens)`` triples in doc offsets.
 
     Each window is counted as its own text (BPE can count a cut-out piece differently) and
     shrunk until it fits; a single unit larger than ``size`` is split further where its own
-    tokenization allows, else returned whole (the documented exception).
+    tokenization allows, else returned whole (the documented exception). ``report``, if given,
+    hears ``0`` once the text is tokenized, then the offset (in ``sub``) reached by each window.
     """
     sub = text[lo:hi]
-    return [(lo + s, lo + e, n) for s, e, n in _windows(TokenIndex(sub, tokenizer), size, overlap)]
+    index = TokenIndex(sub, tokenizer)
+    if report is not None:
+        report(0)
+    return [(lo + s, lo + e, n) for s, e, n in _windows(index, size, overlap, report)]
 
 
-def _windows(index: TokenIndex, size: int, overlap: int) -> list[tuple[int, int, int]]:
+def _windows(index: TokenIndex, size: int, overlap: int,
+             report: Callable[[int], None] | None = None) -> list[tuple[int, int, int]]:
     sub, cuts, before = index.text, index.cuts, index.before
     count = index.count
     last = len(cuts) - 1
@@ -258,6 +264,8 @@ def _windows(index: TokenIndex, size: int, overlap: int) -> list[tuple[int, int,
             else:  # keep the parts not already inside the previous window
                 out.extend((a, b, m) for a, b, m in inner if b > prev_e)
             prev_s, prev_e, prev_q = out[-1][0], out[-1][1], q
+            if report is not None:
+                report(prev_e)
         if q == last:
             break
         nxt = int(before.searchsorted(before[q] - overlap, side="left"))
@@ -306,9 +314,11 @@ def pack_indexed(
     *,
     overlap_tokens: int = 0,
     overlap_pieces: int = 0,
+    report: Callable[[int], None] | None = None,
 ) -> list[tuple[int, int, int]]:
-    """``pack`` over ``index.text``, counting each chunk with ``index.count``."""
-    return _pack(index.text, pieces, size, index.count, overlap_tokens, overlap_pieces)
+    """``pack`` over ``index.text``, counting each chunk with ``index.count``; ``report``, if
+    given, hears the offset reached after each chunk."""
+    return _pack(index.text, pieces, size, index.count, overlap_tokens, overlap_pieces, report)
 
 
 def _pack(
@@ -318,6 +328,7 @@ def _pack(
     count: Callable[[int, int], int],
     overlap_tokens: int,
     overlap_pieces: int,
+    report: Callable[[int], None] | None = None,
 ) -> list[tuple[int, int, int]]:
     # Blank pieces dropped: then every chunk (trimmed) starts after and ends after the one before.
     pieces = [p for p in pieces if p[1] > p[0] and not text[p[0] : p[1]].isspace()]
@@ -348,6 +359,8 @@ def _pack(
                 break
         if e > s:
             out.append((s, e, exact))
+            if report is not None:
+                report(e)
         carry = _overlap_tail(pieces, members, overlap_tokens, overlap_pieces) if i < n else []
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from ragkit import progress
 from ragkit.chunkers.base import ChunkMany, check_size, make_chunks, token_windows
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -32,5 +33,17 @@ class FixedChunker(ChunkMany):
 
     def chunk(self, doc: Document) -> list[Chunk]:
         text = doc.text
-        windows = token_windows(text, 0, len(text), self._tok, self.chunk_size, self.overlap)
+        listener = progress.listener()  # a big document reports how far it is (the CLI's bar)
+        report = None
+        if listener is not None:  # tokenizing counts 30% of the work, the windows 70%
+            length = max(1, len(text))
+            step, marks = max(1, length // 256), [0]
+
+            def report(pos: int) -> None:
+                if pos == 0 or pos >= marks[0]:
+                    marks[0] = pos + step
+                    listener(0.3 + 0.7 * pos / length)
+
+        windows = token_windows(text, 0, len(text), self._tok, self.chunk_size, self.overlap,
+                                report)
         return make_chunks(doc, [(s, e) for s, e, _ in windows], [n for *_, n in windows])

@@ -89,6 +89,9 @@ def _glue_ranges() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(los, dtype=np.int64), np.asarray(his, dtype=np.int64)
 
 
+_CODE_BLOCK = 1 << 20  # chars of a text decoded to code points at a time by inside_clusters
+
+
 def inside_clusters(text: str) -> np.ndarray:
     """Sorted char offsets that fall inside a grapheme cluster (not at its start): the offsets
     ``grapheme_starts`` leaves out, found without walking the whole text cluster by cluster."""
@@ -99,14 +102,19 @@ def inside_clusters(text: str) -> np.ndarray:
         return np.flatnonzero((data[:-1] == 13) & (data[1:] == 10)).astype(np.int64) + 1
     import regex
 
-    code = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    maybe = np.flatnonzero((code >= _GLUE_PLANES[0][0]) | (code == 13))
     lo, hi = _glue_ranges()
-    cp = code[maybe].astype(np.int64)
-    k = np.searchsorted(lo, cp, side="right") - 1
-    glue = maybe[(cp == 13) | ((k >= 0) & (cp < hi[np.maximum(k, 0)]))]
-    if len(glue) == 0:
+    found = []
+    for at in range(0, len(text), _CODE_BLOCK):  # a block at a time: 4 bytes a char, not the text
+        code = np.frombuffer(text[at : at + _CODE_BLOCK].encode("utf-32-le"), dtype=np.uint32)
+        maybe = np.flatnonzero((code >= _GLUE_PLANES[0][0]) | (code == 13))
+        cp = code[maybe].astype(np.int64)
+        k = np.searchsorted(lo, cp, side="right") - 1
+        block = maybe[(cp == 13) | ((k >= 0) & (cp < hi[np.maximum(k, 0)]))]
+        if len(block):
+            found.append(block + at)
+    if not found:
         return _NO_INSIDE
+    glue = np.concatenate(found)
     # Regions bounded by sure boundaries: from the char before a run of glue to the char after
     # it, merged when they overlap (glue at most one char apart).
     first = np.flatnonzero(np.diff(glue, prepend=-3) > 2)

@@ -22,6 +22,7 @@ from ragkit.chunkers.base import (
     pack_indexed,
     token_windows,
 )
+from ragkit import progress
 from ragkit.errors import ConfigError
 from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -55,27 +56,37 @@ class RecursiveChunker(ChunkMany):
         text = doc.text
         if not text.strip():
             return []
+        report = progress.listener()  # a big document reports how far it is (the CLI's bar)
         index = TokenIndex(text, self._tok)  # tokenized once; spans are counted from it
-        spans = np.asarray(self._split(index, 0, len(text), 0), dtype=np.int64).reshape(-1, 2)
+        split = None
+        if report is not None:  # tokenizing is ~10% of the work, splitting and packing ~45% each
+            report(0.1)
+            split = _Reporter(report, 0.1, 0.45, len(text))
+        spans = np.asarray(self._split(index, 0, len(text), 0, split),
+                           dtype=np.int64).reshape(-1, 2)
         # each piece's size in context, which pack only uses to choose: it counts chunks exactly
         sizes = np.diff(index.starts.searchsorted(spans), axis=1)[:, 0]
         pieces = list(zip(spans[:, 0].tolist(), spans[:, 1].tolist(), sizes.tolist()))
-        merged = pack_indexed(index, pieces, self.chunk_size, overlap_tokens=self.overlap)
+        merged = pack_indexed(index, pieces, self.chunk_size, overlap_tokens=self.overlap,
+                              report=None if report is None else
+                              _Reporter(report, 0.55, 0.45, len(text)))
         return make_chunks(doc, [(s, e) for s, e, _ in merged], [n for *_, n in merged])
 
-    def _split(self, index: TokenIndex, lo: int, hi: int, level: int) -> list[tuple[int, int]]:
+    def _split(self, index: TokenIndex, lo: int, hi: int, level: int,
+               report: _Reporter | None = None) -> list[tuple[int, int]]:
         """Spans tiling ``[lo, hi)``, each within the budget."""
         out: list[tuple[int, int]] = []
-        self._split_into(out, index, lo, hi, level, index.sure_fit(self.chunk_size))
+        self._split_into(out, index, lo, hi, level, index.sure_fit(self.chunk_size), report)
         return out
 
     def _split_into(
         self, out: list[tuple[int, int]], index: TokenIndex, lo: int, hi: int, level: int,
-        sure: int,
+        sure: int, report: _Reporter | None = None,
     ) -> None:
         """Appends to ``out`` the spans tiling ``[lo, hi)``. A span of at most ``sure`` chars fits
         the budget without counting; it is decided here, without a call per piece (most pieces
-        of a document are short: ~35,000 of them on the 5 MB benchmark corpus)."""
+        of a document are short: ~35,000 of them on the 5 MB benchmark corpus). ``report``
+        (the outermost call only) hears the offset reached."""
         if index.at_most(lo, hi, self.chunk_size):
             out.append((lo, hi))
             return
@@ -90,9 +101,27 @@ class RecursiveChunker(ChunkMany):
                         out.append((a, b))
                     else:
                         self._split_into(out, index, a, b, level, sure)
+                    if report is not None:
+                        report(b)
                     a = b
                 return
         out.extend((s, e) for s, e, _ in token_windows(text, lo, hi, self._tok, self.chunk_size))
+
+
+class _Reporter:
+    """Turns offsets reached in one phase into ``progress`` fractions of the whole call, at most
+    every ``1/256`` of the text."""
+
+    def __init__(self, report, base: float, share: float, length: int) -> None:
+        self.report, self.base, self.share = report, base, share
+        self.length = max(1, length)
+        self.step = max(1, self.length // 256)
+        self.next = self.step
+
+    def __call__(self, pos: int) -> None:
+        if pos >= self.next:
+            self.next = pos + self.step
+            self.report(self.base + self.share * pos / self.length)
 
 
 def after_each(

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from ragkit.cli_support import (
     args_documents,
     describe_sizes,
     print_json,
-    progress,
     source_dict,
+    stream_documents,
+    utf8_len,
     tqdm_bar,
 )
 from ragkit.errors import ConfigError
@@ -29,6 +31,7 @@ from ragkit.protocols import CountsInTokenizer, NamesTokenizer, provides
 
 
 def cmd_chunk(args: argparse.Namespace) -> int:
+    from ragkit import progress as component_progress
     from ragkit.chunkers.base import check_workers, cpu_count, iter_chunk_many
     from ragkit.config import build
 
@@ -43,32 +46,56 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         chunker = RAGPipeline.from_config(config).chunker
     else:
         chunker = build("chunker", DEFAULT_NAMES["chunker"], path="chunker")
-    docs = args_documents(args, chunker)
-    if args.format == "html":
+    if args.format == "html":  # the page draws every document: it needs them all
         from ragkit.view import Chunks
 
+        docs: Iterable[Any] = args_documents(args, chunker)
         view = Chunks(docs=docs)
-    total_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
+        input_bytes = sum(utf8_len(d.text) for d in docs)
+    else:  # streamed: one document (or one worker batch) in memory at a time
+        docs, input_bytes = stream_documents(args, chunker)
     sizes: list[int] = []
     chars: list[int] = []
     n_docs = 0
+    total_bytes = 0
     t0 = time.perf_counter()
     out = sys.stdout
-    shown = progress(docs, args, "chunking", unit="B", total=total_bytes,
-                      weight=lambda d: len(d.text.encode("utf-8")))
-    for _, chunks in zip(shown, iter_chunk_many(chunker, docs, workers=workers)):
-        n_docs += 1
-        if args.format == "html":
-            view.extend(chunks)
-        for c in chunks:
-            sizes.append(int(c.metadata.get("tokens", c.metadata.get("nws_chars", 0))))
-            chars.append(c.end - c.start)
-            if args.format == "jsonl":
-                out.write(json.dumps({"id": c.id, "doc_id": c.doc_id, "index": c.index,
-                                      "start": c.start, "end": c.end, "text": c.text,
-                                      "metadata": dict(c.metadata)}, ensure_ascii=False) + "\n")
-            elif args.format == "text":
-                out.write(f"--- {c.id} ({sizes[-1]} tokens)\n{c.text}\n")
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=input_bytes, desc="chunking", unit="B", unit_scale=True,
+                   file=sys.stderr)
+    pending: list[int] = []  # the UTF-8 size of the document being chunked, once it is known
+
+    def sized(items: Iterable[Any]) -> Iterator[Any]:
+        for d in items:
+            pending.append(utf8_len(d.text))
+            yield d
+
+    def listen(fraction: float) -> None:  # the chunker's word on the document in hand
+        if len(pending) > n_docs:  # in this process, the document after the n_docs done
+            bar.update(int(total_bytes + fraction * pending[n_docs]) - bar.n)
+
+    with component_progress.listening(listen if bar is not None else None):
+        for chunks in iter_chunk_many(chunker, sized(docs), workers=workers):
+            total_bytes += pending[n_docs] if len(pending) > n_docs else 0
+            n_docs += 1
+            if args.format == "html":
+                view.extend(chunks)
+            for c in chunks:
+                sizes.append(int(c.metadata.get("tokens", c.metadata.get("nws_chars", 0))))
+                chars.append(c.end - c.start)
+                if args.format == "jsonl":
+                    out.write(json.dumps({"id": c.id, "doc_id": c.doc_id, "index": c.index,
+                                          "start": c.start, "end": c.end, "text": c.text,
+                                          "metadata": dict(c.metadata)}, ensure_ascii=False) + "\n")
+                elif args.format == "text":
+                    out.write(f"--- {c.id} ({sizes[-1]} tokens)\n{c.text}\n")
+            if bar is not None:
+                bar.update(total_bytes - bar.n)
+    if bar is not None:
+        bar.close()
     seconds = time.perf_counter() - t0
     if args.format == "html":
         html = view.page(title="ragkit chunks: " + ", ".join(args.paths))
@@ -91,7 +118,9 @@ def cmd_chunk(args: argparse.Namespace) -> int:
             print(f"tokens     total {sum(sizes)}  ({tok_unit})")
             print("size       " + describe_sizes(sizes, "tokens"))
             print("chars      " + describe_sizes(chars, "chars"))
-        print(f"time       {seconds:.2f} s  ({total_bytes / 1e6 / max(seconds, 1e-9):.2f} MB/s)")
+        secs = max(seconds, 1e-9)
+        print(f"time       {seconds:.2f} s  ({len(sizes) / secs:.1f} chunks/s, "
+              f"{total_bytes / 1e6 / secs:.2f} MB/s)")
     return 0
 
 

@@ -67,18 +67,37 @@ def args_documents(args: argparse.Namespace, chunker: Any = None) -> list:
     return docs
 
 
-def progress(items: Sequence[Any], args: argparse.Namespace, desc: str, *, unit: str,
-              total: int, weight=None) -> Iterator[Any]:
-    if args.no_progress:
-        yield from items
-        return
-    from tqdm import tqdm
+def utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr,
-              disable=False) as bar:
-        for item in items:
-            yield item
-            bar.update(weight(item) if weight else 1)
+
+def stream_documents(args: argparse.Namespace, chunker: Any = None) -> tuple[Iterator[Any], int]:
+    """``_documents`` one at a time, and the input files' total size in bytes (the bar's
+    total: for JSONL files a little more than their texts)."""
+    import os
+
+    from ragkit.loaders import DEFAULT_SUFFIXES, DocumentLoader, iter_documents, path_list
+
+    suffixes = args.suffixes or getattr(chunker, "file_suffixes", DEFAULT_SUFFIXES)
+    on_error = "skip" if args.skip_bad_files else "raise"
+    loader = DocumentLoader(text_field=args.text_field, on_error=on_error, suffixes=suffixes)
+    size = 0
+    for f in loader.files(path_list(args.paths)):
+        try:
+            size += os.path.getsize(f.path)
+        except (AttributeError, OSError):  # a problem row, or a file gone since
+            pass
+    problems: list = []
+    docs = iter_documents(args.paths, text_field=args.text_field, suffixes=suffixes,
+                          on_error=on_error, problems=problems)
+
+    def stream() -> Iterator[Any]:
+        yield from docs
+        if args.skip_bad_files and problems:
+            print(f"ragkit: skipped {len(problems)} bad file(s) or line(s); see warnings above",
+                  file=sys.stderr)
+
+    return stream(), size
 
 
 def describe_sizes(values: Iterable[int], unit: str) -> str:

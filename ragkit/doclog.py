@@ -137,7 +137,7 @@ class DocLog:
                     records = json.dumps([_record(c) for c in op.chunks], ensure_ascii=False)
                     cur = self._db.execute(
                         "INSERT INTO pending (doc_id, op, chunks, vecs, dim) VALUES (?, 'put', ?, "
-                        "?, ?)", (op.doc_id, records, vecs.tobytes(),
+                        "?, ?)", (op.doc_id, records, memoryview(vecs).cast("B"),  # no copy
                                   vecs.shape[1] if vecs.ndim == 2 else 0))
                     self._db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?)",
                                      (op.doc_id, op.source, op.content_hash, len(op.chunks)))

@@ -15,7 +15,7 @@ optional abilities that more than one layer asks about live here:
 - chunkers: ``Chunker`` (the role), ``ChunksAndEmbeds`` (late chunking), ``HasEmbedder``,
   ``CountsInTokenizer``, ``HasChunkSize``, ``TakesFileSuffixes``;
 - indexes: ``HasDocHash``, ``ListsChunks``, ``HasDocChunks``, ``Persistent``, ``RecordsInfo``,
-  ``QueryTimeSettings``, ``ConcurrentWriters``;
+  ``QueryTimeSettings``;
 - generation: ``StreamsTokens`` (the generator role), ``WarmsKV``, ``CachesKV``, ``HasKVStore``;
 - anything: ``KeepsStats``, ``Closes``, ``HasWorkers``.
 
@@ -282,15 +282,6 @@ class QueryTimeSettings(Protocol):
     those fields, e.g. faiss ``ef_search``); every other field is fixed when it is built."""
 
     QUERY_TIME: frozenset[str]
-
-
-@runtime_checkable
-class ConcurrentWriters(Protocol):
-    """An index that several processes may write at once (``concurrent_writers``: whether this
-    one, as configured, can; e.g. a Chroma server)."""
-
-    @property
-    def concurrent_writers(self) -> bool: ...
 
 
 @runtime_checkable

@@ -235,12 +235,6 @@ class ChromaIndex(ChromaPersistence, Guarded):
         own, target = os.path.abspath(self.path), os.path.abspath(folder)
         return own == target or own.startswith(target + os.sep)
 
-    @property
-    def concurrent_writers(self) -> bool:
-        """Whether many processes may write this index at once: a Chroma server can, an embedded
-        client cannot (distributed ingestion then writes through its driver)."""
-        return self.host is not None
-
     def _where_text(self) -> str:
         if self.host is not None:
             return f"http://{self.host}:{self.port}"

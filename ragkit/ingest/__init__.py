@@ -12,14 +12,14 @@ file is one document, a ``.jsonl`` file one per line (split millions of document
 shards). Document ids, chunks, offsets and vectors are those of ``RAGPipeline.add`` on
 ``load_documents`` of the same paths, and the saved folder is the one ``RAGPipeline.save`` writes.
 
-Where the chunks go:
-
-- an index that lives in one process (``memory``, ``faiss``, ``bm25``, ``hybrid``, an embedded
-  ``chroma``): chunks and vectors stream back to the driver, which keeps them per finished shard in
-  ``OUT/ingest/parts`` and builds the index from the parts at the end (in input order);
-- a Chroma server (``index: {name: chroma, host: ..., port: ...}``): every worker writes its
-  chunks to the server itself (upserts keyed by chunk id, the documents' earlier chunks deleted
-  first); the driver keeps only the ledger.
+Where the chunks go: on every engine and for every index, chunks and vectors stream back to the
+driver, which keeps them per finished shard in ``OUT/ingest/parts`` and commits them at the end (in
+input order) through the pipeline's one write step, ``RAGPipeline.commit``: each document whole,
+in the folder's document log before the index, its content hash with it. That holds for a Chroma
+server too (``index: {name: chroma, host: ..., port: ...}``): workers never write to the server
+themselves. They did once, in parallel; that bypassed the document log, so a worker killed
+between deleting a document's old chunks and adding its new ones left it half-indexed, and the
+server is one serial writer anyway (see benchmarks/README.md, Ingestion).
 
 Resuming: ``OUT/ingest/ledger.jsonl`` records each finished shard with the sha256 of its bytes
 (see ``ragkit.ingest.ledger``). A run killed at any point and started again with the same inputs
@@ -56,14 +56,15 @@ from ragkit.errors import (
 from ragkit.ingest.driver import Run, merge_parts, plan_files
 from ragkit.ingest.ledger import DIR, Ledger
 from ragkit.ingest.report import Failure, IngestProgress, IngestReport
-from ragkit.protocols import ConcurrentWriters, HasWorkers
+from ragkit.protocols import HasWorkers
 
 __all__ = ["ENGINES", "Failure", "IngestProgress", "IngestReport", "ingest"]
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-PART_ROWS = 8192  # chunks buffered per shard before they are written as a part
+PART_ROWS = 8192  # chunks buffered per shard before they are written as a part (a document's
+# chunks are never split over two parts, so one bigger document makes one bigger part)
 
 
 def ingest(
@@ -127,10 +128,8 @@ def ingest(
             f"{out} already holds an index; pass --append to add new and changed documents "
             "(--sync also deletes those whose files are gone), or --replace to build a new one "
             "from these files and swap it in")
-    direct = isinstance(pipe.index, ConcurrentWriters) and bool(pipe.index.concurrent_writers)
     spec = {"chunker": to_config(pipe.chunker, "chunker"), "embedder": model_spec(pipe.embedder),
-            "loader": {"text_field": text_field, "id_field": id_field},
-            "target": to_config(pipe.index, "index") if direct else "parts"}
+            "loader": {"text_field": text_field, "id_field": id_field}, "target": "parts"}
     target = out
     if state != "none" and (mode == "replace" or restart):
         target = out.parent / f".{out.name}.replacing"
@@ -148,43 +147,38 @@ def ingest(
         ledger.open(spec, restart=restart)
         ledger.drop_orphans()
         (ledger.root / FINISHED).unlink(missing_ok=True)  # until this run is done
-        if not direct:
-            pipe = _open_target(pipe, target)
-        if direct:
-            pipe.bind_index()  # refuses a collection built with another embedder or chunker
-            pipe.index.delete([])  # writes what it is built with before any worker adds
-        run = Run(ledger, report, on_error, direct, progress, part_rows=PART_ROWS)
+        pipe = _open_target(pipe, target)
+        run = Run(ledger, report, on_error, progress, part_rows=PART_ROWS)
         rows = run.plan(files, problems)
         job = {"chunker": spec["chunker"], "embedder": to_config(pipe.embedder, "embedder"),
                "index": to_config(pipe.index, "index"), "embed_batch": pipe.batch_size,
-               "batch_size": batch_size, "write": "index" if direct else "driver",
+               "batch_size": batch_size,
                "allow_import": imports_are_allowed(),
                "loader": {"text_field": text_field, "id_field": id_field, "on_error": on_error,
                           "suffixes": list(suffixes)}}
         t1 = time.perf_counter()
         report.timings["plan"] = t1 - t0
         if rows:
-            with closing(eng.run(rows, job)) as batches:  # a failure stops the engine at once
+            with closing(eng.run(rows, job, progress=run.partial)) as batches:  # a failure stops the engine at once
                 for batch in batches:
                     t = time.perf_counter()
                     run.take(batch)
+                    batch = None  # not alive while the engine makes the next one (memory)
                     report.timings["driver"] = report.timings.get("driver", 0.0) + (
                         time.perf_counter() - t)
         run.finish()
         t2 = time.perf_counter()
         report.timings["process"] = t2 - t1
-        if not direct:
-            merge_parts(pipe, ledger, [r["shard"] for r in rows], run)
-            if mode == "sync":
-                report.deleted = _sync(pipe, {f.source for f in files})
+        merge_parts(pipe, ledger, [r["shard"] for r in rows], run)
+        if mode == "sync":
+            report.deleted = _sync(pipe, {f.source for f in files})
         pipe.save(target)
         report.index_chunks = len(pipe.index)
         (ledger.root / FINISHED).write_text("")
         report.timings["index"] = time.perf_counter() - t2
     finally:
         ledger.unlock()
-        if not direct:
-            pipe.close()
+        pipe.close()
     if target != out:
         from ragkit.protocols import Closes
 

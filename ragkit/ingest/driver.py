@@ -58,7 +58,7 @@ class Shard:
     nbytes: int = 0
     problems: list[list[Any]] = field(default_factory=list)
     failed_docs: list[list[Any]] = field(default_factory=list)
-    records: list[str] = field(default_factory=list)
+    records: list[str] = field(default_factory=list)  # blocks of JSON lines, a document each
     pos: list[int] = field(default_factory=list)
     vecs: list[Any] = field(default_factory=list)
     buffered: int = 0
@@ -69,10 +69,11 @@ class Shard:
 class Run:
     """Takes result batches in any order; writes parts and ledger lines as shards finish."""
 
-    def __init__(self, ledger: Ledger, report: IngestReport, on_error: str, direct: bool,
+    def __init__(self, ledger: Ledger, report: IngestReport, on_error: str,
                  progress: Callable[[IngestProgress], None] | None, *, part_rows: int) -> None:
         self.ledger, self.report, self.on_error = ledger, report, on_error
-        self.direct, self.progress = direct, progress
+        self.progress = progress
+        self.bytes_taken = 0  # bytes of the results taken (the engine may report more in flight)
         self.part_rows = part_rows  # chunks buffered per shard before they are written as a part
         self.shards: dict[str, Shard] = {}
         self.state = IngestProgress()
@@ -103,9 +104,18 @@ class Run:
         self.state.shards_total = len(rows)
         return rows
 
+    def partial(self, nbytes: int) -> None:
+        """The engine's word that ``nbytes`` of the batch it works on are done (within a big
+        document too): shown in ``bytes_done`` until the batch's result arrives."""
+        if self.progress is None:
+            return
+        self.state.bytes_done = self.bytes_taken + nbytes
+        self.progress(self.state)
+
     def take(self, batch: Mapping[str, Sequence[Any]]) -> None:
         from ragkit.ingest.work import rows_of
 
+        self.state.bytes_done = self.bytes_taken  # the batch's rows count it exactly now
         for row in rows_of(batch):
             s = self.shards[row["shard"]]
             if row["kind"] == "shard":
@@ -170,13 +180,10 @@ class Run:
             self.workers.add(row["worker"])
             self.report.workers_seen = len(self.workers)
         first = self.doc_shard.setdefault(row["doc_id"], s.order)
-        if first != s.order and (self.on_error == "raise" or self.direct):
+        if first != s.order and self.on_error == "raise":  # under "skip", merge_parts reports it
             other = next(x.path for x in self.shards.values() if x.order == first)
-            failure = Failure(s.path, f"duplicate document id {row['doc_id']!r}, also in "
-                              f"{other}; ids must be unique", doc_id=row["doc_id"])
-            if self.on_error == "raise":
-                self._stop([failure])
-            self._fail(failure)  # a Chroma server holds whichever was written last
+            self._stop([Failure(s.path, f"duplicate document id {row['doc_id']!r}, also in "
+                                f"{other}; ids must be unique", doc_id=row["doc_id"])])
         if row["error"]:
             failure = Failure(s.path, row["error"], doc_id=row["doc_id"])
             if self.on_error == "raise":
@@ -191,17 +198,16 @@ class Run:
             self.report.tokens += row["tokens"]
             self.state.documents += 1
             self.state.chunks += row["n_chunks"]
-        if row["chunks"]:
-            import json
-
+        if row["chunks"]:  # JSON lines, one record each: kept as one block, written as it is
             n, dim = row["n_chunks"], row["dim"]
-            s.records.extend(json.dumps(r, ensure_ascii=False) for r in json.loads(row["chunks"]))
+            s.records.append(row["chunks"])
             s.pos.extend([row["pos"]] * n)
             s.vecs.append(np.frombuffer(row["vecs"], dtype=np.float32).reshape(n, dim))
             s.buffered += n
             if s.buffered >= self.part_rows:
                 self._write_part(s)
         s.nbytes += row["nbytes"]
+        self.report.bytes += row["nbytes"]
         self._advance(s, row["nbytes"])
 
     def _complete(self, s: Shard) -> None:
@@ -230,7 +236,8 @@ class Run:
         s.records, s.pos, s.vecs, s.buffered = [], [], [], 0
 
     def _advance(self, s: Shard, nbytes: int) -> None:
-        self.state.bytes_done += nbytes
+        self.bytes_taken += nbytes
+        self.state.bytes_done = self.bytes_taken
 
     def _fail(self, failure: Failure) -> None:
         log.warning("skipped %s", failure)
@@ -246,6 +253,12 @@ class Run:
             f"{self.ledger.root} and a re-run skips them; pass on_error='skip' / --skip-bad-files "
             "to index the rest)"
         )
+
+
+def _is_identity(order: Any) -> bool:
+    import numpy as np
+
+    return bool((order == np.arange(len(order))).all())
 
 
 def merge_parts(pipe: Any, ledger: Ledger, keys: list[str], run: Run) -> None:
@@ -275,8 +288,10 @@ def merge_parts(pipe: Any, ledger: Ledger, keys: list[str], run: Run) -> None:
             pos.append(p)
             vecs.append(v)
         order = np.argsort(np.concatenate(pos), kind="stable")  # documents in shard order
-        vecs_all = np.concatenate(vecs)[order]  # (n, d)
+        vecs_all = np.concatenate(vecs)
+        vecs_all = vecs_all if _is_identity(order) else vecs_all[order]  # (n, d)
         chunks = [chunk_from(records[i]) for i in order.tolist()]
+        del records, pos, vecs  # the chunks hold what they need of them
         start = 0
         while start < len(chunks):  # one document's chunks at a time (they are contiguous)
             doc_id = chunks[start].doc_id

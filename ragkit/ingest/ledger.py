@@ -7,8 +7,8 @@
     parts/         the chunks and vectors of finished shards, one or more .npz files per shard
     lock           the pid of the run writing here
 
-A shard is finished once every one of its documents is in its parts (or, for a Chroma server, in
-the server's collection): only then is its line appended, with a single ``write`` + ``fsync``. A
+A shard is finished once every one of its documents is in its parts, written and ``fsync``ed
+(the part file, then its folder after the rename): only then is its line appended, with a single ``write`` + ``fsync``. A
 run killed halfway leaves at most a torn last line, which ``Ledger`` ignores, and parts no line
 names, which the next run deletes. Parts are written to a temporary name and renamed, so a part a
 line names is always whole. The index itself is rebuilt from the parts of the run's shards at the
@@ -108,26 +108,36 @@ class Ledger:
         """Record a finished shard (one append, flushed to disk before returning)."""
         line = json.dumps(entry, ensure_ascii=False) + "\n"
         with open(self.file, "ab") as f:
-            if f.tell() and not _ends_with_newline(self.file):
+            new = not f.tell()
+            if not new and not _ends_with_newline(self.file):
                 f.write(b"\n")  # after a torn line: start a fresh one
             f.write(line.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
+        if new:  # the file's own entry in its folder
+            fsync_dir(self.root)
         self.entries[entry["shard"]] = entry
 
     def part_path(self, name: str) -> Path:
         return self.parts / f"{name}.npz"
 
     def write_part(self, name: str, records: list[str], pos: list[int], vecs: Any) -> None:
-        """Write a part: chunk records (JSON strings), their documents' positions in the shard
-        and their vectors ``(n, d)``; renamed into place once complete."""
+        """Write a part: chunk records (JSON strings, or blocks of JSON lines), their documents'
+        positions in the shard and their vectors ``(n, d)``; renamed into place once complete
+        and on disk (the file ``fsync``ed before the rename, the folder after it), so that a
+        ledger line written after this names a part that survives a power cut, not only a
+        killed process."""
         import numpy as np
 
         blob = np.frombuffer(("\n".join(records)).encode("utf-8"), dtype=np.uint8)
         tmp = self.parts / f".{name}.tmp.npz"
-        np.savez(tmp, chunks=blob, pos=np.asarray(pos, dtype=np.int64),
-                 vecs=np.ascontiguousarray(vecs, dtype=np.float32))
+        with open(tmp, "wb") as f:
+            np.savez(f, chunks=blob, pos=np.asarray(pos, dtype=np.int64),
+                     vecs=np.ascontiguousarray(vecs, dtype=np.float32))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.part_path(name))
+        fsync_dir(self.parts)
 
     def read_part(self, name: str) -> tuple[list[dict[str, Any]], Any, Any]:
         """A part's chunk records, positions ``(n,)`` and vectors ``(n, d)``."""
@@ -202,6 +212,18 @@ def _alive(pid: Any) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable, where the OS allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _ends_with_newline(file: Path) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,30 +33,44 @@ class LocalEngine:
             raise ConfigError(f"must be an int >= 1 (processes) or null; got {w!r}",
                               path="workers")
 
-    def run(self, shards: Sequence[Mapping[str, Any]], job: Mapping[str, Any]) -> Iterator[dict]:
-        """Result batches (see ``ragkit.ingest.work``) for the plan's ``shards`` rows."""
+    def run(self, shards: Sequence[Mapping[str, Any]], job: Mapping[str, Any], *,
+            progress: Callable[[int], None] | None = None) -> Iterator[dict]:
+        """Result batches (see ``ragkit.ingest.work``) for the plan's ``shards`` rows.
+        ``progress(nbytes)``: the input bytes of the batch being worked on that are done so
+        far, called within a document too (see ``chunk_and_embed``) when the batch runs in this
+        process; on worker processes it moves per batch. The batch's result supersedes it."""
         from ragkit.chunkers.parallel import cpu_count
 
         workers = self.workers or cpu_count()
-        size = int(job["batch_size"])
-        batches = (batch_of(rows[start : start + size])
-                   for shard in shards
-                   for rows in [rows_of(read_shards(batch_of_input([shard]),
-                                                    loader=job["loader"]))]
-                   for start in range(0, len(rows), size))
+        batches = _batches(shards, job)
         if workers == 1:
             worker = ChunkEmbed(job)
             for batch in batches:
-                yield worker(batch)
+                result = worker(batch, progress)
+                batch = None  # the documents' texts: not alive while the driver takes the result
+                yield result
+                result = None
             return
         first = next(batches, None)
         if first is None:
             return
         second = next(batches, None)
         if second is None:  # one batch: no process to start
-            yield ChunkEmbed(job)(first)
+            yield ChunkEmbed(job)(first, progress)
             return
         yield from _on_processes(workers, job, [first, second], batches)
+
+
+def _batches(shards: Sequence[Mapping[str, Any]], job: Mapping[str, Any]) -> Iterator[dict]:
+    """The shards' documents in batches of ``job["batch_size"]``, each shard read when its first
+    batch is wanted and each batch's rows dropped from it once taken."""
+    size = int(job["batch_size"])
+    for shard in shards:
+        rows = rows_of(read_shards(batch_of_input([shard]), loader=job["loader"]))
+        while rows:
+            batch = batch_of(rows[:size])
+            del rows[:size]
+            yield batch
 
 
 def _on_processes(workers: int, job: Mapping[str, Any], head: list[dict],

@@ -7,8 +7,9 @@ Reading is a task stage with bounded concurrency (``readers``) that asks Ray for
 light next to embedding, and an actor pool holding every CPU would otherwise starve it (on a
 2-CPU machine with 2 workers the pipeline would wait forever). ``ChunkEmbed`` runs as an actor
 pool (one CPU each), so each worker builds its chunker and embedder, and loads the model, once.
-Results stream back to the driver, which writes the ledger and the parts (or, for a Chroma
-server, the workers write the chunks themselves and send back counts).
+Results stream back to the driver, which writes the ledger and the parts and commits the
+documents through ``RAGPipeline.commit``; workers never write to an index, a Chroma server's
+included (see ``ragkit.ingest``).
 
 Ray is imported here only, when a run starts. The cluster is the one already initialised in this
 process, else the one at ``address`` (or ``RAY_ADDRESS``; ``"auto"`` is one started with
@@ -64,8 +65,11 @@ class RayEngine:
             raise ConfigError(f"must be a Ray address such as 'auto' or 'ray://host:10001', or "
                               f"null; got {self.address!r}", path="address")
 
-    def run(self, shards: Sequence[Mapping[str, Any]], job: Mapping[str, Any]) -> Iterator[dict]:
-        """Result batches (see ``ragkit.ingest.work``) for the plan's ``shards`` rows."""
+    def run(self, shards: Sequence[Mapping[str, Any]], job: Mapping[str, Any], *,
+            progress: Any = None) -> Iterator[dict]:
+        """Result batches (see ``ragkit.ingest.work``) for the plan's ``shards`` rows.
+        ``progress`` is not called: the driver hears of a batch when a worker has finished it
+        (a big document moves the progress once, when done; smaller ``batch_size`` helps)."""
         ray = require("ray", extra="ray", component="engine 'ray'")
         require("ray.data", extra="ray", component="engine 'ray'")
         pa = require("pyarrow", extra="ray", component="engine 'ray'")

@@ -53,6 +53,7 @@ class IngestReport:
     documents: int = 0
     chunks: int = 0
     tokens: int = 0
+    bytes: int = 0  # UTF-8 bytes of the documents this run chunked and embedded
     resumed_documents: int = 0
     resumed_chunks: int = 0
     index_chunks: int = 0  # chunks in the saved index
@@ -63,7 +64,7 @@ class IngestReport:
     seconds: float = 0.0
     # where the time went: "plan" (listing inputs, ledger), "process" (reading, chunking and
     # embedding on the engine, with the driver writing parts), "index" (building the index from
-    # the parts and saving it; for a Chroma server, only saving its pointer), and "driver" (the
+    # the parts and saving it), and "driver" (the
     # part of "process" the driver spent taking results: decoding, parts, ledger; serial)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -75,9 +76,12 @@ class IngestReport:
         """One line: documents, chunks, tokens, throughput, failures, where it was saved."""
         n = self.workers or self.workers_seen
         workers = f", {n} workers" if self.engine != "local" and n else ""
+        secs = self.seconds if self.seconds > 0 else float("inf")
         line = (f"indexed {self.documents} documents -> {self.chunks} chunks ({self.tokens} "
-                f"tokens) in {self.seconds:.1f} s ({self.docs_per_s:.1f} docs/s, engine "
-                f"{self.engine}{workers}); {len(self.failures)} failures")
+                f"tokens, {self.bytes / 1e6:.2f} MB) in {self.seconds:.1f} s "
+                f"({self.docs_per_s:.1f} docs/s, {self.chunks / secs:.1f} chunks/s, "
+                f"{self.bytes / 1e6 / secs:.2f} MB/s, engine {self.engine}{workers}); "
+                f"{len(self.failures)} failures")
         if self.shards_resumed:
             line += (f"; kept {self.shards_resumed} shards ({self.resumed_documents} documents, "
                      f"{self.resumed_chunks} chunks) finished by an earlier run")

@@ -6,9 +6,9 @@ line). Two steps turn shards into chunks with vectors:
 - ``read_shards(rows)``: each shard row becomes one row per document plus one ``"shard"`` row that
   says how it went (its sha256, how many documents it gave, its problems). A shard whose sha256
   equals the one the ledger recorded as finished gives only its ``"shard"`` row (``finished``).
-- ``ChunkEmbed(job)(rows)``: each document row becomes a result row: its chunks and their vectors
-  (when the driver writes the index) or only their counts (when the worker wrote them to a shared
-  index, a Chroma server). ``"shard"`` rows pass through.
+- ``ChunkEmbed(job)(rows)``: each document row becomes a result row: its chunks and their vectors,
+  which the driver commits to the index (workers never write to an index). ``"shard"`` rows pass
+  through.
 
 The local engine calls both in-process; the Ray engine runs the very same two callables as Ray
 Data ``map_batches`` stages (reads as tasks, ``ChunkEmbed`` as an actor pool, so the model loads
@@ -25,7 +25,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ COLUMNS: dict[str, Any] = {
     "text": "",  # the document's text, between reading and chunking
     "meta": "",  # the document's metadata, as JSON
     "nbytes": 0,  # UTF-8 bytes of the document's text
-    "chunks": "",  # JSON list of chunk records, when the driver writes the index
+    "chunks": "",  # chunk records as JSON lines (JSON escapes newlines inside strings)
     "vecs": b"",  # their vectors
     "dim": 0,
     "n_chunks": 0,
@@ -142,41 +142,77 @@ class DocResult:
     error: str = ""
 
 
-def chunk_and_embed(docs: Sequence[Document], chunker: Any, embedder: Any,
-                    embed_batch: int, workers: int = 1) -> list[DocResult]:
+def chunk_and_embed(docs: Sequence[Document], chunker: Any, embedder: Any, embed_batch: int,
+                    workers: int = 1, progress: Callable[[int], None] | None = None,
+                    sizes: Sequence[int] | None = None) -> list[DocResult]:
     """Chunk ``docs`` (on ``workers`` processes: ``chunk_many``'s pool) and embed their chunks
     ``embed_batch`` texts at a time, longest first, in this process; results in document order.
     (The engines give each worker whole batches and call this with ``workers=1``.)
+
+    ``progress(n)``, if given, is called with the bytes done so far (of ``sizes``, the documents'
+    sizes in bytes): a document counts half when chunked and half when embedded. In this process
+    (``workers=1``) chunking reports fractions within a document through ``ragkit.progress``;
+    embedding reports after every embedder call, each chunk weighing its share of characters.
 
     A ``RagkitError`` raised for one document (a chunker refusing it, a text longer than the
     embedder reads) fails that document only, with the error's message; other errors propagate.
     """
     import numpy as np
 
+    from ragkit import progress as progress_mod
     from ragkit.chunkers.parallel import iter_chunk_results
     from ragkit.pipeline import stamp
     from ragkit.protocols import ChunksAndEmbeds
 
+    if progress is not None:
+        sizes = list(sizes) if sizes is not None else [_nbytes(d) for d in docs]
     results = [DocResult(doc) for doc in docs]
-    if isinstance(chunker, ChunksAndEmbeds):  # e.g. late chunking: its own vectors
-        for result in results:
+    chunked = 0
+
+    def chunked_one(i: int) -> None:
+        nonlocal chunked
+        if progress is not None:
+            chunked += sizes[i]
+            progress(chunked // 2)
+
+    if isinstance(chunker, ChunksAndEmbeds) or workers == 1:
+        for i, result in enumerate(results):
             doc = result.doc
+            listen = None
+            if progress is not None:
+                def listen(f: float, before: int = chunked, size: int = sizes[i]) -> None:
+                    progress(int(before + f * size) // 2)
             try:
-                chunks, vecs = chunker.chunk_and_embed(doc)
-                result.chunks = stamp(chunks, doc.content_hash)
-                result.vecs = np.asarray(vecs, dtype=np.float32).reshape(len(chunks), -1)
+                with progress_mod.listening(listen):
+                    if isinstance(chunker, ChunksAndEmbeds):  # e.g. late chunking: own vectors
+                        chunks, vecs = chunker.chunk_and_embed(doc)
+                        result.chunks = stamp(chunks, doc.content_hash)
+                        result.vecs = np.asarray(vecs, dtype=np.float32).reshape(len(chunks), -1)
+                    else:
+                        result.chunks = stamp(chunker.chunk(doc), doc.content_hash)
             except RagkitError as exc:
                 result.chunks, result.error = [], str(exc)
+            chunked_one(i)
     else:
-        for result, chunks in zip(results, iter_chunk_results(chunker, docs, workers=workers),
-                                  strict=True):
+        for i, (result, chunks) in enumerate(zip(
+                results, iter_chunk_results(chunker, docs, workers=workers), strict=True)):
             if isinstance(chunks, RagkitError):
                 result.chunks, result.error = [], str(chunks)
             else:
                 result.chunks = stamp(chunks, result.doc.content_hash)
+            chunked_one(i)
     todo = [r for r in results if r.vecs is None and not r.error]
+    done = None
+    if progress is not None:
+        waiting = {id(r) for r in todo}
+        base = sum(n for r, n in zip(results, sizes, strict=True) if id(r) not in waiting)
+        todo_bytes = sum(sizes) - base
+        todo_chars = max(1, sum(len(c.text) for r in todo for c in r.chunks))
+
+        def done(chars: int) -> None:  # each chunk weighs its share of the todo bytes
+            progress((chunked + base + todo_bytes * chars // todo_chars) // 2)
     try:
-        vecs = _embed(embedder, [c.text for r in todo for c in r.chunks], embed_batch)
+        vecs = _embed(embedder, [c.text for r in todo for c in r.chunks], embed_batch, done)
     except RagkitError:  # find which documents: each on its own
         for r in todo:
             try:
@@ -188,13 +224,20 @@ def chunk_and_embed(docs: Sequence[Document], chunker: Any, embedder: Any,
         for r in todo:
             r.vecs = vecs[start : start + len(r.chunks)]
             start += len(r.chunks)
+    if progress is not None:
+        progress(sum(sizes))
     return results
 
 
-def _embed(embedder: Any, texts: list[str], batch: int) -> Any:
+def _nbytes(doc: Document) -> int:
+    return len(doc.text) if doc.text.isascii() else len(doc.text.encode("utf-8"))
+
+
+def _embed(embedder: Any, texts: list[str], batch: int,
+           done: Callable[[int], None] | None = None) -> Any:
     from ragkit.pipeline import embed_sorted
 
-    return embed_sorted(embedder, texts, batch)  # (n, d), longest texts embedded together
+    return embed_sorted(embedder, texts, batch, done)  # (n, d), longest texts embedded together
 
 
 def chunk_record(c: Chunk) -> dict[str, Any]:
@@ -211,10 +254,8 @@ class ChunkEmbed:
     """The chunk-and-embed stage: built once per worker (the chunker and embedder load their
     models on first use and keep them), then called on batches of ``read_shards`` rows.
 
-    ``job``: ``{"chunker": spec, "embedder": spec, "index": spec, "embed_batch": int,
-    "write": "driver" | "index"}``. With ``"driver"`` the result rows carry chunks and vectors
-    back; with ``"index"`` this worker writes them to the index ``job["index"]`` names (a Chroma
-    server) itself, replacing the documents' earlier chunks, and the rows carry counts only.
+    ``job``: ``{"chunker": spec, "embedder": spec, "embed_batch": int, ...}``; the result rows
+    carry each document's chunks and vectors back to the driver.
     """
 
     def __init__(self, job: Mapping[str, Any]) -> None:
@@ -227,18 +268,19 @@ class ChunkEmbed:
         with imports_allowed(job.get("allow_import", False)):  # as the driver allowed
             self.chunker = build("chunker", job["chunker"], path="chunker")
             self.embedder = build("embedder", job["embedder"], path="embedder")
-            self.index = (build("index", job["index"], path="index") if job["write"] == "index"
-                          else None)
 
-    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
+    def __call__(self, batch: Mapping[str, Sequence[Any]],
+                 progress: Callable[[int], None] | None = None) -> dict[str, list]:
+        """The result rows of ``batch``; ``progress(nbytes)`` as in ``chunk_and_embed`` (the
+        local engine passes it; on Ray the driver hears of a batch when it is done)."""
         cpu = time.process_time()
         rows = rows_of(batch)
         docs = [Document(r["doc_id"], r["text"], json.loads(r["meta"]))
                 for r in rows if r["kind"] == "doc"]
+        sizes = [r["nbytes"] for r in rows if r["kind"] == "doc"]
         results = iter(chunk_and_embed(docs, self.chunker, self.embedder,
-                                       int(self.job["embed_batch"])))
+                                       int(self.job["embed_batch"]), progress=progress, sizes=sizes))
         out = []
-        written: list[DocResult] = []
         for row in rows:
             if row["kind"] != "doc":
                 out.append(row)
@@ -249,34 +291,18 @@ class ChunkEmbed:
             if r.error:
                 out.append(res | {"error": r.error})
                 continue
-            vecs = r.vecs if r.chunks else None
             res |= {"n_chunks": len(r.chunks),
                     "tokens": sum(int(c.metadata.get("tokens", 0)) for c in r.chunks)}
-            if self.index is not None:
-                written.append(r)
-            elif vecs is not None:
-                res |= {"chunks": json.dumps([chunk_record(c) for c in r.chunks],
-                                             ensure_ascii=False),
-                        "vecs": vecs.tobytes(), "dim": int(vecs.shape[1])}
+            if r.chunks:
+                res |= {"chunks": "\n".join(json.dumps(chunk_record(c), ensure_ascii=False)
+                                             for c in r.chunks),
+                        "vecs": r.vecs.tobytes(), "dim": int(r.vecs.shape[1])}
             out.append(res)
-        if written:
-            self._write(written)
         docs = [r for r in out if r["kind"] == "doc"]
         cpu = time.process_time() - cpu
         for r in docs:
             r["cpu_s"] = cpu / len(docs)
         return batch_of(out)
-
-    def _write(self, results: list[DocResult]) -> None:
-        """Replace the documents' chunks in the shared index (idempotent: a retried or resumed
-        batch writes the same ids again)."""
-        import numpy as np
-
-        self.index.delete([r.doc.id for r in results])
-        with_chunks = [r for r in results if r.chunks]
-        if with_chunks:
-            self.index.add([c for r in with_chunks for c in r.chunks],
-                           np.concatenate([r.vecs for r in with_chunks]))
 
 
 def shard_key(path: Path) -> str:

@@ -1,6 +1,6 @@
 """Ingestion on the local engine: the same index as ``RAGPipeline.add``, resumed runs that neither
 redo finished shards nor duplicate chunks (after an exception, after SIGKILL, with a torn ledger
-line), bad input reported with its path, the CLI, and a Chroma server written by the workers.
+line), bad input reported with its path, the CLI, and a Chroma server (committed by the driver).
 
 The Ray engine runs the same steps; tests/apps/test_ingest_ray.py compares it with this one."""
 
@@ -403,7 +403,7 @@ def test_import_stays_light():
     assert done.stdout.strip() == "[]"
 
 
-# -- a Chroma server, written by the workers --------------------------------------------------
+# -- a Chroma server: the driver commits to it, as to every index --------------------------------
 
 
 @pytest.mark.slow  # starts a Chroma server

@@ -141,7 +141,9 @@ def test_a_killed_ray_run_resumes_without_duplicates(cluster, corpus, tmp_path):
     assert_same_index(out, ref)
 
 
-def test_ray_workers_write_to_a_chroma_server(cluster, corpus, tmp_path):
+def test_ray_into_a_chroma_server_commits_through_the_driver(cluster, corpus, tmp_path):
+    """Workers never write to the server: their chunks come back to the driver, which keeps them
+    in parts and commits each document through the pipeline's write step (document log first)."""
     pytest.importorskip("chromadb")
     from tests.retrieval.index_helpers import chroma_server, free_port
 
@@ -152,9 +154,13 @@ def test_ray_workers_write_to_a_chroma_server(cluster, corpus, tmp_path):
     with chroma_server(tmp_path / "server", port):
         report = ingest(root, cfg, tmp_path / "out", engine=RAY, batch_size=16)
         assert report.documents == n and report.index_chunks > n
-        assert not list((tmp_path / "out" / "ingest" / "parts").iterdir())  # workers wrote
+        assert list((tmp_path / "out" / "ingest" / "parts").iterdir())  # the driver's parts
         got = RAGPipeline.load(tmp_path / "out")
+        docs = got.documents()  # from the folder's document log: every document, whole
         ref, _ = reference(root)
+        assert {d.id for d in docs} == {c.doc_id for c in ref.index.chunks()}
+        assert all(d.content_hash for d in docs)
+        assert sum(d.chunks for d in docs) == report.index_chunks
         assert sorted(got.index.chunks(), key=lambda c: c.id) == \
                sorted(ref.index.chunks(), key=lambda c: c.id)
         stored = got.index._connect().get(ids=[c.id for c in ref.index.chunks()],

@@ -149,3 +149,21 @@ def test_windows_report_their_exact_size(key, overlap):
     assert windows
     for start, end, n in windows:
         assert n == tok.count(text[start:end]) <= 40
+
+
+def test_inside_clusters_is_the_same_block_by_block(monkeypatch):
+    """The text is decoded to code points a block at a time (memory: 4 bytes a char for a block,
+    not for a 50 MB text); any block size gives the offsets of one pass over the whole text."""
+    import random
+
+    from ragkit.chunkers import graphemes
+
+    rng = random.Random(0)
+    parts = ["a", " ", "\r\n", "\r", "e\u0301", "\U0001F44D\U0001F3FD", "東", "\u200d",
+             "\U0001F468\u200d\U0001F469", "ü", "\n"]
+    for _ in range(200):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(1, 400)))
+        monkeypatch.setattr(graphemes, "_CODE_BLOCK", 1 << 30)
+        whole = graphemes.inside_clusters(text)
+        monkeypatch.setattr(graphemes, "_CODE_BLOCK", rng.randint(1, 50))
+        assert np.array_equal(graphemes.inside_clusters(text), whole), text

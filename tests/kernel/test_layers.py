@@ -37,6 +37,7 @@ KERNEL = frozenset({
     "ragkit.protocols", "ragkit.registry", "ragkit.testing", "ragkit.tokenizers", "ragkit.types",
     "ragkit.concurrency",  # the lock every index takes
     "ragkit.view",  # the chunk view: chunkers return its Chunks list
+    "ragkit.progress",  # how far a long component call has got (chunkers report, the CLI shows)
 })
 STRATEGIES = ("ragkit.chunkers", "ragkit.retrieval", "ragkit.generation")
 APPLICATIONS = ("ragkit.pipeline", "ragkit.cli", "ragkit.cli_corpus", "ragkit.cli_generate",
