@@ -5,6 +5,8 @@ package (sync and async, streaming and not) and plain HTTP for the error cases."
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import subprocess
 import sys
 import time
@@ -348,6 +350,36 @@ def test_a_client_that_disconnects_stops_its_generation(tmp_path):
         assert engine.cancelled == 1  # stopped at a piece, not run to its end
         metrics = urllib.request.urlopen(s.url + "/metrics").read().decode()
         assert "ragkit_generations_cancelled_total 1.0" in metrics
+
+
+def test_a_non_streaming_client_that_disconnects_stops_its_generation(tmp_path):
+    folder = build_index(tmp_path / "idx")
+    with ServerThread(tiny_served(folder, max_new_tokens=4000), folder,
+                      limits=Limits(max_tokens=4000)) as s:
+        engine = s.state.engine
+        body = json.dumps({"model": "SmolLM2-135M-Instruct", "max_tokens": 4000,
+                           "messages": [{"role": "user", "content": QUESTION}]}).encode()
+        port = int(s.url.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        deadline = time.monotonic() + 60
+        while not engine.pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.pending == 1  # the answer is being generated; nothing has been sent
+        time.sleep(0.3)  # let it produce a few tokens (not asserted on)
+        sock.close()  # the client goes away before its answer is ready
+        deadline = time.monotonic() + 60
+        while engine.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.pending == 0
+        assert engine.cancelled == 1  # stopped, not run to its 4000 tokens
+        metrics = urllib.request.urlopen(s.url + "/metrics").read().decode()
+        assert "ragkit_generations_cancelled_total 1.0" in metrics
+        assert 'status="499"' in metrics
+        r = ask(client(s), max_tokens=2)  # the server goes on answering
+        assert r.choices[0].message.content is not None
 
 
 def test_a_full_queue_is_a_429(tmp_path):
