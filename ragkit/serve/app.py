@@ -185,7 +185,8 @@ def create_app(
         query = check_question(body.query, "query", limits)
         k = check_k(body.k, limits)
         hits, _ = await run_retrieve(state, query, k, body.filters)
-        return {"object": "list", "hits": [source_of(h) for h in hits]}
+        return {"object": "list",
+                "hits": [{**source_of(h), "metadata": metadata_of(h.chunk)} for h in hits]}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request) -> Any:
@@ -395,6 +396,12 @@ def source_of(hit: Hit) -> dict[str, Any]:
     c = hit.chunk
     return {"id": c.id, "doc_id": c.doc_id, "source": c.metadata.get("source", c.doc_id),
             "start": c.start, "end": c.end, "score": hit.score, "text": c.text}
+
+
+def metadata_of(chunk: Any) -> dict[str, Any]:
+    """A chunk's metadata as clients see it: its document's (``POST /v1/documents``
+    ``metadata``, ``source``) and the chunker's (``tokens``...), without the content hash."""
+    return {key: value for key, value in chunk.metadata.items() if key != "doc_hash"}
 
 
 def spans_text(chunks: list[Any]) -> str:

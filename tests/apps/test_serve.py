@@ -60,7 +60,8 @@ def doc_text(doc_id: str) -> str:
 def check_sources(sources, own_text=doc_text) -> None:
     assert sources
     for s in sources:
-        assert set(s) == {"id", "doc_id", "source", "start", "end", "score", "text"}
+        assert set(s) - {"metadata"} == {"id", "doc_id", "source", "start", "end", "score",
+                                         "text"}
         assert own_text(s["doc_id"])[s["start"]:s["end"]] == s["text"]
         assert s["id"] == f"{s['doc_id']}:{s['start']}-{s['end']}"
 
@@ -206,6 +207,38 @@ def test_documents_add_update_delete_are_searchable_and_saved(server):
     status, page = http("GET", url + "/v1/documents?offset=1&limit=2")
     assert status == 200 and [d["id"] for d in page["data"]] == ["honeybees.md",
                                                                   "photosynthesis.md"]
+
+
+def test_document_metadata_is_kept_on_its_chunks_and_filters_use_it(server):
+    url = server.url
+    texts = {f"meta/{i}.md": f"The lyrebird archive note {i} mentions copper lanterns and "
+             f"basalt orchards in paragraph {i}." for i in range(3)}
+    body = [{"id": doc_id, "text": text, "metadata": {"team": "birds" if i else "rocks",
+                                                       "year": 2020 + i}}
+            for i, (doc_id, text) in enumerate(texts.items())]
+    status, added = http("POST", url + "/v1/documents", body)
+    assert status == 200 and added["added"] == 3
+    status, hits = http("POST", url + "/v1/retrieve",
+                        {"query": "lyrebird archive copper lanterns", "k": 10,
+                         "filters": {"team": "birds"}})
+    assert status == 200
+    assert {h["doc_id"] for h in hits["hits"]} == {"meta/1.md", "meta/2.md"}
+    for h in hits["hits"]:
+        assert h["metadata"]["team"] == "birds"
+        assert h["metadata"]["year"] == 2020 + int(h["doc_id"][5])
+        assert h["metadata"]["source"] == h["doc_id"] and "doc_hash" not in h["metadata"]
+        assert texts[h["doc_id"]][h["start"]:h["end"]] == h["text"]
+    status, hits = http("POST", url + "/v1/retrieve",
+                        {"query": "lyrebird", "k": 10, "filters": {"year": 2020}})
+    assert [h["doc_id"] for h in hits["hits"]] == ["meta/0.md"]
+    r = ask(client(server), "lyrebird archive copper lanterns", max_tokens=2, k=5,
+            filters={"team": "rocks"})
+    assert {s["doc_id"] for s in r.model_extra["ragkit"]["sources"]} == {"meta/0.md"}
+    # kept on disk with the chunks: the saved folder reopened has it
+    chunks = RAGPipeline.load(server.folder).index.doc_chunks("meta/2.md")
+    assert chunks and all(c.metadata["team"] == "birds" for c in chunks)
+    for doc_id in texts:
+        assert http("DELETE", url + "/v1/documents/" + doc_id)[0] == 200
 
 
 DROP = object()  # a field left out of the body
