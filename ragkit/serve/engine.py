@@ -132,12 +132,6 @@ class GenerationEngine:
         finally:
             cancel.set()  # no-op after "done"; stops the worker if the consumer left early
 
-
-def _load(gen: Any) -> None:
-    getattr(gen, "lm", None)  # the transformers backend loads (or converts) its model here
-    getattr(gen, "fingerprint", None)  # KV keys hash the weights once
-
-
     async def _concurrent(
         self, gen: Any, query: str, hits: Sequence[Hit], cancel: threading.Event
     ) -> AsyncIterator[str | Answer]:
@@ -161,3 +155,8 @@ def _load(gen: Any) -> None:
             with self._lock:
                 self.pending -= 1
                 self.cancelled += outcome == "cancelled"
+
+
+def _load(gen: Any) -> None:
+    getattr(gen, "lm", None)  # the transformers backend loads (or converts) its model here
+    getattr(gen, "fingerprint", None)  # KV keys hash the weights once

@@ -236,7 +236,7 @@ def test_repeated_chunk_set_hits_the_prefix_cache(engine):
 def test_server_hands_concurrent_requests_to_the_async_engine(engine, tmp_path):
     """``ragkit serve`` with the vllm generator: two questions asked at once both go into vLLM's
     async engine (its scheduler reports both running in one step), and each gets its own answer
-    over its own sources, the same as when asked alone."""
+    over its own sources, as when asked alone (where the scheduler runs one)."""
     import asyncio
 
     openai = pytest.importorskip("openai")
@@ -273,12 +273,21 @@ def test_server_hands_concurrent_requests_to_the_async_engine(engine, tmp_path):
             assert s.state.engine.pending == 0 and s.state.engine.cancelled == 0
     finally:
         pipe.generator.close()
+    seen = [(r.choices[0].message.content, r.model_extra["ragkit"]["timings"],
+             [src["doc_id"] for src in r.model_extra["ragkit"]["sources"]]) for r in both + solo]
     for r, one, (question, doc_id) in zip(both, solo, questions.items()):
-        extra = r.model_extra["ragkit"]
-        assert {src["doc_id"] for src in extra["sources"]} == {doc_id}  # its own retrieval
-        assert extra["timings"]["engine_running_max"] == 2  # both in the engine's batch at once
-        assert one.model_extra["ragkit"]["timings"]["engine_running_max"] == 1
-        assert r.choices[0].message.content == one.choices[0].message.content, question
+        extra, alone_extra = r.model_extra["ragkit"], one.model_extra["ragkit"]
+        assert extra["sources"][0]["doc_id"] == doc_id, seen  # its own retrieval
+        assert extra["sources"] == alone_extra["sources"], seen
+        # both were in the engine's running batch at one step; asked alone, each ran by itself
+        assert extra["timings"]["engine_running_max"] == 2, seen
+        assert alone_extra["timings"]["engine_running_max"] == 1, seen
         assert r.usage.completion_tokens > 0
-    assert "1889" in both[0].choices[0].message.content
-    assert "1889" not in both[1].choices[0].message.content
+    # each answer is about its own question, together as alone. (Not compared token for token:
+    # a bfloat16 step batched with another request, or over cached prefix blocks, is not bitwise
+    # the solo step, and a near tie can flip a later greedy token; vLLM promises no batch
+    # invariance.)
+    for answers in (both, solo):
+        eiffel, bees = (r.choices[0].message.content for r in answers)
+        assert "1889" in eiffel and "bee" not in eiffel.lower(), seen
+        assert "bee" in bees.lower() and "1889" not in bees and "eiffel" not in bees.lower(), seen
