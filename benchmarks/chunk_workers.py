@@ -32,13 +32,13 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     here = str(Path(__file__).resolve().parent)
     if here not in sys.path:  # loaded by path (tests), not run as a script
         sys.path.insert(0, here)
-    from chunk_throughput import build_corpus
+    from prose_corpus import build_corpus
 
-    import ragkit.chunkers.base as base
+    import ragkit.chunkers.parallel as parallel
     from ragkit.config import build
     from ragkit.types import Document
 
-    base.MIN_BATCH_CHARS = args.min_batch_chars  # measure the processes, not the in-process path
+    parallel.MIN_BATCH_CHARS = args.min_batch_chars  # measure the processes, not the in-process path
 
     docs = [Document(i, t) for i, t in build_corpus(args.mb)]
     say(f"corpus: {len(docs)} documents, {args.mb:g} MB; {os.cpu_count()} CPUs; "

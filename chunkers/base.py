@@ -1,4 +1,7 @@
-"""The chunker protocol and the span machinery the strategies share.
+"""The chunker protocol and the span machinery the strategies share: cut points, the token index
+of a text, token windows and packing units into chunks. Grapheme clusters are in
+``ragkit.chunkers.graphemes``, chunking many documents on many cores in ``ragkit.chunkers.parallel``
+(both re-exported here). No strategy lives here.
 
 Every chunker returns chunks whose text is exactly ``doc.text[start:end]``, in document order,
 with no leading or trailing whitespace, covering every non-whitespace character of the document,
@@ -11,10 +14,9 @@ marks, a ZWJ emoji sequence) that no cut may split.
 from __future__ import annotations
 
 import functools
-import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -24,6 +26,16 @@ from ragkit.protocols import SplitsAtAsciiEdges, SplitsAtWordEnds
 from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, Tokenizer, ascii_edge
 from ragkit.types import Chunk, Document
 from ragkit.view import Chunks
+from ragkit.chunkers.graphemes import inside_clusters, trim
+# re-exported: strategies and callers import these from here
+from ragkit.chunkers.graphemes import grapheme_starts, on_boundary  # noqa: F401
+from ragkit.chunkers.parallel import (  # noqa: F401
+    ChunkMany,
+    check_workers,
+    chunk_many,
+    cpu_count,
+    iter_chunk_many,
+)
 
 Span = tuple[int, int]
 
@@ -31,128 +43,6 @@ Span = tuple[int, int]
 @runtime_checkable
 class Chunker(Protocol):
     def chunk(self, doc: Document) -> list[Chunk]: ...
-
-
-# -- many documents, on every core ------------------------------------------------------------
-
-
-class ChunkMany:
-    """Mixin giving a chunker ``chunk_many(docs, workers=N)``: see ``chunk_many``."""
-
-    def chunk_many(self, docs: Iterable[Document], *, workers: int = 1) -> list[list[Chunk]]:
-        return chunk_many(self, docs, workers=workers)
-
-
-def chunk_many(chunker: Chunker, docs: Iterable[Document], *, workers: int = 1) -> list[list[Chunk]]:
-    """Every document's chunks, one list per document in input order, on ``workers`` processes.
-
-    ``workers=1`` chunks in this process. More workers start that many processes (``spawn``, so
-    it works wherever Python runs and never forks a process holding Rust thread pools); each
-    builds its own chunker from the chunker's config (``to_config``), not from a pickled object,
-    so a chunker whose tokenizer or model is loaded lazily loads it once per worker. Documents go
-    out in batches of roughly equal size and the chunks come back as spans rebuilt against the
-    parent's documents, so the result is exactly ``[chunker.chunk(d) for d in docs]``: the same
-    chunks, ids, offsets and metadata.
-
-    A worker costs its start-up: ~1-2.5 s on a 2-core machine for the imports and the cl100k
-    tokenizer's tables, while one process chunks 20 MB in ~2 s (benchmarks/chunk_workers.py: 2
-    workers were 0.3-0.5x of 1 on 20 MB). So ``workers`` is an upper bound: a batch holds at
-    least ``MIN_BATCH_CHARS`` (25 M chars), and a corpus of one batch (or one document: a
-    document is never split) is chunked in this process.
-    """
-    return list(iter_chunk_many(chunker, docs, workers=workers))
-
-
-def iter_chunk_many(
-    chunker: Chunker, docs: Iterable[Document], *, workers: int = 1
-) -> Iterator[list[Chunk]]:
-    """``chunk_many`` lazily: each document's chunks as soon as its batch is done, in order."""
-    check_workers(workers)
-    docs = list(docs)
-    batches = _batches(docs, workers)
-    if len(batches) <= 1:
-        for doc in docs:
-            yield chunker.chunk(doc)
-        return
-    import concurrent.futures
-    import multiprocessing
-
-    from ragkit.config import to_config
-
-    try:
-        spec = to_config(chunker, "chunker")
-    except TypeError:
-        raise ConfigError(
-            f"workers={workers} needs a chunker that is a config dataclass (a registered "
-            f"chunker or a 'module:Class' one); got {type(chunker).__qualname__}; use workers=1",
-            path="workers",
-        ) from None
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=min(workers, len(batches)),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(spec,),
-    ) as pool:
-        for batch, spans in zip(batches, pool.map(_chunk_batch, batches)):
-            for doc, rows in zip(batch, spans, strict=True):
-                yield [Chunk(doc.id, s, e, doc.text[s:e], i, meta) for s, e, i, meta in rows]
-
-
-def check_workers(workers: Any, *, path: str = "workers") -> None:
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"must be an int >= 1 (processes); got {workers!r}", path=path)
-
-
-def cpu_count() -> int:
-    """The cores this process may run on (its affinity where the OS tells it), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-_BATCHES_PER_WORKER = 4  # several batches each, so one long document does not leave a core idle
-MIN_BATCH_CHARS = 25_000_000  # from the 20 MB measurement; where 2 workers start to win is unmeasured
-_MAX_BATCH_CHARS = 50_000_000
-
-
-def _batches(docs: list[Document], workers: int) -> list[list[Document]]:
-    """Consecutive runs of documents of about equal total length (all in one for one worker)."""
-    if workers == 1:
-        return [docs]
-    total = sum(len(d.text) for d in docs)
-    target = min(max(total // (workers * _BATCHES_PER_WORKER), MIN_BATCH_CHARS), _MAX_BATCH_CHARS)
-    out: list[list[Document]] = [[]]
-    size = 0
-    for doc in docs:
-        if out[-1] and size + len(doc.text) > target:
-            out.append([])
-            size = 0
-        out[-1].append(doc)
-        size += len(doc.text)
-    return out
-
-
-_WORKER_CHUNKER: Any = None
-
-
-def _start_worker(spec: dict[str, Any]) -> None:
-    global _WORKER_CHUNKER
-    from ragkit.config import build
-
-    _WORKER_CHUNKER = build("chunker", spec)
-
-
-def _chunk_batch(batch: list[Document]) -> list[list[tuple[int, int, int, Any]]]:
-    """Each document's chunks as ``(start, end, index, metadata)``: the text goes back only once,
-    in the parent's copy of the document."""
-    out = []
-    for doc in batch:
-        chunks = _WORKER_CHUNKER.chunk(doc)
-        if any(c.doc_id != doc.id for c in chunks):
-            raise RuntimeError(f"chunker returned chunks of another document than {doc.id!r}")
-        out.append([(c.start, c.end, c.index, c.metadata) for c in chunks])
-    return out
 
 
 def check_size(chunk_size: int, overlap: int, *, overlap_unit: str = "tokens") -> None:
@@ -180,107 +70,6 @@ def make_chunks(doc: Document, spans: Sequence[Span], tokens: Sequence[int]) -> 
         Chunk(doc.id, s, e, doc.text[s:e], i, {**meta, "tokens": int(n)})
         for i, ((s, e), n) in enumerate(zip(spans, tokens, strict=True))
     ), [doc])
-
-
-def trim(text: str, start: int, end: int) -> Span:
-    """``[start, end)`` without leading and trailing whitespace (an all-whitespace span collapses
-    to an empty one). ``start`` and ``end`` must be grapheme cluster boundaries; so are the
-    results: a whitespace character that shares a cluster with a non-space one (a space carrying
-    a combining mark, a space after a prepended mark) is kept rather than split off."""
-    if start < end and not text[start].isspace() and not text[end - 1].isspace():
-        return start, end  # the common case, nothing to trim
-    s, e = start, end
-    while s < e and text[s].isspace():
-        s += 1
-    while e > s and text[e - 1].isspace():
-        e -= 1
-    if start < s < e and not text[s].isascii() and _cluster_end(text, s - 1, e) > s:
-        s -= 1  # text[s - 1] is whitespace and opens the cluster of text[s]
-    if s < e < end and not text[e - 1].isascii():
-        e = _cluster_end(text, e - 1, end)  # text[e - 1] may be a prefix of the space after it
-    return s, e
-
-
-def _cluster_end(text: str, pos: int, endpos: int) -> int:
-    import regex
-
-    return regex.match(r"\X", text, pos=pos, endpos=endpos).end()
-
-
-def grapheme_starts(text: str) -> np.ndarray | None:
-    """Char offsets where grapheme clusters start, or ``None`` when every offset is one."""
-    inside = _inside_clusters(text)
-    if len(inside) == 0:
-        return None
-    return np.setdiff1d(np.arange(len(text), dtype=np.int64), inside, assume_unique=True)
-
-
-def on_boundary(starts: np.ndarray | None, pos: int) -> bool:
-    """Whether ``pos`` (``< len(text)``) starts a grapheme cluster, given ``grapheme_starts``."""
-    if starts is None:
-        return True
-    i = int(np.searchsorted(starts, pos))
-    return i < len(starts) and int(starts[i]) == pos
-
-
-# Characters that can join the character before or after them into one grapheme cluster: every
-# rule of UAX #29 that forbids a break has one of these on a side of it (CR LF; Hangul L, V, T,
-# LV, LVT; Extend, ZWJ and SpacingMark after; Prepend before; regional indicator pairs; and the
-# emoji ZWJ and Indic conjunct sequences, whose joiners are ZWJ and Extend). Between two other
-# characters there is always a boundary, so only the neighbourhood of these needs ``\X``.
-_GLUE = (
-    r"[\r\p{GCB=Extend}\p{GCB=ZWJ}\p{GCB=SpacingMark}\p{GCB=Prepend}\p{GCB=Regional_Indicator}"
-    r"\p{GCB=L}\p{GCB=V}\p{GCB=T}\p{GCB=LV}\p{GCB=LVT}]"
-)
-# Where glue other than CR lives: from U+0300 (the first combining mark) through the SMP, and the
-# tags and variation selectors of plane 14 (tests/chunkers/test_chunker_base.py checks all of Unicode).
-_GLUE_PLANES = ((0x300, 0x20000), (0xE0000, 0xE1000))
-_NO_INSIDE = np.zeros(0, dtype=np.int64)
-
-
-@functools.cache
-def _glue_ranges() -> tuple[np.ndarray, np.ndarray]:
-    """Glue code points as sorted half-open ranges ``[lo[i], hi[i])``, read off ``regex`` once."""
-    import regex
-
-    los: list[int] = []
-    his: list[int] = []
-    for first, stop in _GLUE_PLANES:
-        chars = "".join(map(chr, range(first, stop)))
-        for m in regex.finditer(_GLUE + "+", chars):
-            los.append(first + m.start())
-            his.append(first + m.end())
-    return np.asarray(los, dtype=np.int64), np.asarray(his, dtype=np.int64)
-
-
-def _inside_clusters(text: str) -> np.ndarray:
-    """Sorted char offsets that fall inside a grapheme cluster (not at its start): the offsets
-    ``grapheme_starts`` leaves out, found without walking the whole text cluster by cluster."""
-    if text.isascii():
-        if "\r\n" not in text:
-            return _NO_INSIDE
-        data = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-        return np.flatnonzero((data[:-1] == 13) & (data[1:] == 10)).astype(np.int64) + 1
-    import regex
-
-    code = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    maybe = np.flatnonzero((code >= _GLUE_PLANES[0][0]) | (code == 13))
-    lo, hi = _glue_ranges()
-    cp = code[maybe].astype(np.int64)
-    k = np.searchsorted(lo, cp, side="right") - 1
-    glue = maybe[(cp == 13) | ((k >= 0) & (cp < hi[np.maximum(k, 0)]))]
-    if len(glue) == 0:
-        return _NO_INSIDE
-    # Regions bounded by sure boundaries: from the char before a run of glue to the char after
-    # it, merged when they overlap (glue at most one char apart).
-    first = np.flatnonzero(np.diff(glue, prepend=-3) > 2)
-    region_lo = np.maximum(glue[first] - 1, 0)
-    region_hi = np.minimum(glue[np.append(first[1:], len(glue)) - 1] + 2, len(text))
-    inside: list[int] = []
-    for a, b in zip(region_lo.tolist(), region_hi.tolist()):
-        for m in regex.finditer(r"\X", text, pos=a, endpos=b):
-            inside.extend(range(m.start() + 1, m.end()))
-    return np.asarray(inside, dtype=np.int64) if inside else _NO_INSIDE
 
 
 def cut_points(text: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +106,7 @@ class TokenIndex:
         self.text = text
         self.tokenizer = tokenizer
         self.starts = np.asarray(tokenizer.token_starts(text), dtype=np.int64)
-        self.inside = _inside_clusters(text)
+        self.inside = inside_clusters(text)
         self._additive = (isinstance(tokenizer, SplitsAtWordEnds)
                           and tokenizer.splits_at_word_ends is True)
         self._edges = self._additive and (isinstance(tokenizer, SplitsAtAsciiEdges)

@@ -36,6 +36,10 @@ the collection is copied into a new ``PersistentClient`` at ``path/data``, swapp
 Thread safety: many readers and one writer at a time, through the readers-writer lock of
 ``ragkit.concurrency`` around every public method (see there for why a lock and not
 copy-on-write); ``replace`` swaps a document's chunks in one write.
+
+This module holds the connection, the contents and search; how chunks and filters become Chroma
+metadata is in ``ragkit.retrieval.chroma_codec``, saving and loading in
+``ragkit.retrieval.chroma_persist``.
 """
 
 from __future__ import annotations
@@ -44,16 +48,12 @@ import importlib.util
 import itertools
 import json
 import logging
-import math
 import os
 import re
-import shutil
-import tempfile
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -61,30 +61,27 @@ import numpy as np
 from ragkit._deps import require
 from ragkit.concurrency import Guarded, reads, writes
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError, RagkitError
-from ragkit.types import Chunk, Hit
+from ragkit.retrieval.chroma_codec import (
+    FIELD,
+    NOTHING,
+    decode_chunk,
+    decode_metadata,
+    encode_chunk,
+    where_clause,
+)
+from ragkit.retrieval.chroma_persist import FORMAT, HELD_OPEN, VERSION, ChromaPersistence
 from ragkit.retrieval.memory_index import (
     IndexFileError,
     _normalise,
-    _swap_in,
     check_vecs,
-    read_meta,
 )
+from ragkit.types import Chunk, Hit
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ragkit.chroma_index"
-VERSION = 1
 METRICS = ("cosine", "ip")
-POINTER = "chroma.json"  # save(path) writes path/chroma.json ...
-DATA = "data"  # ... and, when it copies, a PersistentClient folder path/data
-
-_FIELD = "ragkit:"  # chunk fields in Chroma metadata: ragkit:doc_id, ragkit:start, ...
-_JSON = "ragkit.json:"  # metadata Chroma cannot hold as is, JSON-encoded
-_INT64 = (-(2**63), 2**63 - 1)
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{1,478}[a-zA-Z0-9]")
-_NOTHING = object()  # a filter that no chunk can match
 _ephemeral = itertools.count()  # in-memory collections get a process-unique name
-_open: dict[str, int] = {}  # persistent folders held open by ChromaIndex objects, by abspath
 
 
 class ChromaConnectionError(RagkitError, ConnectionError):
@@ -92,7 +89,7 @@ class ChromaConnectionError(RagkitError, ConnectionError):
 
 
 @dataclass(kw_only=True)
-class ChromaIndex(Guarded):
+class ChromaIndex(ChromaPersistence, Guarded):
     """Nearest-neighbour search over chunk vectors stored in Chroma; see the module docstring.
 
     ``metric="cosine"`` L2-normalises stored and query vectors (Chroma space ``cosine``);
@@ -176,7 +173,7 @@ class ChromaIndex(Guarded):
             name = f"{self.collection[:400]}-mem{next(_ephemeral)}"
         drop = name if self.path is None and self.host is None else None
         if held is not None:
-            _open[held] = _open.get(held, 0) + 1
+            HELD_OPEN[held] = HELD_OPEN.get(held, 0) + 1
         self._close = weakref.finalize(self, _release, client, held, drop)
         try:
             if create:
@@ -320,7 +317,7 @@ class ChromaIndex(Guarded):
         while True:
             got = col.get(limit=size, offset=offset, include=["documents", "metadatas"])
             for cid, text, meta in zip(got["ids"], got["documents"], got["metadatas"]):
-                yield _decode(cid, text, meta)
+                yield decode_chunk(cid, text, meta)
             if len(got["ids"]) < size:
                 return
             offset += size
@@ -328,19 +325,19 @@ class ChromaIndex(Guarded):
     @reads
     def doc_chunks(self, doc_id: str) -> list[Chunk]:
         """The stored chunks of one document, in document order."""
-        got = self._connect().get(where={_FIELD + "doc_id": doc_id},
+        got = self._connect().get(where={FIELD + "doc_id": doc_id},
                                   include=["documents", "metadatas"])
-        chunks = [_decode(*r) for r in zip(got["ids"], got["documents"], got["metadatas"])]
+        chunks = [decode_chunk(*r) for r in zip(got["ids"], got["documents"], got["metadatas"])]
         return sorted(chunks, key=lambda c: (c.start, c.end))
 
     @reads
     def doc_hash(self, doc_id: str) -> str | None:
         """The ``doc_hash`` metadata stored with the document's chunks, if it is indexed."""
-        got = self._connect().get(where={_FIELD + "doc_id": doc_id}, limit=1,
+        got = self._connect().get(where={FIELD + "doc_id": doc_id}, limit=1,
                                   include=["metadatas"])
         if not got["ids"]:
             return None
-        return _decode_metadata(got["metadatas"][0]).get("doc_hash")
+        return decode_metadata(got["metadatas"][0]).get("doc_hash")
 
     @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
@@ -363,7 +360,7 @@ class ChromaIndex(Guarded):
             vecs = _normalise(vecs)
         last = {c.id: i for i, c in enumerate(chunks)}  # the same id twice: the last one wins
         rows = sorted(last.values())
-        records = [_encode(chunks[i]) for i in rows]  # every chunk checked before any write
+        records = [encode_chunk(chunks[i]) for i in rows]  # every chunk checked before any write
         size = self._batch()
         for start in range(0, len(rows), size):
             batch = rows[start : start + size]
@@ -391,7 +388,7 @@ class ChromaIndex(Guarded):
         removed = 0
         size = self._batch()
         for start in range(0, len(docs), 100):
-            where = {_FIELD + "doc_id": {"$in": docs[start : start + 100]}}
+            where = {FIELD + "doc_id": {"$in": docs[start : start + 100]}}
             ids = col.get(where=where, include=[])["ids"]
             for i in range(0, len(ids), size):
                 col.delete(ids=ids[i : i + size])
@@ -420,9 +417,9 @@ class ChromaIndex(Guarded):
         col = self._connect()
         self._refresh_dim()
         q = self._check_vecs(q, what="query vectors")
-        where = _where(filter)
+        where = where_clause(filter)
         empty: list[list[Hit]] = [[] for _ in range(q.shape[0])]
-        if k == 0 or where is _NOTHING or self._dim is None or col.count() == 0:
+        if k == 0 or where is NOTHING or self._dim is None or col.count() == 0:
             return empty
         if self.metric == "cosine":
             q = _normalise(q)
@@ -434,107 +431,10 @@ class ChromaIndex(Guarded):
             for ids, texts, metas, dists in zip(got["ids"], got["documents"], got["metadatas"],
                                                 got["distances"]):
                 out.append([
-                    Hit(chunk=_decode(cid, text, meta), score=float(1.0 - dist), rank=rank)
+                    Hit(chunk=decode_chunk(cid, text, meta), score=float(1.0 - dist), rank=rank)
                     for rank, (cid, text, meta, dist) in enumerate(zip(ids, texts, metas, dists))
                 ])
         return out
-
-    # -- save / load ---------------------------------------------------------------------------
-
-    @reads
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a pointer to this index to folder ``path`` (and copy the data there unless the
-        data already lives under ``path`` or on a server); see the module docstring."""
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise IndexFileError(f"{path}: exists and is not a folder; cannot save an index there")
-        col = self._connect()
-        self._sync_info()
-        pointer: dict[str, Any] = {"format": FORMAT, "version": VERSION,
-                                   "collection": self.collection, "metric": self.metric,
-                                   "count": col.count(), "info": self._info}
-        target = os.path.abspath(path)
-        own = os.path.abspath(self.path) if self.path is not None else None
-        if own is not None and (own == target or own.startswith(target + os.sep)):
-            # The data already lives under path (it was loaded from there): point at it.
-            pointer["path"] = os.path.relpath(own, target)
-            tmp = path / f".{POINTER}.tmp"
-            tmp.write_text(json.dumps(pointer, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, path / POINTER)
-            return
-        if path.is_dir() and any(path.iterdir()) and not (path / POINTER).exists():
-            raise IndexFileError(
-                f"{path}: folder is not empty and holds no saved index (no {POINTER}); "
-                "refusing to overwrite it"
-            )
-        busy = [p for p in _open if p == target or p.startswith(target + os.sep)]
-        if busy:
-            raise IndexFileError(
-                f"{path}: a ChromaIndex in this process has {busy[0]} open; close() it before "
-                "saving over it"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            if self.host is not None:
-                pointer |= {"host": self.host, "port": self.port}
-            else:
-                pointer["path"] = DATA
-                self._copy_to(tmp / DATA)
-            (tmp / POINTER).write_text(json.dumps(pointer, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    def _copy_to(self, folder: Path) -> None:
-        chromadb = require("chromadb", extra="chroma", component="index 'chroma'")
-        client = chromadb.PersistentClient(path=str(folder))
-        try:
-            meta = {"ragkit:format": FORMAT, "ragkit:version": VERSION,
-                    "ragkit:info": json.dumps(self._info, sort_keys=True)}
-            if self._dim is not None:
-                meta["ragkit:dim"] = self._dim
-            dst = client.create_collection(
-                self.collection, embedding_function=None,
-                configuration={"hnsw": {"space": self.metric}}, metadata=meta,
-            )
-            offset, size = 0, self._batch()
-            while True:
-                got = self._col.get(limit=size, offset=offset,
-                                    include=["embeddings", "documents", "metadatas"])
-                if not got["ids"]:
-                    break
-                dst.add(ids=got["ids"], documents=got["documents"], metadatas=got["metadatas"],
-                        embeddings=np.asarray(got["embeddings"], dtype=np.float32))
-                offset += len(got["ids"])
-        finally:
-            client.close()
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ChromaIndex:
-        """Open the index that ``save`` pointed to from folder ``path``; raises
-        ``IndexFileError`` naming the path if the pointer or the collection is missing."""
-        path = Path(path)
-        pointer = _read_pointer(path)
-        common = {"collection": pointer["collection"], "metric": pointer["metric"]}
-        try:
-            if "host" in pointer:
-                index = cls(host=pointer["host"], port=pointer["port"], **common)
-            else:
-                data = os.path.normpath(path / pointer["path"])
-                if not os.path.isdir(data):
-                    raise IndexFileError(f"{data}: the Chroma data folder {POINTER} names is "
-                                         "missing")
-                index = cls(path=data, **common)
-        except ConfigError as exc:
-            raise IndexFileError(f"{path / POINTER}: invalid settings ({exc})") from None
-        errors = require("chromadb.errors", extra="chroma", component="index 'chroma'")
-        try:
-            index._connect(create=False)
-        except errors.ChromaError as exc:
-            raise IndexFileError(f"{index._where_text()}: Chroma cannot open it ({exc})") from None
-        return index
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -556,9 +456,9 @@ def _space(col: Any) -> str | None:
 def _release(client: Any, held: str | None, drop: str | None) -> None:
     """Close a client (the finalizer of a ChromaIndex: it must not reference the index)."""
     if held is not None:
-        _open[held] -= 1
-        if not _open[held]:
-            del _open[held]
+        HELD_OPEN[held] -= 1
+        if not HELD_OPEN[held]:
+            del HELD_OPEN[held]
     try:
         if drop is not None:
             client.delete_collection(drop)
@@ -568,94 +468,3 @@ def _release(client: Any, held: str | None, drop: str | None) -> None:
 
 
 # -- chunks <-> Chroma records ------------------------------------------------------------------
-
-
-def _native(key: Any, value: Any) -> bool:
-    """Whether ``key: value`` can be stored in Chroma metadata as is."""
-    if not isinstance(key, str) or not key or key[0] in "$#" or key.startswith("ragkit"):
-        return False
-    if isinstance(value, str | bool):
-        return True
-    if isinstance(value, int):
-        return _INT64[0] <= value <= _INT64[1]
-    return isinstance(value, float) and math.isfinite(value)
-
-
-def _encode_item(key: str, value: Any) -> tuple[str, Any]:
-    if _native(key, value):
-        return key, value
-    return _JSON + key, json.dumps(value, ensure_ascii=False, allow_nan=False, sort_keys=True)
-
-
-def _encode(c: Chunk) -> dict[str, Any]:
-    meta: dict[str, Any] = {_FIELD + "doc_id": c.doc_id, _FIELD + "start": c.start,
-                            _FIELD + "end": c.end, _FIELD + "index": c.index}
-    for key, value in c.metadata.items():
-        if not isinstance(key, str):
-            raise IndexMismatchError(f"chunk {c.id!r}: metadata key {key!r} is not a str")
-        try:
-            ck, cv = _encode_item(key, value)
-        except (TypeError, ValueError) as exc:
-            raise IndexMismatchError(
-                f"chunk {c.id!r}: metadata {key!r} cannot be stored in Chroma: it is not plain "
-                f"JSON data ({exc})"
-            ) from None
-        meta[ck] = cv
-    return meta
-
-
-def _decode_metadata(meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    out = {}
-    for key, value in (meta or {}).items():
-        if key.startswith(_JSON):
-            out[key[len(_JSON):]] = json.loads(value)
-        elif not key.startswith(_FIELD):
-            out[key] = value
-    return out
-
-
-def _decode(cid: str, text: str | None, meta: Mapping[str, Any]) -> Chunk:
-    return Chunk(meta[_FIELD + "doc_id"], meta[_FIELD + "start"], meta[_FIELD + "end"],
-                 text or "", meta[_FIELD + "index"], _decode_metadata(meta))
-
-
-def _where(filter: Mapping[str, Any] | None) -> Any:
-    """A Chroma ``where`` for a ragkit filter; ``None`` for no filter, ``_NOTHING`` if no chunk
-    can match (an empty list of values)."""
-    if not filter:
-        return None
-    if not isinstance(filter, Mapping):
-        raise TypeError(f"filter must be a mapping of metadata key -> value; got {filter!r}")
-    clauses = []
-    for key, wanted in filter.items():
-        values = (tuple(wanted) if isinstance(wanted, list | tuple | set | frozenset)
-                  else (wanted,))
-        groups: dict[tuple[str, type], list[Any]] = {}  # Chroma's $in wants one value type
-        for value in values:
-            if key == "doc_id":
-                if isinstance(value, str):
-                    groups.setdefault((_FIELD + "doc_id", str), []).append(value)
-                continue
-            try:
-                ck, cv = _encode_item(key, value)
-            except (TypeError, ValueError):
-                continue  # not JSON data: no stored chunk can hold it
-            groups.setdefault((ck, type(cv)), []).append(cv)
-        if not groups:
-            return _NOTHING
-        ors = [{ck: {"$in": vals}} for (ck, _), vals in groups.items()]
-        clauses.append(ors[0] if len(ors) == 1 else {"$or": ors})
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
-
-
-def _read_pointer(path: Path) -> dict[str, Any]:
-    file = path / POINTER
-    pointer = read_meta(path, FORMAT, VERSION, name=POINTER, kind="pointer")
-    if ("host" in pointer) == ("path" in pointer):
-        raise IndexFileError(f"{file}: must name exactly one of path and host")
-    if "path" in pointer and not isinstance(pointer["path"], str):
-        raise IndexFileError(f"{file}: path must be a str; got {pointer['path']!r}")
-    for key in ("collection", "metric"):
-        if not isinstance(pointer.get(key), str):
-            raise IndexFileError(f"{file}: {key} must be a str; got {pointer.get(key)!r}")
-    return pointer

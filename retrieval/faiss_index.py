@@ -43,58 +43,42 @@ Saved as a folder of plain files, never a pickle::
 Thread safety: many readers and one writer at a time, through the readers-writer lock of
 ``ragkit.concurrency`` around every public method (see there for why a lock and not
 copy-on-write); ``replace`` swaps a document's chunks in one write.
+
+This module holds the chunk bookkeeping and search; the faiss structures and training are in
+``ragkit.retrieval.faiss_structures``, saving and loading in ``ragkit.retrieval.faiss_persist``.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
-import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from ragkit._deps import require
 from ragkit.concurrency import Guarded, reads, writes
 from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError
-from ragkit.types import Chunk, Hit
 from ragkit.retrieval.base import filter_rows
+from ragkit.retrieval.faiss_persist import FaissPersistence
+from ragkit.retrieval.faiss_structures import FaissStructures, faiss_module
 from ragkit.retrieval.memory_index import (
-    IndexFileError,
-    check_count_dim,
-    check_vecs,
-    check_save_target,
-    chunks_jsonl,
-    read_meta,
     _normalise,
-    _read_chunks,
-    _sha256,
-    _swap_in,
+    check_vecs,
 )
+from ragkit.types import Chunk, Hit
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ragkit.faiss_index"
-VERSION = 1
 KINDS = ("flat", "hnsw", "ivfpq")
 METRICS = ("cosine", "ip")
 EXACT_SUBSET = 4096  # a filter matching at most this many vectors is scored exactly
 _BLOCK = 16384  # vectors reconstructed at a time by the exact fallback
 
 
-def _faiss() -> Any:
-    return require("faiss", extra="faiss", component="index 'faiss'")
-
-
 @dataclass(kw_only=True)
-class FaissIndex(Guarded):
+class FaissIndex(FaissStructures, FaissPersistence, Guarded):
     """Nearest-neighbour search over chunk vectors with faiss; see the module docstring.
 
     ``metric="cosine"`` L2-normalises stored and query vectors; ``"ip"`` uses the raw inner
@@ -349,7 +333,7 @@ class FaissIndex(Guarded):
         return out
 
     def _ann(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        faiss = _faiss()
+        faiss = faiss_module()
         sel = None
         if allowed is not None:
             sel = faiss.IDSelectorBatch(allowed)
@@ -435,231 +419,6 @@ class FaissIndex(Guarded):
         labels.sort()
         return labels
 
-    # -- faiss structures ----------------------------------------------------------------------
-
-    def _new_store(self, d: int) -> Any:
-        faiss = _faiss()
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
-
-    def _new_hnsw(self, d: int) -> Any:
-        faiss = _faiss()
-        graph = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = self.ef_construction
-        graph.hnsw.efSearch = self.ef_search
-        return faiss.IndexIDMap2(graph)
-
-    def _retire(self, labels: np.ndarray) -> None:
-        if self.kind == "hnsw":
-            self._dead.update(labels.tolist())
-            return
-        self._index.remove_ids(labels)
-        if self._refine is not None:
-            self._refine.remove_ids(labels)
-
-    def _pq_m(self, d: int) -> int:
-        if self.pq_m is not None:
-            if d % self.pq_m:
-                raise ConfigError(
-                    f"pq_m={self.pq_m} must divide the vector dim {d}; choose a divisor of {d} "
-                    "or null (automatic)", path="pq_m",
-                )
-            return self.pq_m
-        return max(m for m in range(1, max(d // 8, 1) + 1) if d % m == 0)
-
-    @writes
-    def retrain(self) -> None:
-        """IVF-PQ: train new lists and codebooks on every live vector (from the fp16 copies kept
-        for ``refine_factor > 0``) and re-encode them all. Runs by itself when the index has
-        grown ``retrain_growth`` times past what it was trained on; with ``nlist: null`` the
-        number of lists grows with the data. Searches give the same hits before and after up to
-        the approximation."""
-        if self.kind != "ivfpq":
-            raise ConfigError(f"only an IVF-PQ index retrains; this one is {self.kind!r}",
-                              path="kind")
-        if not self._trained:
-            return  # still the exact flat buffer: it trains when it reaches train_size
-        if self._refine is None:
-            raise ConfigError(
-                "cannot retrain with refine_factor=0: the index keeps only PQ codes, not the "
-                "vectors; rebuild it from the documents", path="refine_factor")
-        labels = self._live()
-        vecs = self._refine.reconstruct_batch(labels)  # (n, d) float32 from the fp16 copies
-        log.info("retraining IVF-PQ on %d vectors (trained on %d)", len(labels), self._trained_on)
-        self._build_ivfpq(np.ascontiguousarray(vecs, dtype=np.float32), labels)
-
-    def _train(self, rows: np.ndarray, new: np.ndarray) -> None:
-        """Train IVF-PQ on the buffered vectors plus ``rows`` and move them all into it."""
-        faiss = _faiss()
-        old = faiss.vector_to_array(self._index.id_map)  # (b,) labels in the flat buffer
-        if len(old):
-            vecs = np.concatenate((self._index.reconstruct_batch(old), rows))  # (n, d)
-            labels = np.concatenate((old, new))
-        else:
-            vecs, labels = rows, new
-        self._build_ivfpq(vecs, labels)
-
-    def _build_ivfpq(self, vecs: np.ndarray, labels: np.ndarray) -> None:
-        faiss = _faiss()
-        n, d = vecs.shape
-        nlist = self.nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
-        sample = min(n, max(65536, 40 * nlist))
-        train = vecs if sample == n else vecs[np.random.default_rng(0).choice(n, sample, False)]
-        log.debug("training IVF-PQ: nlist=%d, pq_m=%d on %d of %d vectors", nlist,
-                  self._pq_m(d), len(train), n)
-        quantizer = faiss.IndexFlatIP(d)
-        ivf = faiss.IndexIVFPQ(quantizer, d, nlist, self._pq_m(d), 8, faiss.METRIC_INNER_PRODUCT)
-        ivf.cp.max_points_per_centroid = max(256, math.ceil(sample / nlist))
-        ivf.train(np.ascontiguousarray(train))
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        ivf.add_with_ids(vecs, labels)
-        ivf.nprobe = min(self.nprobe, nlist)
-        self._index = ivf  # faiss's Python wrapper keeps the quantizer alive with it
-        if self.refine_factor:
-            refine = faiss.IndexIDMap2(faiss.IndexScalarQuantizer(
-                d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT))
-            refine.add_with_ids(vecs, labels)
-            self._refine = refine
-        self._trained = True
-        self._trained_on = n
-        self._warned_growth = False
-
-    # -- save / load ---------------------------------------------------------------------------
-
-    @reads
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index to folder ``path`` (replacing an index saved there before)."""
-        faiss = _faiss()
-        path = Path(path)
-        check_save_target(path)
-        chunks_bytes = chunks_jsonl(list(self.chunks()), path)
-        labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self))
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            files = ["chunks.jsonl", "labels.npy"]
-            (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
-            np.save(tmp / "labels.npy", labels, allow_pickle=False)
-            if self._index is not None:
-                faiss.write_index(self._index, str(tmp / "index.faiss"))
-                files.append("index.faiss")
-            if self._refine is not None:
-                faiss.write_index(self._refine, str(tmp / "refine.faiss"))
-                files.append("refine.faiss")
-            meta = {
-                "format": FORMAT,
-                "version": VERSION,
-                "config": asdict(self),
-                "dim": self._dim if self._index is not None else None,
-                "count": len(self),
-                "tombstones": len(self._dead),
-                "trained": self._trained,
-                "trained_on": self._trained_on,
-                "next_label": self._next,
-                "info": self.info,
-                "sha256": {name: _sha256(tmp / name) for name in files},
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> FaissIndex:
-        """Read an index saved by ``save``; raises ``IndexFileError`` naming ``path`` if it is
-        missing, corrupted or inconsistent."""
-        faiss = _faiss()
-        path = Path(path)
-        meta = _read_meta(path)
-        for name, digest in meta["sha256"].items():
-            if _sha256(path / name) != digest:
-                raise IndexFileError(
-                    f"{path / name}: checksum does not match meta.json; the file is corrupted or "
-                    "was changed after saving"
-                )
-        try:
-            index = cls(**meta["config"])
-        except (ConfigError, TypeError) as exc:
-            raise IndexFileError(f"{path / 'meta.json'}: invalid config ({exc})") from None
-        count, dim = meta["count"], meta["dim"]
-        chunks = _read_chunks(path / "chunks.jsonl")
-        try:
-            labels = np.load(path / "labels.npy", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise IndexFileError(
-                f"{path / 'labels.npy'}: not a readable .npy array ({exc})"
-            ) from None
-        if len(chunks) != count or labels.dtype != np.int64 or labels.shape != (count,):
-            raise IndexFileError(
-                f"{path}: meta.json says {count} chunks; chunks.jsonl has {len(chunks)} and "
-                f"labels.npy holds {labels.dtype} {labels.shape}"
-            )
-        index._reset(dim)
-        index._next = meta["next_label"]
-        index.info = dict(meta.get("info") or {})
-        index._trained = bool(meta["trained"])
-        # absent from indexes saved before retraining existed: count them as trained on all
-        index._trained_on = meta.get("trained_on", count if index._trained else 0)
-        if "index.faiss" in meta["sha256"]:
-            index._index = _read_index(faiss, path / "index.faiss")
-        if "refine.faiss" in meta["sha256"]:
-            index._refine = _read_index(faiss, path / "refine.faiss")
-        for chunk, label in zip(chunks, labels.tolist()):
-            if chunk.id in index._labels or label in index._chunk or not 0 <= label < index._next:
-                raise IndexFileError(
-                    f"{path / 'chunks.jsonl'}: chunk {chunk.id!r} or its label {label} appears "
-                    "twice or is out of range"
-                )
-            index._labels[chunk.id] = label
-            index._chunk[label] = chunk
-            index._by_doc.setdefault(chunk.doc_id, set()).add(chunk.id)
-            index._docs[chunk.doc_id] = chunk.metadata.get("doc_hash")
-        index._check_loaded(path, meta, labels)
-        return index
-
-    def _check_loaded(self, path: Path, meta: dict[str, Any], labels: np.ndarray) -> None:
-        faiss = _faiss()
-        where = path / "index.faiss"
-        if self._index is None:
-            if meta["count"]:
-                raise IndexFileError(f"{where}: missing, but meta.json says {meta['count']} chunks")
-            return
-        want_ivf = self.kind == "ivfpq" and self._trained
-        if want_ivf:  # read_index returns the concrete type (re-wrapping it would free it)
-            ok = isinstance(self._index, faiss.IndexIVFPQ)
-        else:
-            ok = isinstance(self._index, faiss.IndexIDMap2)
-            if ok:
-                inner = faiss.downcast_index(self._index.index)
-                ok = isinstance(inner, faiss.IndexHNSWFlat if self.kind == "hnsw"
-                                else faiss.IndexFlatIP)
-        if not ok:
-            raise IndexFileError(f"{where}: not the faiss index a {self.kind!r} index writes")
-        if self._index.d != self._dim:
-            raise IndexFileError(f"{where}: holds dim {self._index.d}; meta.json says {self._dim}")
-        if want_ivf:
-            if self._index.ntotal != len(labels):
-                raise IndexFileError(
-                    f"{where}: holds {self._index.ntotal} vectors; meta.json says {len(labels)}"
-                )
-        else:
-            stored = faiss.vector_to_array(self._index.id_map)  # (ntotal,)
-            extra = np.setdiff1d(stored, labels)
-            if len(np.setdiff1d(labels, stored)) or (self.kind != "hnsw" and len(extra)):
-                raise IndexFileError(f"{where}: its ids do not match labels.npy")
-            if len(extra) != meta["tombstones"]:
-                raise IndexFileError(
-                    f"{where}: holds {len(extra)} deleted vectors; meta.json says "
-                    f"{meta['tombstones']}"
-                )
-            self._dead = set(extra.tolist())
-        if self._refine is not None and self._refine.ntotal != len(labels):
-            raise IndexFileError(
-                f"{path / 'refine.faiss'}: holds {self._refine.ntotal} vectors; "
-                f"meta.json says {len(labels)}"
-            )
-
     # -- helpers -------------------------------------------------------------------------------
 
     def _check_vecs(self, vecs: Any, *, what: str) -> np.ndarray:
@@ -670,36 +429,3 @@ def _check_int(name: str, value: Any, low: int, *, null: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         allowed = f"an int >= {low}" + (" or null" if null else "")
         raise ConfigError(f"must be {allowed}; got {value!r}", path=name)
-
-
-def _read_index(faiss: Any, file: Path) -> Any:
-    try:
-        return faiss.read_index(str(file))
-    except RuntimeError as exc:
-        raise IndexFileError(f"{file}: not a readable faiss index ({exc})") from None
-
-
-def _read_meta(path: Path) -> dict[str, Any]:
-    file = path / "meta.json"
-    meta = read_meta(path, FORMAT, VERSION)
-    config = meta.get("config")
-    known = {f.name for f in fields(FaissIndex)}
-    if not isinstance(config, dict) or not set(config) <= known:
-        raise IndexFileError(f"{file}: config must be a mapping of {', '.join(sorted(known))}")
-    check_count_dim(meta, file)
-    for key in ("tombstones", "next_label"):
-        if not isinstance(meta.get(key), int) or meta[key] < 0:
-            raise IndexFileError(f"{file}: {key} must be an int >= 0; got {meta.get(key)!r}")
-    if not isinstance(meta.get("trained"), bool):
-        raise IndexFileError(f"{file}: trained must be true or false")
-    if "trained_on" in meta and (not isinstance(meta["trained_on"], int)
-                                 or isinstance(meta["trained_on"], bool) or meta["trained_on"] < 0):
-        raise IndexFileError(f"{file}: trained_on must be an int >= 0; got {meta['trained_on']!r}")
-    sums = meta.get("sha256")
-    required = {"chunks.jsonl", "labels.npy"}
-    allowed = required | {"index.faiss", "refine.faiss"}
-    if (not isinstance(sums, dict) or not required <= set(sums) or not set(sums) <= allowed
-            or not all(isinstance(v, str) for v in sums.values())):
-        raise IndexFileError(f"{file}: missing or unknown sha256 checksums (files: "
-                             f"{', '.join(sorted(allowed))})")
-    return meta

@@ -408,10 +408,10 @@ def test_import_stays_light():
 def test_chroma_server_target_resumes_without_stale_or_duplicate_chunks(corpus, tmp_path,
                                                                         monkeypatch):
     pytest.importorskip("chromadb")
-    from tests.retrieval.test_chroma_index import _free_port, chroma_server
+    from tests.retrieval.index_helpers import chroma_server, free_port
 
     root, n = corpus
-    port = _free_port()
+    port = free_port()
     cfg = config(index={"name": "chroma", "host": "127.0.0.1", "port": port,
                         "collection": "ingest"})
     out = tmp_path / "out"

@@ -143,10 +143,10 @@ def test_a_killed_ray_run_resumes_without_duplicates(cluster, corpus, tmp_path):
 
 def test_ray_workers_write_to_a_chroma_server(cluster, corpus, tmp_path):
     pytest.importorskip("chromadb")
-    from tests.retrieval.test_chroma_index import _free_port, chroma_server
+    from tests.retrieval.index_helpers import chroma_server, free_port
 
     root, n = corpus
-    port = _free_port()
+    port = free_port()
     cfg = config(index={"name": "chroma", "host": "127.0.0.1", "port": port,
                         "collection": "ray-ingest"})
     with chroma_server(tmp_path / "server", port):

@@ -11,7 +11,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("chromadb")
 openai = pytest.importorskip("openai")
 
-from ragkit.cli import _pipeline_with_generator  # noqa: E402
+from ragkit.cli_generate import pipeline_with_generator  # noqa: E402
 from tests.serve_helpers import CORPUS, ROOT, ServerThread, build_index, http  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def test_smollm2_answers_cites_reuses_chunk_kvs_and_sees_new_documents(tmp_path)
     folder = build_index(tmp_path / "qs", load_yaml(ROOT / "configs" / "quickstart.yaml"))
     args = argparse.Namespace(index=str(folder), config=None,
                               override=[f"generator.kv_store.path={tmp_path / 'kv'}"])
-    with ServerThread(_pipeline_with_generator(args), folder) as s:
+    with ServerThread(pipeline_with_generator(args), folder) as s:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
         model = c.models.list().data[0].id
         assert model == "SmolLM2-135M-Instruct"

@@ -1,6 +1,6 @@
 """The span machinery of chunkers/base.py against the slow, obvious computation.
 
-``TokenIndex`` counts a span from one tokenization of the whole text, and ``_inside_clusters``
+``TokenIndex`` counts a span from one tokenization of the whole text, and ``inside_clusters``
 finds grapheme clusters without walking every one: both must agree exactly with tokenizing the
 span again and with ``regex``'s ``\\X``.
 """
@@ -15,14 +15,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ragkit.chunkers.base import (
-    _GLUE,
-    TokenIndex,
-    _glue_ranges,
-    _inside_clusters,
-    cut_points,
-    grapheme_starts,
-)
+from ragkit.chunkers.base import TokenIndex, cut_points
+from ragkit.chunkers.graphemes import _GLUE, _glue_ranges, grapheme_starts, inside_clusters
 from ragkit.tokenizers import load_tokenizer
 from tests.chunkers.test_chunker_properties import PROFILE, prose, unicode_text
 from tests.contracts.test_chunkers import SAMPLES
@@ -41,14 +35,14 @@ def reference_inside(text: str) -> list[int]:
 @pytest.mark.parametrize("key", SAMPLES)
 def test_inside_clusters_on_the_samples(key):
     text = SAMPLES[key]
-    assert _inside_clusters(text).tolist() == reference_inside(text)
+    assert inside_clusters(text).tolist() == reference_inside(text)
 
 
 @FEWER
 @given(text=long_text)
 def test_inside_clusters_and_grapheme_starts(text):
     inside = reference_inside(text)
-    assert _inside_clusters(text).tolist() == inside
+    assert inside_clusters(text).tolist() == inside
     starts = grapheme_starts(text)
     if not inside:
         assert starts is None

@@ -39,7 +39,8 @@ KERNEL = frozenset({
     "ragkit.view",  # the chunk view: chunkers return its Chunks list
 })
 STRATEGIES = ("ragkit.chunkers", "ragkit.retrieval", "ragkit.generation")
-APPLICATIONS = ("ragkit.pipeline", "ragkit.cli", "ragkit.ingest", "ragkit.evaluation",
+APPLICATIONS = ("ragkit.pipeline", "ragkit.cli", "ragkit.cli_corpus", "ragkit.cli_generate",
+                "ragkit.cli_support", "ragkit.ingest", "ragkit.evaluation",
                 "ragkit.bench", "ragkit.serve", "ragkit.integrations",
                 "ragkit.doclog", "ragkit.stress")
 

@@ -3,7 +3,6 @@ and through a pipeline built from a dict."""
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from collections import Counter
@@ -20,6 +19,7 @@ from ragkit.retrieval.base import Index
 from ragkit.retrieval.bm25_index import BM25Index
 from ragkit.retrieval.hybrid import HybridIndex
 from ragkit.retrieval.memory_index import IndexFileError, MemoryIndex
+from tests.retrieval.index_helpers import edit_json
 
 WORDS = "apple banana cherry delta echo foxtrot golf hotel india juliet kilo lima".split()
 
@@ -246,10 +246,10 @@ def test_bm25_never_pickles(tmp_path, monkeypatch):
         (lambda p: (p / "chunks.jsonl").write_text("{}\n", encoding="utf-8"), "checksum"),
         (lambda p: (p / "meta.json").write_text("{not json", encoding="utf-8"), "not valid JSON"),
         (lambda p: (p / "chunks.jsonl").unlink(), "cannot read"),
-        (lambda p: _edit_meta(p, count=99), "meta.json says 99"),
-        (lambda p: _edit_meta(p, version=7), "format version 7"),
-        (lambda p: _edit_meta(p, format="other"), "not a ragkit.bm25_index"),
-        (lambda p: _edit_meta(p, config={"k1": -3}), "invalid index config"),
+        (lambda p: edit_json(p / "meta.json", count=99), "meta.json says 99"),
+        (lambda p: edit_json(p / "meta.json", version=7), "format version 7"),
+        (lambda p: edit_json(p / "meta.json", format="other"), "not a ragkit.bm25_index"),
+        (lambda p: edit_json(p / "meta.json", config={"k1": -3}), "invalid index config"),
     ],
 )
 def test_bm25_corruption_is_detected_with_the_path(tmp_path, corrupt, message):
@@ -260,12 +260,6 @@ def test_bm25_corruption_is_detected_with_the_path(tmp_path, corrupt, message):
     with pytest.raises(IndexFileError, match=message) as err:
         BM25Index.load(tmp_path / "i")
     assert str(tmp_path / "i") in str(err.value)
-
-
-def _edit_meta(path, **changes):
-    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    meta.update(changes)
-    (path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
 def test_bm25_save_refuses_a_folder_that_is_not_an_index(tmp_path):

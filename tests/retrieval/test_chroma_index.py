@@ -9,11 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,45 +23,25 @@ from ragkit.types import Chunk  # noqa: E402
 from ragkit.retrieval.base import Index  # noqa: E402
 from ragkit.retrieval.chroma_index import ChromaConnectionError, ChromaIndex  # noqa: E402
 from ragkit.retrieval.memory_index import IndexFileError  # noqa: E402
+from tests.retrieval.index_helpers import (  # noqa: E402
+    CORPUS,
+    brute_force,
+    chroma_server,
+    clustered,
+    edit_json,
+    free_port,
+    hits_of,
+    make_chunks,
+    random_data,
+    run_python,
+    small_pipeline,
+)
 
-ROOT = Path(__file__).parents[2]
-CORPUS = ROOT / "ragkit" / "data" / "corpus"
-
-
-def make_chunks(n: int, doc: str = "d", **metadata) -> list[Chunk]:
-    return [
-        Chunk(f"{doc}{i % 5}", 10 * i, 10 * i + 5, f"t{i:04d}", i,
-              {"n": i, "parity": i % 2, **metadata})
-        for i in range(n)
-    ]
-
-
-def brute_force(vecs: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
-    """Scores (m, n) in float64, the trusted reference."""
-    v, q = vecs.astype(np.float64), queries.astype(np.float64)
-    if metric == "cosine":
-        v = v / np.linalg.norm(v, axis=1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    return q @ v.T
-
-
-def clustered(n: int, d: int = 384, clusters: int = 50, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, d)).astype(np.float32)  # (c, d)
-    x = centres[rng.integers(0, clusters, n)] + 0.8 * rng.standard_normal((n, d), np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)  # (n, d)
-
-
-def hits_of(results) -> list[list[tuple[str, float]]]:
-    return [[[h.chunk.id, h.score] for h in row] for row in results]  # lists, as JSON has
 
 
 @pytest.fixture
 def data():
-    rng = np.random.default_rng(0)
-    return make_chunks(500), rng.standard_normal((500, 24)).astype(np.float32), rng.standard_normal(
-        (7, 24)
-    ).astype(np.float32)
+    return random_data()
 
 
 # -- search ------------------------------------------------------------------------------------
@@ -297,7 +272,7 @@ _WRITE = """
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[3])
-from test_chroma_index import make_chunks
+from index_helpers import make_chunks
 from ragkit.retrieval.chroma_index import ChromaIndex
 index = ChromaIndex(path=sys.argv[1])
 vecs = np.load(sys.argv[2])
@@ -319,20 +294,13 @@ print(json.dumps({"hits": out, "info": index.info, "len": len(index), "dim": ind
 """
 
 
-def _run(code: str, *args) -> str:
-    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def test_persistent_across_processes(tmp_path, data):
     chunks, vecs, queries = data
     np.save(tmp_path / "vecs.npy", vecs)
     np.save(tmp_path / "queries.npy", queries)
     db = tmp_path / "db"
-    _run(_WRITE, db, tmp_path / "vecs.npy", Path(__file__).parent)  # one process writes
-    got = json.loads(_run(_READ, db, tmp_path / "queries.npy", "open"))  # another reads
+    run_python(_WRITE, db, tmp_path / "vecs.npy", Path(__file__).parent)  # one process writes
+    got = json.loads(run_python(_READ, db, tmp_path / "queries.npy", "open"))  # another reads
     assert got["len"] == 400 and got["dim"] == 24
     assert got["info"] == {"embedder": {"name": "hash", "dim": 24}}
     kept = [i for i, c in enumerate(chunks) if c.doc_id != "d4"]
@@ -361,7 +329,7 @@ def test_save_load_in_a_fresh_process_gives_identical_results(tmp_path, data):
     np.save(tmp_path / "queries.npy", queries)
     mine = hits_of(loaded.search(queries, k=12)) + hits_of(
         loaded.search(queries, k=12, filter={"parity": 1}))
-    theirs = json.loads(_run(_READ, tmp_path / "idx", tmp_path / "queries.npy", "load"))
+    theirs = json.loads(run_python(_READ, tmp_path / "idx", tmp_path / "queries.npy", "load"))
     assert theirs["hits"] == mine and theirs["info"] == index.info
     original = hits_of(index.search(queries, k=12))  # the copy: same hits, float32-close scores
     for a, b in zip(original, mine[:7]):
@@ -397,10 +365,11 @@ def test_saving_a_persistent_index_elsewhere_copies_it(tmp_path, data):
 @pytest.mark.parametrize("corrupt, message", [
     (lambda p: (p / "chroma.json").unlink(), "chroma.json: cannot read"),
     (lambda p: (p / "chroma.json").write_text("{nope"), "not valid JSON"),
-    (lambda p: _edit(p, version=7), "version 7"),
-    (lambda p: _edit(p, path="elsewhere"), "elsewhere: the Chroma data folder"),
-    (lambda p: _edit(p, collection="other"), "no Chroma collection 'other'"),
-    (lambda p: _edit(p, metric="l2"), "invalid settings"),
+    (lambda p: edit_json(p / "chroma.json", version=7), "version 7"),
+    (lambda p: edit_json(p / "chroma.json", path="elsewhere"),
+     "elsewhere: the Chroma data folder"),
+    (lambda p: edit_json(p / "chroma.json", collection="other"), "no Chroma collection 'other'"),
+    (lambda p: edit_json(p / "chroma.json", metric="l2"), "invalid settings"),
     (lambda p: _zero(p / "data" / "chroma.sqlite3"), "data: Chroma cannot open it"),
 ])
 def test_broken_saves_are_detected(tmp_path, corrupt, message):
@@ -418,11 +387,6 @@ def _zero(file):
     file.write_bytes(bytes(raw))
 
 
-def _edit(folder, **changes):
-    pointer = json.loads((folder / "chroma.json").read_text())
-    pointer.update(changes)
-    (folder / "chroma.json").write_text(json.dumps(pointer))
-
 
 def test_save_refuses_to_overwrite_a_folder_that_is_not_an_index(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
@@ -434,53 +398,10 @@ def test_save_refuses_to_overwrite_a_folder_that_is_not_an_index(tmp_path):
 # -- a Chroma server on loopback ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def chroma_server(folder: Path, port: int, timeout: float = 60.0):
-    """``chroma run`` on loopback, storing in ``folder``; stopped (and waited for) on exit."""
-    exe = Path(sys.executable).with_name("chroma")
-    if not exe.exists():
-        pytest.skip("the chroma CLI is not installed next to this Python")
-    log = open(folder.parent / f"chroma-{port}.log", "wb")
-    proc = subprocess.Popen(
-        [str(exe), "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat",
-                                            timeout=1) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"chroma run did not answer on port {port}: "
-                            f"{(folder.parent / f'chroma-{port}.log').read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-        log.close()
-
-
 def test_server_round_trip_two_writers_and_a_restart(tmp_path, data):
     chunks, vecs, queries = data
     folder = tmp_path / "server"
-    port = _free_port()
+    port = free_port()
     with chroma_server(folder, port):
         one = ChromaIndex(host="127.0.0.1", port=port, collection="shared")
         two = ChromaIndex(host="127.0.0.1", port=port, collection="shared")
@@ -499,7 +420,7 @@ def test_server_round_trip_two_writers_and_a_restart(tmp_path, data):
         assert json.loads((tmp_path / "pointer" / "chroma.json").read_text())["host"] == "127.0.0.1"
         one.close()
         two.close()
-    port2 = _free_port()
+    port2 = free_port()
     with chroma_server(folder, port2):  # restarted: the data is still there
         back = ChromaIndex(host="127.0.0.1", port=port2, collection="shared")
         assert len(back) == 400 and back.info == {"embedder": {"name": "hash"}}
@@ -515,11 +436,7 @@ def test_server_round_trip_two_writers_and_a_restart(tmp_path, data):
 
 
 def _pipe(**index):
-    return RAGPipeline(
-        chunker={"name": "recursive", "chunk_size": 40, "tokenizer": "whitespace"},
-        embedder={"name": "hash", "dim": 128},
-        index={"name": "chroma", **index},
-    )
+    return small_pipeline({"name": "chroma", **index})
 
 
 _PIPE_READ = """
@@ -548,7 +465,7 @@ def test_pipeline_add_save_load_retrieve(tmp_path):
     mine = [[h.chunk.id, h.score] for h in again.retrieve(q)]
     assert [c for c, _ in mine] == [h.chunk.id for h in pipe.retrieve(q)]
     again.index.close()
-    assert json.loads(_run(_PIPE_READ, tmp_path / "p", q)) == mine  # a fresh process agrees
+    assert json.loads(run_python(_PIPE_READ, tmp_path / "p", q)) == mine  # a fresh process agrees
 
 
 def test_pipeline_on_a_persistent_path_keeps_updating_in_place(tmp_path):
@@ -560,9 +477,6 @@ def test_pipeline_on_a_persistent_path_keeps_updating_in_place(tmp_path):
     later = _pipe(path=db)  # another run on the same store: unchanged documents are skipped
     report = later.add(load_documents(CORPUS))
     assert report.unchanged == 6 and len(later.index) == n
-    other = RAGPipeline(
-        chunker={"name": "recursive", "chunk_size": 40, "tokenizer": "whitespace"},
-        embedder={"name": "hash", "dim": 64}, index={"name": "chroma", "path": db},
-    )
+    other = small_pipeline({"name": "chroma", "path": db}, dim=64)
     with pytest.raises(IndexMismatchError, match="embedder"):
         other.add([Document("x", "some text")])

@@ -1,13 +1,9 @@
 """FaissIndex: flat checked against numpy brute force, HNSW / IVF-PQ recall against flat, filters,
-deletes and tombstones, replacement, save/load across processes, corruption, the pipeline."""
+deletes and tombstones, replacement, the pipeline (save/load: test_faiss_persist.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,55 +12,29 @@ pytest.importorskip("faiss")
 
 from ragkit import Document, RAGPipeline, load_documents  # noqa: E402
 from ragkit.config import build, to_config  # noqa: E402
-from ragkit.errors import ConfigError, IndexMismatchError, RagkitError  # noqa: E402
+from ragkit.errors import ConfigError, IndexMismatchError  # noqa: E402
 from ragkit.types import Chunk  # noqa: E402
 from ragkit.retrieval import faiss_index  # noqa: E402
 from ragkit.retrieval.base import Index  # noqa: E402
 from ragkit.retrieval.faiss_index import FaissIndex  # noqa: E402
 from ragkit.retrieval.memory_index import IndexFileError  # noqa: E402
+from tests.retrieval.index_helpers import (  # noqa: E402
+    CORPUS,
+    brute_force,
+    clustered,
+    make_chunks,
+    random_data,
+    recall_at,
+    small_pipeline,
+)
 
-ROOT = Path(__file__).parents[2]
-CORPUS = ROOT / "ragkit" / "data" / "corpus"
 KINDS = ["flat", "hnsw", "ivfpq"]
 SMALL = {"flat": {}, "hnsw": {}, "ivfpq": {"train_size": 300, "nlist": 8}}  # ivfpq trains
 
 
-def make_chunks(n: int, doc: str = "d", **metadata) -> list[Chunk]:
-    return [
-        Chunk(f"{doc}{i % 5}", 10 * i, 10 * i + 5, f"t{i:04d}", i,
-              {"n": i, "parity": i % 2, **metadata})
-        for i in range(n)
-    ]
-
-
-def brute_force(vecs: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
-    """Scores (m, n) in float64, the trusted reference."""
-    v, q = vecs.astype(np.float64), queries.astype(np.float64)
-    if metric == "cosine":
-        v = v / np.linalg.norm(v, axis=1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    return q @ v.T
-
-
-def clustered(n: int, d: int = 384, clusters: int = 50, seed: int = 0) -> np.ndarray:
-    """Unit vectors from a Gaussian mixture, so nearest neighbours mean something."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, d)).astype(np.float32)  # (c, d)
-    x = centres[rng.integers(0, clusters, n)] + 0.8 * rng.standard_normal((n, d), np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)  # (n, d)
-
-
-def recall_at(hits: list[list], truth: np.ndarray, k: int) -> float:
-    return float(np.mean([len({h.chunk.index for h in row[:k]} & set(t[:k].tolist())) / k
-                          for row, t in zip(hits, truth)]))
-
-
 @pytest.fixture
 def data():
-    rng = np.random.default_rng(0)
-    return make_chunks(500), rng.standard_normal((500, 24)).astype(np.float32), rng.standard_normal(
-        (7, 24)
-    ).astype(np.float32)
+    return random_data()
 
 
 # -- exactness and recall --------------------------------------------------------------------------
@@ -374,163 +344,11 @@ def test_config_round_trip():
     assert build("index", "faiss") == FaissIndex()
 
 
-# -- save / load -------------------------------------------------------------------------------
-
-_LOAD_AND_SEARCH = """
-import json, sys
-import numpy as np
-from ragkit.retrieval.faiss_index import FaissIndex
-index = FaissIndex.load(sys.argv[1])
-queries = np.load(sys.argv[2])
-out = [[[h.chunk.id, h.score] for h in row] for row in index.search(queries, k=12)]
-out += [[[h.chunk.id, h.score] for h in row]
-        for row in index.search(queries, k=12, filter={"parity": 1})]
-print(json.dumps({"hits": out, "info": index.info, "len": len(index)}))
-"""
-
-
-def _in_fresh_process(path: Path, queries: np.ndarray, tmp_path: Path) -> dict:
-    np.save(tmp_path / "queries.npy", queries)
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD_AND_SEARCH, str(path), str(tmp_path / "queries.npy")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
-    )
-    return json.loads(done.stdout)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_save_load_in_a_fresh_process_gives_identical_results(tmp_path, kind):
-    vecs = clustered(1200, d=32)
-    chunks = make_chunks(1200)
-    chunks[3] = Chunk("d3", 30, 37, "line\nü\u2028", 3, {"tags": ["x", "y"], "parity": 1})
-    index = FaissIndex(kind=kind, **({"train_size": 500} if kind == "ivfpq" else {}))
-    index.add(chunks, vecs)
-    index.delete(["d4"])  # hnsw: tombstones are saved as they are
-    index.info["embedder"] = {"name": "hash", "dim": 32}
-    queries = clustered(6, d=32, seed=9)
-    here = [[[h.chunk.id, h.score] for h in row] for row in index.search(queries, k=12)]
-    here += [[[h.chunk.id, h.score] for h in row]
-             for row in index.search(queries, k=12, filter={"parity": 1})]
-    index.save(tmp_path / "idx")
-    names = sorted(p.name for p in (tmp_path / "idx").iterdir())
-    assert names == sorted(["chunks.jsonl", "labels.npy", "index.faiss", "meta.json"]
-                           + (["refine.faiss"] if kind == "ivfpq" else []))
-    there = _in_fresh_process(tmp_path / "idx", queries, tmp_path)
-    assert there == {"hits": here, "info": index.info, "len": 960}
-
-    loaded = FaissIndex.load(tmp_path / "idx")
-    assert loaded == index and list(loaded.chunks()) == list(index.chunks())
-    assert loaded.trained == index.trained and loaded.info == index.info
-    loaded.add(make_chunks(1, doc="new"), np.ones((1, 32), np.float32))  # still usable
-    loaded.add(chunks[:1], np.ones((1, 32), np.float32))  # replacing a loaded chunk works
-    assert len(loaded) == 961
-    index.delete(["d0"])  # saving again replaces the folder, leaving no temporary behind
-    index.save(tmp_path / "idx")
-    assert len(FaissIndex.load(tmp_path / "idx")) == 720
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "queries.npy"]
-
-
-def test_save_load_empty_and_never_added(tmp_path):
-    FaissIndex().save(tmp_path / "never")
-    assert len(FaissIndex.load(tmp_path / "never")) == 0
-    index = FaissIndex(kind="hnsw")
-    index.add(make_chunks(2), np.ones((2, 3), np.float32))
-    index.delete(["d0", "d1"])
-    index.save(tmp_path / "empty")
-    loaded = FaissIndex.load(tmp_path / "empty")
-    assert len(loaded) == 0 and loaded.dim is None
-    assert loaded.search(np.ones((1, 4)), k=2) == [[]]
-
-
-def _saved(tmp_path, kind="hnsw"):
-    index = FaissIndex(kind=kind)
-    index.add(make_chunks(40), clustered(40, d=16))
-    index.delete(["d1"])
-    path = tmp_path / "idx"
-    index.save(path)
-    return path
-
-
-def _flip_byte(file, offset=-5):
-    raw = bytearray(file.read_bytes())
-    raw[offset] ^= 0x01
-    file.write_bytes(bytes(raw))
-
-
-@pytest.mark.parametrize(
-    "corrupt, where",
-    [
-        (lambda p: _flip_byte(p / "index.faiss"), "index.faiss"),
-        (lambda p: _flip_byte(p / "index.faiss", offset=40), "index.faiss"),
-        (lambda p: _flip_byte(p / "chunks.jsonl", offset=30), "chunks.jsonl"),
-        (lambda p: _flip_byte(p / "labels.npy"), "labels.npy"),
-        (lambda p: (p / "index.faiss").unlink(), "index.faiss"),
-        (lambda p: (p / "meta.json").write_text("{not json"), "meta.json"),
-        (lambda p: (p / "meta.json").unlink(), "meta.json"),
-    ],
-)
-def test_corrupted_files_are_detected_with_the_path(tmp_path, corrupt, where):
-    path = _saved(tmp_path)
-    corrupt(path)
-    with pytest.raises(RagkitError, match=where) as info:
-        FaissIndex.load(path)
-    assert str(path) in str(info.value)
-
-
-def _rewrite_meta(path, **changes):
-    meta = json.loads((path / "meta.json").read_text())
-    meta.update(changes)
-    (path / "meta.json").write_text(json.dumps(meta))
-
-
-@pytest.mark.parametrize(
-    "changes, message",
-    [
-        ({"version": 99}, "version 99"),
-        ({"format": "ragkit.memory_index"}, "not a ragkit.faiss_index"),
-        ({"count": 33}, "meta.json says 33 chunks"),
-        ({"dim": 7}, "holds dim 16; meta.json says 7"),
-        ({"tombstones": 0}, "deleted vectors"),
-        ({"config": {"kind": "flat"}}, "not the faiss index a 'flat' index writes"),
-        ({"config": {"kind": "nope"}}, "invalid config"),
-        ({"config": {"bogus": 1}}, "config must be"),
-    ],
-)
-def test_meta_that_disagrees_with_the_files_is_detected(tmp_path, changes, message):
-    path = _saved(tmp_path)
-    _rewrite_meta(path, **changes)
-    with pytest.raises(IndexFileError, match=message):
-        FaissIndex.load(path)
-
-
-def test_save_refuses_to_overwrite_a_folder_that_is_not_an_index(tmp_path):
-    (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(IndexFileError, match="refusing"):
-        FaissIndex().save(tmp_path)
-    assert (tmp_path / "notes.txt").read_text() == "keep me"
-
-
-def test_never_pickles(tmp_path, monkeypatch):
-    import pickle
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("pickle used")
-
-    for name in ("dump", "dumps", "load", "loads"):
-        monkeypatch.setattr(pickle, name, forbidden)
-    path = _saved(tmp_path, kind="flat")
-    assert len(FaissIndex.load(path)) == 32
-
-
 # -- through the pipeline ----------------------------------------------------------------------
 
 
 def _pipe(kind="flat"):
-    return RAGPipeline(
-        chunker={"name": "recursive", "chunk_size": 40, "tokenizer": "whitespace"},
-        embedder={"name": "hash", "dim": 128},
-        index={"name": "faiss", "kind": kind},
-    )
+    return small_pipeline({"name": "faiss", "kind": kind})
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
@@ -554,9 +372,6 @@ def test_pipeline_add_save_load_retrieve(tmp_path, kind):
     assert [(h.chunk, h.score) for h in again.retrieve(q)] == [
         (h.chunk, h.score) for h in pipe.retrieve(q)
     ]
-    other = RAGPipeline(
-        chunker={"name": "recursive", "chunk_size": 40, "tokenizer": "whitespace"},
-        embedder={"name": "hash", "dim": 64}, index=again.index,
-    )
+    other = small_pipeline(again.index, dim=64)
     with pytest.raises(IndexMismatchError, match="embedder"):
         other.retrieve(q)

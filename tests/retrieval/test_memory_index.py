@@ -12,31 +12,19 @@ from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
 from ragkit.types import Chunk, Hit
 from ragkit.retrieval.base import Index
 from ragkit.retrieval.memory_index import IndexFileError, MemoryIndex
+from tests.retrieval import index_helpers
+from tests.retrieval.index_helpers import brute_force, edit_json, flip_byte
+
+SHAPE = {"width": 4, "digits": 3}  # this file's chunks: 4 chars, texts t000 ..
 
 
 def make_chunks(n: int, doc: str = "d", **metadata) -> list[Chunk]:
-    return [
-        Chunk(f"{doc}{i % 5}", 10 * i, 10 * i + 4, f"t{i:03d}", i,
-              {"n": i, "parity": i % 2, **metadata})
-        for i in range(n)
-    ]
-
-
-def brute_force(vecs: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
-    """Scores (m, n) in float64, the trusted reference."""
-    v, q = vecs.astype(np.float64), queries.astype(np.float64)
-    if metric == "cosine":
-        v = v / np.linalg.norm(v, axis=1, keepdims=True)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    return q @ v.T
+    return index_helpers.make_chunks(n, doc, **SHAPE, **metadata)
 
 
 @pytest.fixture
 def data():
-    rng = np.random.default_rng(0)
-    return make_chunks(500), rng.standard_normal((500, 24)).astype(np.float32), rng.standard_normal(
-        (7, 24)
-    ).astype(np.float32)
+    return index_helpers.random_data(**SHAPE)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip"])
@@ -259,17 +247,11 @@ def _saved(tmp_path, data):
     return path
 
 
-def _flip_byte(file, offset=-5):
-    raw = bytearray(file.read_bytes())
-    raw[offset] ^= 0x01
-    file.write_bytes(bytes(raw))
-
-
 @pytest.mark.parametrize(
     "corrupt, where",
     [
-        (lambda p: _flip_byte(p / "vectors.npy"), "vectors.npy"),
-        (lambda p: _flip_byte(p / "chunks.jsonl", offset=30), "chunks.jsonl"),
+        (lambda p: flip_byte(p / "vectors.npy"), "vectors.npy"),
+        (lambda p: flip_byte(p / "chunks.jsonl", offset=30), "chunks.jsonl"),
         (lambda p: (p / "vectors.npy").unlink(), "vectors.npy"),
         (lambda p: (p / "meta.json").write_text("{not json"), "meta.json"),
         (lambda p: (p / "meta.json").unlink(), "meta.json"),
@@ -281,12 +263,6 @@ def test_corrupted_files_are_detected_with_the_path(tmp_path, data, corrupt, whe
     with pytest.raises(RagkitError, match=where) as info:
         MemoryIndex.load(path)
     assert str(path) in str(info.value)
-
-
-def _rewrite_meta(path, **changes):
-    meta = json.loads((path / "meta.json").read_text())
-    meta.update(changes)
-    (path / "meta.json").write_text(json.dumps(meta))
 
 
 @pytest.mark.parametrize(
@@ -301,7 +277,7 @@ def _rewrite_meta(path, **changes):
 )
 def test_meta_that_disagrees_with_the_files_is_detected(tmp_path, data, changes, message):
     path = _saved(tmp_path, data)
-    _rewrite_meta(path, **changes)
+    edit_json(path / "meta.json", **changes)
     with pytest.raises(IndexFileError, match=message):
         MemoryIndex.load(path)
 
