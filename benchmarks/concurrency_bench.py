@@ -69,15 +69,15 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from ragkit.bench import bench_parser
+
+    p = bench_parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--readers", type=int, default=8)
     p.add_argument("--docs", type=int, default=50)
     p.add_argument("--kinds", type=lambda s: s.split(","), default=list(KINDS))
     p.add_argument("--folder", action="store_true", help="bind the pipeline to a folder")
-    p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    args.argv = list(argv)
     return args
 
 

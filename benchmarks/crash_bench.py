@@ -178,14 +178,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from ragkit.bench import bench_parser
+
+    p = bench_parser(__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=100)
     p.add_argument("--docs", type=int, default=300)
     p.add_argument("--stores", type=lambda s: s.split(","), default=["memory", "faiss", "chroma"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    args.argv = list(argv)
     return args
 
 

@@ -123,7 +123,9 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from ragkit.bench import bench_parser
+
+    p = bench_parser(__doc__.split("\n\n")[0])
     p.add_argument("--backends", default="torch,onnx,onnx-int8,openvino,openvino-int8",
                    help="comma-separated SentenceTransformerEmbedder backends (torch first)")
     p.add_argument("--model2vec", help="also a model2vec folder (scripts/distill_model2vec.sh)")
@@ -132,12 +134,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="threads for every backend: torch.set_num_threads and the onnx/openvino "
                         "runtimes' (default: each library's own choice, all cores)")
     p.add_argument("--export-dir", help="where exports go (default: a temporary folder)")
-    p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.repeats < 1:
         p.error("need --repeats >= 1")
-    args.argv = list(argv)
     return args
 
 

@@ -35,6 +35,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     enc = tiktoken.get_encoding(bench.ENCODING)
     fast = _bindings.tokenizer_for_encoding("cl100k_base")
     versions = bench._versions()
-    versions["bpe-openai"] = bench.metadata.version("bpe-openai")
+    versions["bpe-openai"] = metadata.version("bpe-openai")
     say(f"corpus: {len(docs)} documents, {mb:.2f} MB UTF-8; best of {args.repeats} per document")
     say("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
                          "cpu_x_tiktoken_encode": t["cpu_s"] / floor["cpu_s"],
                          "cpu_ratio_to_chonkie": chonkie_t["cpu_s"] / t["cpu_s"],
                          "wall_ratio_to_chonkie": chonkie_t["wall_s"] / t["wall_s"]})
-    return {"command": bench.shlex.join(["python", "benchmarks/exact_encoder.py", *args.argv]),
+    return {"command": shlex.join(["python", "benchmarks/exact_encoder.py", *args.argv]),
             "versions": versions, "mb": mb, "documents": len(docs), "repeats": args.repeats,
             "documents_differing": differ, "code_point_mismatches": swept,
             "identical_chunks": same, "rows": rows}
@@ -190,16 +191,16 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from ragkit.bench import bench_parser
+
+    p = bench_parser(__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=float, default=5.0, help="corpus size in MB of UTF-8")
     p.add_argument("--repeats", type=int, default=5, help="runs per document; best is kept")
     p.add_argument("--overlaps", default="0,64", help="comma-separated overlaps, in tokens")
-    p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     args.overlaps = [int(x) for x in args.overlaps.split(",") if x.strip()]
     if args.mb <= 0 or args.repeats < 1 or any(not 0 <= o < BUDGET for o in args.overlaps):
         p.error(f"need --mb > 0, --repeats >= 1 and overlaps in [0, {BUDGET})")
-    args.argv = list(argv)
     return args
 
 

@@ -38,14 +38,12 @@ import gzip
 import json
 import logging
 import os
-import platform
 import shlex
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -147,13 +145,9 @@ def same_index(a: Path, b: Path) -> bool:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("ray", "torch", "sentence-transformers", "numpy", "pyarrow"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    from ragkit.bench import versions
+
+    return versions(("ray", "torch", "sentence-transformers", "numpy", "pyarrow"), missing=None)
 
 
 def run(args: argparse.Namespace, say) -> dict[str, Any]:

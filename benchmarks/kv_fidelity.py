@@ -38,12 +38,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ragkit.bench import offline  # noqa: E402
+
+offline()  # before anything imports transformers
 DATA = ROOT / "data" / "chunking_eval"
 N_GREEDY = 32
 DEFAULT_MODES = "none,prefix,independent,blend:blend_ratio=0.15"

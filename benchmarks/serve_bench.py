@@ -30,17 +30,16 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ragkit.bench import offline  # noqa: E402
+
+offline()  # before anything imports transformers
 DATA = ROOT / "data" / "chunking_eval"
 MODES = ("none", "independent", "blend")
 CONFIG = {

@@ -27,12 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ragkit.bench import offline  # noqa: E402
+
+offline()  # before anything imports transformers
 DATA = ROOT / "data" / "chunking_eval"
 MODES = ("none", "prefix", "independent", "blend")
 
@@ -98,7 +98,7 @@ def main() -> None:
             cache = context.buffer_cache(kv, layout.context_len)
             t = time.perf_counter()
             with torch.inference_mode():
-                int(torch.argmax(gen._forward(list(layout.question), cache, layout.context_len)))
+                int(torch.argmax(gen.forward_ids(list(layout.question), cache, layout.context_len)))
             return time.perf_counter() - t
 
         times = {m: [] for m in MODES}

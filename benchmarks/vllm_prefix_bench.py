@@ -25,12 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ragkit.bench import offline  # noqa: E402
+
+offline()  # before anything imports transformers
 CORPUS = ROOT / "data" / "chunking_eval" / "corpora" / "wikitexts.md"
 QUESTIONS = ("What is the main subject of the first passage?",
              "Which dates are mentioned in the context?")

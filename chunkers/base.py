@@ -16,12 +16,12 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from ragkit.checks import check_int
 from ragkit.errors import ConfigError
+from ragkit.protocols import Chunker  # noqa: F401  (the role, defined in the kernel; re-exported)
 from ragkit.protocols import SplitsAtAsciiEdges, SplitsAtWordEnds
 from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, Tokenizer, ascii_edge
 from ragkit.types import Chunk, Document
@@ -38,11 +38,6 @@ from ragkit.chunkers.parallel import (  # noqa: F401
 )
 
 Span = tuple[int, int]
-
-
-@runtime_checkable
-class Chunker(Protocol):
-    def chunk(self, doc: Document) -> list[Chunk]: ...
 
 
 def check_size(chunk_size: int, overlap: int, *, overlap_unit: str = "tokens") -> None:

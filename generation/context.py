@@ -117,8 +117,8 @@ def prefix_kv(gen: Any, ids: Sequence[int]) -> tuple[torch.Tensor, bool]:
     kv = store.get(k) if store is not None else None
     if kv is not None:
         return kv, True
-    cache = gen._new_cache()
-    gen._forward(ids, cache, 0)
+    cache = gen.new_cache()
+    gen.forward_ids(ids, cache, 0)
     kv = kv_of(cache)
     if store is not None:
         store.put(k, kv)
@@ -182,14 +182,14 @@ def _compute_chunks(gen: Any, prefix: Sequence[int], pkv: torch.Tensor,
         for i in range(pkv.shape[0])])
     out = gen.lm(
         input_ids=input_ids, position_ids=torch.arange(n_prefix, n_prefix + width)[None],
-        **{gen._cache_kw: cache}, use_cache=True, logits_to_keep=1, output_hidden_states=meta,
+        **{gen.cache_kw: cache}, use_cache=True, logits_to_keep=1, output_hidden_states=meta,
     )
     results = []
     for row, ids in enumerate(chunks):
         end = n_prefix + len(ids)
         full = torch.stack([torch.stack((layer.keys[row, :, :end], layer.values[row, :, :end]))
                             for layer in cache.layers])  # (layers, 2, kv_heads, P + n, hd)
-        kv = rotate_kv(full[:, :, :, n_prefix:].contiguous(), -n_prefix, gen._inv_freq)
+        kv = rotate_kv(full[:, :, :, n_prefix:].contiguous(), -n_prefix, gen.inv_freq)
         score = None
         if meta:
             hidden = [h[row : row + 1, : len(ids)] for h in out.hidden_states]
@@ -224,7 +224,7 @@ def prefill_prefix(gen: Any, layout: PromptLayout, capacity: int) -> tuple[Any, 
         pos += kv.shape[3]
     cache = buffer_cache(buf, reused)
     rest = [t for seg in segments[len(found):] for t in seg] + list(layout.question)
-    logits = gen._forward(rest, cache, reused)
+    logits = gen.forward_ids(rest, cache, reused)
     if store is not None:  # store the newly computed context segments
         pos = reused
         for seg, k in zip(segments[len(found):], keys[len(found):]):
@@ -250,7 +250,7 @@ def independent_context(gen: Any, layout: PromptLayout, capacity: int,
         if not hit:
             computed += len(ids)
         end = start + len(ids)
-        buf[:, 0, :, start:end] = rotate_keys(kv[:, 0].to(buf.dtype), start, gen._inv_freq)
+        buf[:, 0, :, start:end] = rotate_keys(kv[:, 0].to(buf.dtype), start, gen.inv_freq)
         buf[:, 1, :, start:end] = kv[:, 1]
         scores.append(score)
     return buf, scores, {"computed": computed, "reused": layout.context_len - computed}

@@ -30,35 +30,35 @@ def token_logprobs(
     for name, value, low in (("window", window, 2), ("batch_tokens", batch_tokens, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"must be an int >= {low}; got {value!r}", path=name)
-    torch = gen._torch
+    torch = gen.torch
     per_segment = [list(encode(gen.tokenizer, s)) if s else [] for s in segments]
     flat = [t for ids in per_segment for t in ids]
     out = np.zeros(len(flat), dtype=np.float32)
     step = max(1, min(batch_tokens, window // 2))
     limit = int(getattr(gen.lm.config, "max_position_embeddings", 0) or 2**31)
     with torch.inference_mode():
-        context = [gen._doc_start_id]  # the ids held in the cache, oldest first
-        cache = gen._new_cache()
-        prev = gen._forward(context, cache, 0)  # (vocab,): predicts the first token
+        context = [gen.doc_start_id]  # the ids held in the cache, oldest first
+        cache = gen.new_cache()
+        prev = gen.forward_ids(context, cache, 0)  # (vocab,): predicts the first token
         pos = 1
         done = 0
         while done < len(flat):
             batch = flat[done : done + step]
             keep = window - len(batch)
             if len(context) > keep:  # slide: drop the oldest cached tokens
-                cache = gen._new_cache([
+                cache = gen.new_cache([
                     (layer.keys[:, :, -keep:], layer.values[:, :, -keep:])
                     for layer in cache.layers
                 ])
                 context = context[-keep:]
             if pos + len(batch) > limit:  # re-encode the kept context from position 0
-                cache = gen._new_cache()
-                gen._forward(context, cache, 0)
+                cache = gen.new_cache()
+                gen.forward_ids(context, cache, 0)
                 pos = len(context)
             logits = gen.lm(
                 input_ids=torch.tensor([batch], dtype=torch.long),
                 position_ids=torch.arange(pos, pos + len(batch)).unsqueeze(0),
-                **{gen._cache_kw: cache}, use_cache=True, logits_to_keep=0,
+                **{gen.cache_kw: cache}, use_cache=True, logits_to_keep=0,
             ).logits[0].float()  # (n, vocab): row j predicts batch[j + 1]
             scores = torch.cat((prev.float()[None], logits[:-1]))  # (n, vocab)
             target = torch.tensor(batch, dtype=torch.long)[:, None]  # (n, 1)

@@ -152,8 +152,12 @@ class TransformersGenerator:
     def lm(self) -> Any:
         return self._loaded[1]
 
+    def load_model(self) -> None:
+        """Load (or convert, the first time) the model now instead of on first use."""
+        self._loaded  # noqa: B018
+
     @cached_property
-    def _torch(self) -> Any:
+    def torch(self) -> Any:
         return require("torch", extra="generate", component="generator 'transformers'")
 
     @cached_property
@@ -166,11 +170,11 @@ class TransformersGenerator:
         }
 
     @cached_property
-    def _cache_kw(self) -> str:
+    def cache_kw(self) -> str:
         return cache_kwarg(self.lm)
 
     @cached_property
-    def _inv_freq(self) -> Any:
+    def inv_freq(self) -> Any:
         from ragkit.generation.rope import inv_freq_of
 
         return inv_freq_of(self.lm)
@@ -219,7 +223,7 @@ class TransformersGenerator:
         computed = cached = 0
         total = len(chunks)
         step = max(1, self.warm_batch)
-        with self._torch.inference_mode():
+        with self.torch.inference_mode():
             pkv = context.prefix_kv(self, prefix)[0]
             for at in range(0, total, step):
                 ids = [encode(self.tokenizer, self.chunk_format.format(
@@ -237,7 +241,7 @@ class TransformersGenerator:
         LLM chunkers use. Decoding follows this generator's settings (greedy by default)."""
         if not isinstance(prompt, str) or not prompt:
             raise RagkitError(f"prompt must be a non-empty string; got {prompt!r}")
-        torch = self._torch
+        torch = self.torch
         ids = self.chat_ids(prompt)
         limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         gen = torch.Generator().manual_seed(
@@ -246,8 +250,8 @@ class TransformersGenerator:
         detok = Detokenizer(self.tokenizer, self.stop)
         out: list[int] = []
         with torch.inference_mode():
-            cache = self._new_cache()
-            logits = self._forward(ids, cache, 0)
+            cache = self.new_cache()
+            logits = self.forward_ids(ids, cache, 0)
             pos = len(ids)
             while len(out) < limit:
                 token = self._pick(logits, gen)
@@ -257,7 +261,7 @@ class TransformersGenerator:
                 detok.add(out)
                 if detok.stopped or len(out) >= limit:
                     break
-                logits = self._forward([token], cache, pos)
+                logits = self.forward_ids([token], cache, pos)
                 pos += 1
         detok.flush(out)
         return detok.text
@@ -267,12 +271,12 @@ class TransformersGenerator:
         message): the ``ScoringLLM`` ability. A multi-token option sums its tokens' log-probs."""
         if not isinstance(prompt, str) or not prompt:
             raise RagkitError(f"prompt must be a non-empty string; got {prompt!r}")
-        torch = self._torch
+        torch = self.torch
         ids = self.chat_ids(prompt)
         out: dict[str, float] = {}
         with torch.inference_mode():
-            cache = self._new_cache()
-            first = torch.log_softmax(self._forward(ids, cache, 0).float(), -1)  # (vocab,)
+            cache = self.new_cache()
+            first = torch.log_softmax(self.forward_ids(ids, cache, 0).float(), -1)  # (vocab,)
             for option in options:
                 tokens = encode(self.tokenizer, option)
                 if not tokens:
@@ -284,7 +288,7 @@ class TransformersGenerator:
                     branch = copy.deepcopy(cache)
                     pos = len(ids)
                     for prev, nxt in zip(tokens, tokens[1:]):
-                        lp = torch.log_softmax(self._forward([prev], branch, pos).float(), -1)
+                        lp = torch.log_softmax(self.forward_ids([prev], branch, pos).float(), -1)
                         total += float(lp[nxt])
                         pos += 1
                 out[option] = total
@@ -320,7 +324,7 @@ class TransformersGenerator:
                               progress=progress)
 
     @cached_property
-    def _doc_start_id(self) -> int:
+    def doc_start_id(self) -> int:
         tok = self.tokenizer
         eot = tok.convert_tokens_to_ids("<|endoftext|>") if "<|endoftext|>" in tok.get_vocab() \
             else None
@@ -351,12 +355,12 @@ class TransformersGenerator:
         from ragkit.generation import context
 
         mode = mode or self.kv_reuse
-        torch = self._torch
+        torch = self.torch
         capacity = len(layout.ids) + self.max_new_tokens
         with torch.inference_mode():
             if mode == "none":
                 cache = context.buffer_cache(context.new_buffer(self.lm, capacity), 0)
-                logits = self._forward(layout.ids, cache, 0)
+                logits = self.forward_ids(layout.ids, cache, 0)
                 return logits, cache, {"computed": len(layout.ids), "reused": 0, "approximate": 0}
             if mode == "prefix":
                 return context.prefill_prefix(self, layout, capacity)
@@ -371,7 +375,7 @@ class TransformersGenerator:
                 stats["reused"] -= stats["blend_recomputed"]
                 stats["approximate"] -= stats["blend_recomputed"]
             cache = context.buffer_cache(kv, layout.context_len)
-            logits = self._forward(list(layout.question), cache, layout.context_len)
+            logits = self.forward_ids(list(layout.question), cache, layout.context_len)
             stats["computed"] += len(layout.question)
             return logits, cache, stats
 
@@ -385,20 +389,20 @@ class TransformersGenerator:
 
     def decode_greedy(self, logits: Any, cache: Any, pos: int, n: int) -> list[int]:
         """``n`` greedy ids from first-token ``logits`` and the ``cache`` of ``pos`` tokens."""
-        torch = self._torch
+        torch = self.torch
         ids: list[int] = []
         with torch.inference_mode():
             for _ in range(n):
                 ids.append(int(torch.argmax(logits).item()))
                 if len(ids) < n:
-                    logits = self._forward([ids[-1]], cache, pos)
+                    logits = self.forward_ids([ids[-1]], cache, pos)
                     pos += 1
         return ids
 
     def _run(self, query: str, hits: Sequence[Hit]) -> Iterator[str]:
         if not isinstance(query, str) or not query.strip():
             raise RagkitError(f"query must be a non-empty string; got {query!r}")
-        torch = self._torch
+        torch = self.torch
         t0 = time.perf_counter()
         layout = self.layout(query, [h.chunk.text for h in hits])
         logits, cache, stats = self.first_logits(layout)
@@ -422,7 +426,7 @@ class TransformersGenerator:
                     yield piece
                 if detok.stopped or len(out) >= self.max_new_tokens:
                     break
-                logits = self._forward([token], cache, pos)
+                logits = self.forward_ids([token], cache, pos)
                 pos += 1
         tail = detok.flush(out)
         if tail:
@@ -444,7 +448,7 @@ class TransformersGenerator:
         return Answer(query, detok.text, list(hits), timings)
 
     def _pick(self, logits: Any, gen: Any) -> int:
-        torch = self._torch
+        torch = self.torch
         if self.temperature == 0.0:
             return int(torch.argmax(logits).item())
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)  # (vocab,)
@@ -454,20 +458,20 @@ class TransformersGenerator:
             probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs, 1, generator=gen).item())
 
-    # -- model plumbing ------------------------------------------------------------------------
+    # -- model plumbing (public: context.py and decoding.py run the model through these) ---------
 
-    def _new_cache(self, data: Any = None) -> Any:
+    def new_cache(self, data: Any = None) -> Any:
         from transformers import DynamicCache
 
         return DynamicCache(ddp_cache_data=data) if data is not None else DynamicCache()
 
-    def _forward(self, ids: Sequence[int], cache: Any, start: int) -> Any:
+    def forward_ids(self, ids: Sequence[int], cache: Any, start: int) -> Any:
         """Run ``ids`` at positions ``start...`` on ``cache`` (updated); last position's logits."""
-        torch = self._torch
+        torch = self.torch
         input_ids = torch.tensor([list(ids)], dtype=torch.long)  # (1, n)
         position_ids = torch.arange(start, start + len(ids)).unsqueeze(0)  # (1, n)
         out = self.lm(
-            input_ids=input_ids, position_ids=position_ids, **{self._cache_kw: cache},
+            input_ids=input_ids, position_ids=position_ids, **{self.cache_kw: cache},
             use_cache=True, logits_to_keep=1,
         )
         return out.logits[0, -1]  # (vocab,)

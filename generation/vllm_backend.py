@@ -39,6 +39,7 @@ from functools import cached_property
 from types import ModuleType
 from typing import Any, Literal
 
+from ragkit.checks import check_int
 from ragkit._deps import require
 from ragkit.errors import ConfigError, MissingDependencyError, RagkitError
 from ragkit.types import Answer, Hit
@@ -138,8 +139,8 @@ class VLLMGenerator:
                 f"unknown {self.dtype!r}; choose one of auto, bfloat16, float16, float32",
                 path="dtype",
             )
-        _check_int(self.max_new_tokens, "max_new_tokens", 1)
-        _check_int(self.max_model_len, "max_model_len", 2)
+        check_int(self.max_new_tokens, "max_new_tokens", min=1)
+        check_int(self.max_model_len, "max_model_len", min=2)
         if self.max_new_tokens >= self.max_model_len:
             raise ConfigError(
                 f"must be below max_model_len={self.max_model_len} (prompt and answer share it); "
@@ -438,8 +439,3 @@ class AsyncEngine:
                 pass
 
         return RunningRequests
-
-
-def _check_int(value: Any, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"must be an int >= {low}; got {value!r}", path=name)

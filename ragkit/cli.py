@@ -106,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="where to read, chunk and embed: this process (default) or a Ray cluster")
     i.add_argument("--workers", type=int, metavar="N",
-                   help="--engine ray: chunk-and-embed workers (default: the cluster's CPUs)")
+                   help="local engine: chunk-and-embed processes (default: this machine's "
+                        "cores); --engine ray: chunk-and-embed workers (default: the "
+                        "cluster's CPUs)")
     i.add_argument("--ray-address", metavar="ADDR",
                    help="--engine ray: the cluster to use, e.g. auto or ray://head:10001 "
                         "(default: RAY_ADDRESS, else a local cluster started for the run)")

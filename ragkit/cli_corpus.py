@@ -25,6 +25,7 @@ from ragkit.cli_support import (
     tqdm_bar,
 )
 from ragkit.errors import ConfigError
+from ragkit.protocols import CountsInTokenizer, NamesTokenizer, provides
 
 
 def cmd_chunk(args: argparse.Namespace) -> int:
@@ -84,8 +85,9 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         print(f"documents  {n_docs}  ({total_bytes / 1e6:.2f} MB)")
         print(f"chunks     {len(sizes)}")
         if sizes:
-            tok_unit = getattr(chunker, "resolved_tokenizer", None) or getattr(
-                chunker, "tokenizer", "tokens")
+            tok_unit = chunker.resolved_tokenizer if provides(chunker, CountsInTokenizer) else None
+            if not tok_unit:
+                tok_unit = chunker.tokenizer if provides(chunker, NamesTokenizer) else "tokens"
             print(f"tokens     total {sum(sizes)}  ({tok_unit})")
             print("size       " + describe_sizes(sizes, "tokens"))
             print("chars      " + describe_sizes(chars, "chars"))
@@ -104,12 +106,15 @@ def cmd_index(args: argparse.Namespace) -> int:
 
         config = apply_overrides(load_yaml(Path(args.out) / CONFIG_FILE), args.override)
     pipe = RAGPipeline.from_config(config)  # validates everything before any work
-    engine: dict[str, Any] = {"name": args.engine}
+    engine: dict[str, Any] = {"name": args.engine, "workers": args.workers}
     if args.engine == "ray":
-        engine |= {"workers": args.workers, "address": args.ray_address}
-    elif args.workers is not None or args.ray_address is not None:
-        raise ConfigError("only with --engine ray", path="--workers" if args.workers is not None
-                          else "--ray-address")
+        engine |= {"address": args.ray_address}
+    elif args.ray_address is not None:
+        raise ConfigError("only with --engine ray", path="--ray-address")
+    if args.workers is not None:
+        from ragkit.chunkers.base import check_workers
+
+        check_workers(args.workers, path="--workers")
     bar = None
     if not args.no_progress:
         from tqdm import tqdm

@@ -17,6 +17,7 @@ from ragkit.cli_support import (
     source_dict,
 )
 from ragkit.errors import ConfigError, RagkitError
+from ragkit.protocols import LoadsModel
 
 DEFAULT_GENERATOR = {"name": "transformers"}
 
@@ -55,7 +56,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise ConfigError(f"must be an int >= 1; got {args.k}", path="-k")
     pipe = pipeline_with_generator(args)
-    getattr(pipe.generator, "lm", None)  # load (or convert, the first time) before answering
+    if isinstance(pipe.generator, LoadsModel):
+        pipe.generator.load_model()  # load (or convert, the first time) before answering
     if args.json:
         answer = pipe.answer(args.question, k=args.k)
         print_json({"answer": answer.text, "sources": [source_dict(h) for h in answer.hits],

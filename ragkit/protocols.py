@@ -4,20 +4,21 @@
 This module is kernel: it imports nothing of ragkit's but the core types, and nothing heavy
 (numpy only for annotations). A component does not inherit from these; it just has the methods,
 and ``isinstance(obj, Embeds)`` says whether it does. The roles a pipeline stage must play
-(``Chunker``, ``Index``, ``Reranker``, ``Selector``) stay in their package's ``base.py``; the
+(``Index``, ``Reranker``, ``Selector``) stay in their package's ``base.py``; ``Chunker`` is here
+(and re-exported by ``ragkit.chunkers.base``) because the kernel's chunk view checks it. The
 optional abilities that more than one layer asks about live here:
 
 - models: ``Embeds``, ``Completes``, ``ScoresOptions``, ``TokenLogprobLLM``, ``Fingerprinted``,
-  ``NamesTokenizer``, ``LimitsTextTokens``, ``LimitsTokens``, ``NamesModel``;
+  ``NamesTokenizer``, ``LimitsTextTokens``, ``LimitsTokens``, ``NamesModel``, ``LoadsModel``;
 - text: ``Tokenizer`` (counts tokens), ``SplitsAtWordEnds``, ``SplitsAtAsciiEdges``,
   ``ReadsTokenizerFile``;
-- chunkers: ``ChunksAndEmbeds`` (late chunking), ``HasEmbedder``, ``CountsInTokenizer``,
-  ``TakesFileSuffixes``;
+- chunkers: ``Chunker`` (the role), ``ChunksAndEmbeds`` (late chunking), ``HasEmbedder``,
+  ``CountsInTokenizer``, ``HasChunkSize``, ``TakesFileSuffixes``;
 - indexes: ``HasDocHash``, ``ListsChunks``, ``HasDocChunks``, ``Persistent``, ``RecordsInfo``,
   ``QueryTimeSettings``, ``ConcurrentWriters``;
 - generation: ``StreamsTokens`` (the generator role), ``StreamsConcurrently``, ``WarmsKV``,
-  ``CachesKV``;
-- anything: ``KeepsStats``, ``Closes``.
+  ``CachesKV``, ``HasKVStore``;
+- anything: ``KeepsStats``, ``Closes``, ``HasWorkers``.
 
 An ability held in a data attribute is a protocol member like a method. On Python < 3.12,
 ``isinstance`` reads such a member, which runs a property; ``provides(obj, P)`` checks the same
@@ -137,6 +138,14 @@ class NamesModel(Protocol):
     model: Any
 
 
+@runtime_checkable
+class LoadsModel(Protocol):
+    """A component whose model loads on first use and can be loaded now with ``load_model()``
+    (a command loads it before it starts answering, a server before it says it is ready)."""
+
+    def load_model(self) -> None: ...
+
+
 # -- text -----------------------------------------------------------------------------------------
 
 
@@ -176,6 +185,20 @@ class ReadsTokenizerFile(Protocol):
 
 
 # -- chunkers -------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Chunker(Protocol):
+    """The chunker role: ``chunk(doc)`` -> the document's chunks, in order."""
+
+    def chunk(self, doc: Document) -> list[Chunk]: ...
+
+
+@runtime_checkable
+class HasChunkSize(Protocol):
+    """A chunker with a size budget (``chunk_size``, in its own unit: tokens, characters...)."""
+
+    chunk_size: int
 
 
 @runtime_checkable
@@ -234,6 +257,14 @@ class HasDocChunks(Protocol):
     """A document's chunks in order (neighbour expansion)."""
 
     def doc_chunks(self, doc_id: str) -> list[Chunk]: ...
+
+
+@runtime_checkable
+class HasSentenceVectors(Protocol):
+    """Vectors of sentences stored at index time, looked up by document and absolute character
+    span: ``(vecs (n, d) float32, found (n,) bool)`` (sentence refinement without embedding)."""
+
+    def sentence_vectors(self, doc_id: str, spans: Sequence[tuple[int, int]]) -> Any: ...
 
 
 @runtime_checkable
@@ -327,6 +358,13 @@ class CachesKV(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class HasKVStore(Protocol):
+    """A generator that reuses chunk KVs from a store (``kv_store``: a ``CachesKV``)."""
+
+    kv_store: Any
+
+
 # -- anything -------------------------------------------------------------------------------------
 
 
@@ -342,6 +380,13 @@ class Closes(Protocol):
     """Holds a resource (file, connection, worker) until ``close()``."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class HasWorkers(Protocol):
+    """Runs on a number of worker processes or actors (``workers``; ``None``: its default)."""
+
+    workers: int | None
 
 
 def members(protocol: type) -> list[str]:

@@ -46,6 +46,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "chroma": "ragkit.retrieval.chroma_index:ChromaIndex",
         "bm25": "ragkit.retrieval.bm25_index:BM25Index",
         "hybrid": "ragkit.retrieval.hybrid:HybridIndex",
+        "sentence-vectors": "ragkit.retrieval.sentence_index:SentenceVectorIndex",
     },
     "generator": {
         "transformers": "ragkit.generation.transformers_backend:TransformersGenerator",
@@ -72,6 +73,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "token-budget": "ragkit.retrieval.selectors:TokenBudget",
         "neighbours": "ragkit.retrieval.selectors:Neighbours",
         "sentence-refine": "ragkit.retrieval.refiners:SentenceRefiner",
+        "set-refine": "ragkit.retrieval.set_refiner:SetRefiner",
     },
 }
 

@@ -24,6 +24,7 @@ from html import escape
 from typing import Any
 
 from ragkit.errors import ConfigError
+from ragkit.protocols import Chunker
 from ragkit.types import Chunk, Document
 
 # Pastel backgrounds, far enough apart that neighbours are told apart (chunk i takes i % 8).
@@ -203,7 +204,7 @@ def show(doc: Document | str, chunkers: Sequence[Any] | Mapping[str, Any]) -> Ch
     for n, (label, spec) in enumerate(items):
         path = f"chunkers.{label}" if label is not None else f"chunkers[{n}]"
         chunker = build("chunker", spec, path=path) if isinstance(spec, (str, Mapping)) else spec
-        if not callable(getattr(chunker, "chunk", None)):
+        if not isinstance(chunker, Chunker):
             raise ConfigError(f"expected a chunker spec or an object with chunk(doc); got "
                               f"{type(spec).__name__}", path=path)
         if label is None and isinstance(spec, (str, Mapping)):

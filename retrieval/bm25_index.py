@@ -30,10 +30,7 @@ copy-on-write); ``replace`` swaps a document's chunks in one write.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,20 +41,22 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit._deps import require
-from ragkit.config import build_dataclass, to_config
 from ragkit.concurrency import Guarded, reads, writes
+from ragkit.config import build_dataclass, to_config
 from ragkit.errors import ConfigError, MissingDependencyError
-from ragkit.types import Chunk, Hit
 from ragkit.retrieval.base import filter_rows
-from ragkit.retrieval.memory_index import (
+from ragkit.retrieval.index_files import (
     IndexFileError,
-    _read_chunks,
-    _sha256,
-    _swap_in,
+    check_chunks,
     check_save_target,
     chunks_jsonl,
+    read_chunks,
     read_meta,
+    saving,
+    sha256_file,
+    write_meta,
 )
+from ragkit.types import Chunk, Hit
 
 FORMAT = "ragkit.bm25_index"
 VERSION = 1
@@ -159,10 +158,7 @@ class BM25Index(Guarded):
     def add(self, chunks: Sequence[Chunk], vecs: Any = None) -> None:
         """Store ``chunks`` (``vecs`` is ignored: BM25 scores text). Tokenizes now; the bm25s
         index is rebuilt at the next search."""
-        chunks = list(chunks)
-        for c in chunks:
-            if not isinstance(c, Chunk):
-                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
+        chunks = check_chunks(chunks)
         if not chunks:
             return
         tokens = self.tokenize([c.text for c in chunks])
@@ -282,9 +278,7 @@ class BM25Index(Guarded):
         path = Path(path)
         check_save_target(path)
         chunks_bytes = chunks_jsonl(self._chunks, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with saving(path) as tmp:
             (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
             meta = {
                 "format": FORMAT,
@@ -292,13 +286,9 @@ class BM25Index(Guarded):
                 "config": to_config(self),
                 "count": len(self._chunks),
                 "info": self.info,
-                "sha256": {"chunks.jsonl": _sha256(tmp / "chunks.jsonl")},
+                "sha256": {"chunks.jsonl": sha256_file(tmp / "chunks.jsonl")},
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_meta(tmp, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BM25Index:
@@ -315,7 +305,7 @@ class BM25Index(Guarded):
         sums = meta.get("sha256")
         if not isinstance(sums, dict) or not isinstance(sums.get("chunks.jsonl"), str):
             raise IndexFileError(f"{file}: missing the sha256 checksum of chunks.jsonl")
-        if _sha256(path / "chunks.jsonl") != sums["chunks.jsonl"]:
+        if sha256_file(path / "chunks.jsonl") != sums["chunks.jsonl"]:
             raise IndexFileError(
                 f"{path / 'chunks.jsonl'}: checksum does not match meta.json; the file is "
                 "corrupted or was changed after saving"
@@ -324,7 +314,7 @@ class BM25Index(Guarded):
             index = build_dataclass(cls, config)
         except ConfigError as exc:
             raise IndexFileError(f"{file}: invalid index config ({exc})") from None
-        chunks = _read_chunks(path / "chunks.jsonl")
+        chunks = read_chunks(path / "chunks.jsonl")
         if len(chunks) != count:
             raise IndexFileError(
                 f"{path / 'chunks.jsonl'}: meta.json says {count} chunks; "

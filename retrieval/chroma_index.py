@@ -70,10 +70,14 @@ from ragkit.retrieval.chroma_codec import (
     where_clause,
 )
 from ragkit.retrieval.chroma_persist import FORMAT, HELD_OPEN, VERSION, ChromaPersistence
-from ragkit.retrieval.memory_index import (
+from ragkit.retrieval.index_files import (
     IndexFileError,
-    _normalise,
+    check_aligned,
+    check_chunks,
+    check_k,
     check_vecs,
+    normalise,
+    query_rows,
 )
 from ragkit.types import Chunk, Hit
 
@@ -342,22 +346,15 @@ class ChromaIndex(ChromaPersistence, Guarded):
     @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
-        chunks = list(chunks)
-        for c in chunks:
-            if not isinstance(c, Chunk):
-                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
+        chunks = check_chunks(chunks)
         col = self._connect()
         self._refresh_dim()
-        vecs = self._check_vecs(vecs, what="vectors")
-        if vecs.shape[0] != len(chunks):
-            raise IndexMismatchError(
-                f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
-            )
+        vecs = check_aligned(chunks, vecs, self._dim)
         self._sync_info()
         if not chunks:
             return
         if self.metric == "cosine":
-            vecs = _normalise(vecs)
+            vecs = normalise(vecs)
         last = {c.id: i for i, c in enumerate(chunks)}  # the same id twice: the last one wins
         rows = sorted(last.values())
         records = [encode_chunk(chunks[i]) for i in rows]  # every chunk checked before any write
@@ -398,22 +395,12 @@ class ChromaIndex(ChromaPersistence, Guarded):
     # -- search --------------------------------------------------------------------------------
 
     @reads
-    def search(
-        self,
-        query_vecs: np.ndarray,
-        k: int,
-        filter: Mapping[str, Any] | None = None,
-        queries: Sequence[str] | None = None,  # unused: dense search needs only the vectors
-    ) -> list[list[Hit]]:
-        """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
-
-        ``filter`` keeps chunks whose ``metadata[key] == value`` for every item (``"doc_id"``
-        matches ``chunk.doc_id``; a list or tuple value means any of its values).
-        """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise ValueError(f"k must be an int >= 0; got {k!r}")
-        q = np.asarray(query_vecs)
-        q = q[None, :] if q.ndim == 1 else q  # (m, d)
+    def search(self, query_vecs: np.ndarray, k: int, filter: Mapping[str, Any] | None = None,
+               queries: Sequence[str] | None = None) -> list[list[Hit]]:
+        """The ``k`` best hits for each query row, with ``filter`` and ``queries`` as in
+        ``MemoryIndex.search``."""
+        k = check_k(k)
+        q = query_rows(query_vecs)
         col = self._connect()
         self._refresh_dim()
         q = self._check_vecs(q, what="query vectors")
@@ -422,7 +409,7 @@ class ChromaIndex(ChromaPersistence, Guarded):
         if k == 0 or where is NOTHING or self._dim is None or col.count() == 0:
             return empty
         if self.metric == "cosine":
-            q = _normalise(q)
+            q = normalise(q)
         out = []
         size = self._batch()
         for start in range(0, q.shape[0], size):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +18,10 @@ import numpy as np
 from ragkit._deps import require
 from ragkit.concurrency import reads
 from ragkit.errors import ConfigError
-from ragkit.retrieval.memory_index import (
+from ragkit.retrieval.index_files import (
     IndexFileError,
-    _swap_in,
     read_meta,
+    saving,
 )
 
 if TYPE_CHECKING:
@@ -72,19 +70,13 @@ class ChromaPersistence:
                 f"{path}: a ChromaIndex in this process has {busy[0]} open; close() it before "
                 "saving over it"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with saving(path) as tmp:
             if self.host is not None:
                 pointer |= {"host": self.host, "port": self.port}
             else:
                 pointer["path"] = DATA
                 self._copy_to(tmp / DATA)
             (tmp / POINTER).write_text(json.dumps(pointer, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def _copy_to(self, folder: Path) -> None:
         chromadb = require("chromadb", extra="chroma", component="index 'chroma'")

@@ -58,14 +58,19 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ragkit.checks import check_int
 from ragkit.concurrency import Guarded, reads, writes
-from ragkit.errors import ConfigError, IndexMismatchError, MissingDependencyError
+from ragkit.errors import ConfigError, MissingDependencyError
 from ragkit.retrieval.base import filter_rows
 from ragkit.retrieval.faiss_persist import FaissPersistence
 from ragkit.retrieval.faiss_structures import FaissStructures, faiss_module
-from ragkit.retrieval.memory_index import (
-    _normalise,
+from ragkit.retrieval.index_files import (
+    check_aligned,
+    check_chunks,
+    check_k,
     check_vecs,
+    normalise,
+    query_rows,
 )
 from ragkit.types import Chunk, Hit
 
@@ -116,10 +121,9 @@ class FaissIndex(FaissStructures, FaissPersistence, Guarded):
             )
         for name, low in (("hnsw_m", 2), ("ef_construction", 1), ("ef_search", 1), ("nprobe", 1),
                           ("train_size", 256), ("refine_factor", 0)):
-            _check_int(name, getattr(self, name), low)
+            check_int(getattr(self, name), name, min=low)
         for name in ("nlist", "pq_m"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1, null=True)
+            check_int(getattr(self, name), name, min=1, null=True)
         if self.retrain_growth is not None and (
             isinstance(self.retrain_growth, bool)
             or not isinstance(self.retrain_growth, int | float) or not self.retrain_growth > 1
@@ -189,22 +193,15 @@ class FaissIndex(FaissStructures, FaissPersistence, Guarded):
     @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
-        chunks = list(chunks)
-        for c in chunks:
-            if not isinstance(c, Chunk):
-                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
-        vecs = self._check_vecs(vecs, what="vectors")
-        if vecs.shape[0] != len(chunks):
-            raise IndexMismatchError(
-                f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
-            )
+        chunks = check_chunks(chunks)
+        vecs = check_aligned(chunks, vecs, self.dim)
         if not chunks:
             return
         d = vecs.shape[1]
         if self.kind == "ivfpq":
             self._pq_m(d)  # a pq_m that does not divide dim fails here, before any change
         if self.metric == "cosine":
-            vecs = _normalise(vecs)
+            vecs = normalise(vecs)
         if not self._labels and (self._index is None or self._dim != d or self._dead):
             trained = self._trained and self._dim == d and not self._dead
             if not trained:
@@ -291,29 +288,18 @@ class FaissIndex(FaissStructures, FaissPersistence, Guarded):
     # -- search --------------------------------------------------------------------------------
 
     @reads
-    def search(
-        self,
-        query_vecs: np.ndarray,
-        k: int,
-        filter: Mapping[str, Any] | None = None,
-        queries: Sequence[str] | None = None,  # unused: dense search needs only the vectors
-    ) -> list[list[Hit]]:
-        """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
-
-        ``filter`` keeps chunks whose ``metadata[key] == value`` for every item (``"doc_id"``
-        matches ``chunk.doc_id``; a list or tuple value means any of its values).
-        """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise ValueError(f"k must be an int >= 0; got {k!r}")
-        k = int(k)
-        q = np.asarray(query_vecs)
-        q = q[None, :] if q.ndim == 1 else q  # (m, d)
+    def search(self, query_vecs: np.ndarray, k: int, filter: Mapping[str, Any] | None = None,
+               queries: Sequence[str] | None = None) -> list[list[Hit]]:
+        """The ``k`` best hits for each query row, with ``filter`` and ``queries`` as in
+        ``MemoryIndex.search``."""
+        k = check_k(k)
+        q = query_rows(query_vecs)
         q = self._check_vecs(q, what="query vectors")
         allowed = self._allowed(filter)  # (s,) sorted labels, or None: every live vector
         if not self._labels or k == 0 or (allowed is not None and len(allowed) == 0):
             return [[] for _ in range(q.shape[0])]
         if self.metric == "cosine":
-            q = _normalise(q)
+            q = normalise(q)
         q = np.ascontiguousarray(q)
         if allowed is not None and len(allowed) <= EXACT_SUBSET:
             return [self._hits(s, lab) for s, lab in self._exact(q, allowed, k)]
@@ -423,9 +409,3 @@ class FaissIndex(FaissStructures, FaissPersistence, Guarded):
 
     def _check_vecs(self, vecs: Any, *, what: str) -> np.ndarray:
         return check_vecs(vecs, self.dim, what=what)
-
-
-def _check_int(name: str, value: Any, low: int, *, null: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        allowed = f"an int >= {low}" + (" or null" if null else "")
-        raise ConfigError(f"must be {allowed}; got {value!r}", path=name)

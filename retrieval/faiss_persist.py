@@ -7,10 +7,7 @@ returns compared with the one that was saved.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,15 +17,16 @@ import numpy as np
 from ragkit.concurrency import reads
 from ragkit.errors import ConfigError
 from ragkit.retrieval.faiss_structures import faiss_module
-from ragkit.retrieval.memory_index import (
+from ragkit.retrieval.index_files import (
     IndexFileError,
-    _read_chunks,
-    _sha256,
-    _swap_in,
     check_count_dim,
     check_save_target,
     chunks_jsonl,
+    read_chunks,
     read_meta,
+    saving,
+    sha256_file,
+    write_meta,
 )
 
 if TYPE_CHECKING:
@@ -50,9 +48,7 @@ class FaissPersistence:
         chunks_bytes = chunks_jsonl(list(self.chunks()), path)
         labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self))
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with saving(path) as tmp:
             files = ["chunks.jsonl", "labels.npy"]
             (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
             np.save(tmp / "labels.npy", labels, allow_pickle=False)
@@ -73,13 +69,9 @@ class FaissPersistence:
                 "trained_on": self._trained_on,
                 "next_label": self._next,
                 "info": self.info,
-                "sha256": {name: _sha256(tmp / name) for name in files},
+                "sha256": {name: sha256_file(tmp / name) for name in files},
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_meta(tmp, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FaissIndex:
@@ -89,7 +81,7 @@ class FaissPersistence:
         path = Path(path)
         meta = _read_meta(path, cls)
         for name, digest in meta["sha256"].items():
-            if _sha256(path / name) != digest:
+            if sha256_file(path / name) != digest:
                 raise IndexFileError(
                     f"{path / name}: checksum does not match meta.json; the file is corrupted or "
                     "was changed after saving"
@@ -99,7 +91,7 @@ class FaissPersistence:
         except (ConfigError, TypeError) as exc:
             raise IndexFileError(f"{path / 'meta.json'}: invalid config ({exc})") from None
         count, dim = meta["count"], meta["dim"]
-        chunks = _read_chunks(path / "chunks.jsonl")
+        chunks = read_chunks(path / "chunks.jsonl")
         try:
             labels = np.load(path / "labels.npy", allow_pickle=False)
         except (OSError, ValueError) as exc:

@@ -25,10 +25,7 @@ copy-on-write); ``replace`` swaps a document's chunks in one write.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +34,19 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit import registry
-from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
 from ragkit.concurrency import Guarded, reads, writes
+from ragkit.config import COMPONENT_KIND, build, build_dataclass, to_config
 from ragkit.errors import ConfigError, RagkitError
+from ragkit.protocols import Persistent
+from ragkit.retrieval.index_files import (
+    IndexFileError,
+    check_k,
+    check_save_target,
+    read_meta,
+    saving,
+    write_meta,
+)
 from ragkit.types import Chunk, Hit
-from ragkit.retrieval.memory_index import IndexFileError, _swap_in, check_save_target, read_meta
 
 FORMAT = "ragkit.hybrid_index"
 VERSION = 1
@@ -136,8 +141,7 @@ class HybridIndex(Guarded):
     ) -> list[list[Hit]]:
         """The ``k`` best fused hits per query; ``query_vecs`` (``(m, d)`` or ``(d,)``) feed the
         dense side and ``queries`` (``m`` texts) the sparse side."""
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise ValueError(f"k must be an int >= 0; got {k!r}")
+        k = check_k(k)
         if query_vecs is None:
             raise TypeError("HybridIndex.search needs query_vecs for its dense side; got None")
         if queries is None or isinstance(queries, str):
@@ -182,15 +186,13 @@ class HybridIndex(Guarded):
         is replaced only once it is complete."""
         path = Path(path)
         for side in _SIDES:
-            if not hasattr(getattr(self, side), "save"):
+            if not isinstance(getattr(self, side), Persistent):
                 raise RagkitError(
                     f"hybrid index: the {side} index {type(getattr(self, side)).__name__} cannot "
                     "be saved to a folder"
                 )
         check_save_target(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with saving(path) as tmp:
             for side in _SIDES:
                 getattr(self, side).save(tmp / side)
             config = to_config(self)
@@ -203,11 +205,7 @@ class HybridIndex(Guarded):
                 },
                 "count": len(self),
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_meta(tmp, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HybridIndex:
@@ -228,7 +226,7 @@ class HybridIndex(Guarded):
                 side_cls = registry.resolve("index", name)
             except ConfigError as exc:
                 raise IndexFileError(f"{file}: {side} side: {exc}") from None
-            if not hasattr(side_cls, "load"):
+            if not issubclass(side_cls, Persistent):
                 raise IndexFileError(f"{file}: the {side} index {name!r} cannot be loaded")
             loaded[side] = side_cls.load(path / side)
         try:

@@ -13,11 +13,7 @@ copy-on-write); ``replace`` swaps a document's chunks in one write.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +22,33 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit.concurrency import Guarded, reads, writes
-from ragkit.errors import ConfigError, IndexMismatchError, RagkitError
-from ragkit.types import Chunk, Hit
+from ragkit.errors import ConfigError
 from ragkit.retrieval.base import filter_rows
+
+# IndexFileError and the checks stay importable from here (callers and tests use them)
+from ragkit.retrieval.index_files import (
+    IndexFileError,
+    check_aligned,
+    check_chunks,
+    check_count_dim,
+    check_k,
+    check_save_target,
+    check_vecs,
+    chunks_jsonl,
+    normalise,
+    query_rows,
+    read_chunks,
+    read_meta,
+    saving,
+    sha256_file,
+    write_meta,
+)
+from ragkit.types import Chunk, Hit
 
 FORMAT = "ragkit.memory_index"
 VERSION = 1
 METRICS = ("cosine", "ip")
 _FILES = ("vectors.npy", "chunks.jsonl")
-
-
-class IndexFileError(RagkitError, ValueError):
-    """A saved index folder is missing, corrupted or inconsistent; the message names the path."""
 
 
 @dataclass(kw_only=True)
@@ -89,19 +100,12 @@ class MemoryIndex(Guarded):
     @writes
     def add(self, chunks: Sequence[Chunk], vecs: np.ndarray) -> None:
         """Store ``chunks`` with their vectors ``vecs`` (``(len(chunks), dim)``)."""
-        chunks = list(chunks)
-        for c in chunks:
-            if not isinstance(c, Chunk):
-                raise TypeError(f"add takes Chunk objects; got {type(c).__name__}")
-        vecs = self._check_vecs(vecs, what="vectors")
-        if vecs.shape[0] != len(chunks):
-            raise IndexMismatchError(
-                f"add got {len(chunks)} chunks but {vecs.shape[0]} vectors; they must align"
-            )
+        chunks = check_chunks(chunks)
+        vecs = check_aligned(chunks, vecs, self.dim)
         if not chunks:
             return
         if self.metric == "cosine":
-            vecs = _normalise(vecs)
+            vecs = normalise(vecs)
         n = len(self._chunks)
         if n == 0 and self._vecs.shape[1] != vecs.shape[1]:
             self._vecs = np.zeros((0, vecs.shape[1]), dtype=np.float32)
@@ -150,27 +154,21 @@ class MemoryIndex(Guarded):
     # -- search --------------------------------------------------------------------------------
 
     @reads
-    def search(
-        self,
-        query_vecs: np.ndarray,
-        k: int,
-        filter: Mapping[str, Any] | None = None,
-        queries: Sequence[str] | None = None,  # unused: dense search needs only the vectors
-    ) -> list[list[Hit]]:
+    def search(self, query_vecs: np.ndarray, k: int, filter: Mapping[str, Any] | None = None,
+               queries: Sequence[str] | None = None) -> list[list[Hit]]:
         """The ``k`` best hits for each query row of ``(m, d)`` (or a single ``(d,)``) vectors.
 
         ``filter`` keeps chunks whose ``metadata[key] == value`` for every item (``"doc_id"``
-        matches ``chunk.doc_id``; a list or tuple value means any of its values).
+        matches ``chunk.doc_id``; a list or tuple value means any of its values). ``queries``
+        is unused: dense search needs only the vectors.
         """
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
-            raise ValueError(f"k must be an int >= 0; got {k!r}")
-        q = np.asarray(query_vecs)
-        q = q[None, :] if q.ndim == 1 else q  # (m, d)
+        k = check_k(k)
+        q = query_rows(query_vecs)
         q = self._check_vecs(q, what="query vectors")
         if not self._chunks or k == 0:
             return [[] for _ in range(q.shape[0])]
         if self.metric == "cosine":
-            q = _normalise(q)
+            q = normalise(q)
         rows = filter_rows(self._chunks, filter)  # (r,) candidate rows, ascending
         if rows is None:
             scores = q @ self._vecs[: len(self._chunks)].T  # (m, n)
@@ -209,9 +207,7 @@ class MemoryIndex(Guarded):
         else:
             vecs = np.zeros((0, 0), dtype=np.float32)  # dim is None: meta.json says null
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with saving(path) as tmp:
             np.save(tmp / "vectors.npy", vecs, allow_pickle=False)
             (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
             meta = {
@@ -221,13 +217,9 @@ class MemoryIndex(Guarded):
                 "dim": self.dim,
                 "count": len(self._chunks),
                 "info": self.info,
-                "sha256": {name: _sha256(tmp / name) for name in _FILES},
+                "sha256": {name: sha256_file(tmp / name) for name in _FILES},
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            _swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_meta(tmp, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MemoryIndex:
@@ -236,7 +228,7 @@ class MemoryIndex(Guarded):
         path = Path(path)
         meta = _read_meta(path)
         for name in _FILES:
-            if _sha256(path / name) != meta["sha256"][name]:
+            if sha256_file(path / name) != meta["sha256"][name]:
                 raise IndexFileError(
                     f"{path / name}: checksum does not match meta.json; the file is corrupted or "
                     "was changed after saving"
@@ -254,7 +246,7 @@ class MemoryIndex(Guarded):
                 f"{path / 'vectors.npy'}: expected float32 {want}, as meta.json says; "
                 f"got {vecs.dtype} {vecs.shape}"
             )
-        chunks = _read_chunks(path / "chunks.jsonl")
+        chunks = read_chunks(path / "chunks.jsonl")
         if len(chunks) != count:
             raise IndexFileError(
                 f"{path / 'chunks.jsonl'}: meta.json says {count} chunks; "
@@ -282,39 +274,6 @@ class MemoryIndex(Guarded):
             self._vecs = grown
 
 
-def _normalise(vecs: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)  # (n, 1)
-    return np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise IndexFileError(f"{path}: cannot read ({exc.strerror})") from None
-    return digest.hexdigest()
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Put folder ``tmp`` at ``path``; an index already there is replaced only once ``tmp`` is
-    complete, so a failed save never leaves a half-written index behind."""
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-    os.replace(path, old / path.name)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old / path.name, path)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _read_meta(path: Path) -> dict[str, Any]:
     file = path / "meta.json"
     meta = read_meta(path, FORMAT, VERSION)
@@ -327,99 +286,5 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_chunks(file: Path) -> list[Chunk]:
-    chunks = []
-    try:
-        # Split on "\n" only: texts may hold U+2028 and friends, which str.splitlines splits on.
-        lines = file.read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise IndexFileError(f"{file}: cannot read ({exc})") from None
-    if lines and lines[-1] == "":
-        lines.pop()
-    for lineno, line in enumerate(lines, 1):
-        try:
-            r = json.loads(line)
-            chunks.append(
-                Chunk(r["doc_id"], r["start"], r["end"], r["text"], r["index"], r["metadata"])
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise IndexFileError(f"{file}:{lineno}: not a valid chunk record ({exc})") from None
-    return chunks
 
 
-# -- shared by the saved index formats (memory, faiss, bm25, hybrid) ---------------------------
-
-
-def check_save_target(path: Path) -> None:
-    if path.exists() and not path.is_dir():
-        raise IndexFileError(f"{path}: exists and is not a folder; cannot save an index there")
-    if path.is_dir() and any(path.iterdir()) and not (path / "meta.json").exists():
-        raise IndexFileError(
-            f"{path}: folder is not empty and holds no saved index (no meta.json); "
-            "refusing to overwrite it"
-        )
-
-
-def chunks_jsonl(chunks: Sequence[Chunk], path: Path) -> bytes:
-    """One JSON record per chunk and line (the format ``memory_index._read_chunks`` reads)."""
-    lines = []
-    for c in chunks:
-        record = {"doc_id": c.doc_id, "start": c.start, "end": c.end, "text": c.text,
-                  "index": c.index, "metadata": dict(c.metadata)}
-        try:
-            lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            raise IndexFileError(
-                f"{path}: chunk {c.id!r} cannot be saved: its metadata is not plain JSON "
-                f"data ({exc})"
-            ) from None
-    return "".join(line + "\n" for line in lines).encode("utf-8")
-
-
-def read_meta(
-    path: Path, fmt: str, version: int, *, name: str = "meta.json", kind: str = "meta"
-) -> dict[str, Any]:
-    """The JSON object in ``path/name``, checked to be a ``fmt`` ``kind`` file of ``version``."""
-    file = path / name
-    if not path.is_dir():
-        raise IndexFileError(f"{path}: no saved index here (not a folder)")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise IndexFileError(f"{file}: cannot read ({exc.strerror})") from None
-    except ValueError as exc:
-        raise IndexFileError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise IndexFileError(f"{file}: not a {fmt} {kind} file")
-    if meta.get("version") != version:
-        raise IndexFileError(
-            f"{file}: format version {meta.get('version')!r}; this ragkit reads version {version}"
-        )
-    return meta
-
-
-def check_count_dim(meta: dict[str, Any], file: Path) -> None:
-    count, dim = meta.get("count"), meta.get("dim")
-    if not isinstance(count, int) or count < 0:
-        raise IndexFileError(f"{file}: count must be an int >= 0; got {count!r}")
-    if not (dim is None and count == 0) and not (isinstance(dim, int) and dim >= 1):
-        raise IndexFileError(f"{file}: dim must be an int >= 1; got {dim!r}")
-
-
-def check_vecs(vecs: Any, dim: int | None, *, what: str) -> np.ndarray:
-    """``vecs`` as a float32 ``(n, dim)`` array, or an IndexMismatchError naming what is wrong:
-    not 2-D, not numeric, another dimension than the index's ``dim``, NaN or infinite values."""
-    vecs = np.asarray(vecs)
-    if vecs.ndim != 2:
-        raise IndexMismatchError(f"{what} must be a 2-D (n, dim) array; got shape {vecs.shape}")
-    if not (np.issubdtype(vecs.dtype, np.floating) or np.issubdtype(vecs.dtype, np.integer)):
-        raise IndexMismatchError(f"{what} must be numeric; got dtype {vecs.dtype}")
-    if dim is not None and vecs.shape[1] != dim:
-        raise IndexMismatchError(
-            f"{what} have dim {vecs.shape[1]} but the index holds dim {dim} vectors; "
-            "embed with the same model the index was built with"
-        )
-    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    if not np.isfinite(vecs).all():
-        raise IndexMismatchError(f"{what} contain NaN or infinite values")
-    return vecs

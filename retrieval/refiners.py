@@ -25,9 +25,10 @@ from typing import Any, Literal
 import numpy as np
 
 from ragkit.errors import ConfigError
+from ragkit.protocols import HasSentenceVectors
 from ragkit.types import Chunk, Hit
 from ragkit.checks import check_bool, check_float, check_int
-from ragkit.retrieval.selectors import SelectionError, _by_score, _ranked
+from ragkit.retrieval.selectors import SelectionError, by_score, ranked
 
 SCORERS = ("dense", "lexical")
 
@@ -119,9 +120,12 @@ class SentenceRefiner:
 
     A refined hit is always within the given hits' text, so ``doc.text[start:end] == text``
     holds exactly; its metadata records ``refined_from`` (the chunk it was cut from) and
-    ``merged`` (the chunks folded into it). Cost: one embedding call over the sentences of the
-    hits it narrows for ``dense`` (about six short texts per hit of ~150 tokens), none for
-    ``lexical``.
+    ``merged`` (the chunks folded into it). Cost for ``dense``: when ``context.index`` stores
+    sentence vectors (``HasSentenceVectors``: the ``sentence-vectors`` index, which embeds every
+    sentence at index time) a lookup and dot products, plus an embedding call only for the
+    sentences it does not hold (one across the edge of two merged chunks); otherwise one
+    embedding call over the sentences of the hits it narrows (about six short texts per hit of
+    ~150 tokens). ``stats`` counts the sentences looked up and embedded. None for ``lexical``.
     """
 
     k: int = 5
@@ -142,26 +146,27 @@ class SentenceRefiner:
         if self.scorer not in SCORERS:
             raise ConfigError(f"unknown scorer {self.scorer!r}; choose one of "
                               f"{', '.join(SCORERS)}", path="scorer")
+        # sentences scored from vectors the index stored / embedded at query time
+        self.stats: dict[str, int] = {"looked_up": 0, "embedded": 0}
 
     def select(self, query: str, hits: Sequence[Hit], context: Any = None) -> list[Hit]:
         kept = self.pick(hits)
         if (self.keep is None and self.min_score is None) or len(kept) <= self.whole:
-            return _ranked(kept)
+            return ranked(kept)
         units = [[] if i < self.whole else sentence_spans(h.chunk.text)
                  for i, h in enumerate(kept)]
-        texts = [h.chunk.text[a:b] for h, us in zip(kept, units) for a, b in us]
-        scores = self._scores(query, texts, context)
+        scores = self._scores(query, kept, units, context)
         out, at = [], 0
         for h, us in zip(kept, units):
             s = scores[at:at + len(us)]
             at += len(us)
             out.append(replace(h, chunk=self._narrow(h.chunk, us, s)))
-        return _ranked(out)
+        return ranked(out)
 
     def pick(self, hits: Sequence[Hit]) -> list[Hit]:
         """Step 1: up to ``k`` hits, best first, overlapping ones folded together."""
         kept: list[Hit] = []
-        for h in _by_score(hits):
+        for h in by_score(hits):
             if self.merge:
                 at = next((i for i, g in enumerate(kept) if _overlap(g.chunk, h.chunk)), None)
                 if at is not None:
@@ -182,22 +187,56 @@ class SentenceRefiner:
                 del kept[j]
         return kept
 
-    def _scores(self, query: str, texts: list[str], context: Any) -> np.ndarray:
-        if not texts:
+    def _scores(self, query: str, kept: list[Hit], units: list[list[tuple[int, int]]],
+                context: Any) -> np.ndarray:
+        """One score per sentence of ``units`` (the kept hits' sentences, in order)."""
+        if not any(units):
             return np.zeros(0)
         if self.scorer == "lexical":
-            return _lexical(query, texts)
-        embed = getattr(context, "embed", None)
-        qvec = getattr(context, "query_vec", None)
+            return _lexical(query, [h.chunk.text[a:b] for h, us in zip(kept, units)
+                                    for a, b in us])
+        vecs = self.sentence_matrix(kept, units, context)
+        qvec = context.query_vec if context is not None else None
+        q = context.embed([query])[0] if qvec is None else qvec  # embed checked above
+        return _cosines(vecs, q)
+
+    def sentence_matrix(self, kept: Sequence[Hit], units: list[list[tuple[int, int]]],
+                        context: Any) -> np.ndarray:
+        """The vectors ``(n, d)`` of the sentences ``units`` (relative spans) of the hits
+        ``kept``: looked up when ``context.index`` stores them (``HasSentenceVectors``),
+        embedded with ``context.embed`` otherwise (and for the few it does not hold)."""
+        texts = [h.chunk.text[a:b] for h, us in zip(kept, units) for a, b in us]
+        embed = context.embed if context is not None else None  # a SelectionContext
+        index = context.index if context is not None else None
+        stored = isinstance(index, HasSentenceVectors)
+        if stored:  # vectors computed at index time: a lookup, and a model call only for misses
+            looked = [index.sentence_vectors(h.chunk.doc_id, [(h.chunk.start + a, h.chunk.start + b)
+                                                              for a, b in us])
+                      for h, us in zip(kept, units) if us]
+            vecs = np.concatenate([v for v, _ in looked]).astype(np.float64)  # (n, d) or (n, 0)
+            found = np.concatenate([f for _, f in looked])  # (n,)
+            self.stats["looked_up"] += int(found.sum())
+            if found.all() and context.query_vec is not None:
+                return vecs
         if embed is None:
             raise SelectionError(
                 "selector 'sentence-refine' with scorer 'dense' needs context.embed (the "
-                "pipeline's embedder) to embed the sentences; got none (or use scorer: lexical)"
+                "pipeline's embedder) to embed the sentences"
+                + (" that the index does not store, or the query" if stored else "")
+                + "; got none (or use scorer: lexical, or an index that stores sentence vectors: "
+                "sentence-vectors)"
             )
-        vecs = np.asarray(embed(texts), dtype=np.float64)  # (n, d)
-        q = np.asarray(embed([query])[0] if qvec is None else qvec, dtype=np.float64)  # (d,)
-        norms = np.linalg.norm(vecs, axis=1) * max(np.linalg.norm(q), 1e-12)  # (n,)
-        return (vecs @ q) / np.maximum(norms, 1e-12)
+        if not stored:
+            self.stats["embedded"] += len(texts)
+            return np.asarray(embed(texts), dtype=np.float64)  # (n, d)
+        if not found.all():  # embed the few the index does not hold (across merged chunks)
+            missing = [t for t, f in zip(texts, found) if not f]
+            fresh = np.asarray(embed(missing), dtype=np.float64)  # (m, d)
+            if vecs.shape[1] != fresh.shape[1]:
+                vecs = np.zeros((len(texts), fresh.shape[1]))
+            vecs[~found] = fresh
+            self.stats["embedded"] += len(missing)
+        return vecs
 
     def _narrow(self, chunk: Chunk, units: list[tuple[int, int]], scores: np.ndarray) -> Chunk:
         if not units:  # left whole, or no sentence in it
@@ -212,6 +251,13 @@ class SentenceRefiner:
         lo = max(0, int(near[0]) - self.pad)
         hi = min(len(units) - 1, int(near[-1]) + self.pad)
         return sub_chunk(chunk, units[lo][0], units[hi][1])
+
+
+def _cosines(vecs: np.ndarray, q: Any) -> np.ndarray:
+    """Cosine of each row of ``vecs`` ``(n, d)`` with ``q`` ``(d,)``."""
+    q = np.asarray(q, dtype=np.float64)
+    norms = np.linalg.norm(vecs, axis=1) * max(np.linalg.norm(q), 1e-12)  # (n,)
+    return (vecs @ q) / np.maximum(norms, 1e-12)
 
 
 def _overlap(a: Chunk, b: Chunk) -> bool:

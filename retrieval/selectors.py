@@ -37,12 +37,13 @@ class SelectionError(RagkitError, ValueError):
     """A selector lacks what it needs (an embedder, an index, token counts) to select."""
 
 
-def _ranked(hits: Sequence[Hit]) -> list[Hit]:
+def ranked(hits: Sequence[Hit]) -> list[Hit]:
     """The hits with ranks 0..n-1 in the given order (a hit already so ranked is kept as is)."""
     return [h if h.rank == r else replace(h, rank=r) for r, h in enumerate(hits)]
 
 
-def _by_score(hits: Sequence[Hit]) -> list[Hit]:
+def by_score(hits: Sequence[Hit]) -> list[Hit]:
+    """The hits best first."""
     return sorted(hits, key=lambda h: -h.score)  # stable: ties keep the given order
 
 
@@ -59,7 +60,7 @@ class TopK:
         check_int(self.k, "k", min=1)
 
     def select(self, query: str, hits: Sequence[Hit], context: Any = None) -> list[Hit]:
-        return _ranked(_by_score(hits)[: self.k])
+        return ranked(by_score(hits)[: self.k])
 
 
 # -- score gap ------------------------------------------------------------------------------------
@@ -107,8 +108,8 @@ class ScoreGap:
         return i + 1 if gaps[i] >= self.min_gap and gaps[i] > 0 else keep_max
 
     def select(self, query: str, hits: Sequence[Hit], context: Any = None) -> list[Hit]:
-        ordered = _by_score(hits)
-        return _ranked(ordered[: self.cut([h.score for h in ordered])])
+        ordered = by_score(hits)
+        return ranked(ordered[: self.cut([h.score for h in ordered])])
 
 
 # -- maximal marginal relevance -------------------------------------------------------------------
@@ -160,7 +161,7 @@ class MMR:
             picked.append(best)
             free[best] = False
             redundancy = np.maximum(redundancy, similarity[best])
-        return _ranked([hits[i] for i in picked])
+        return ranked([hits[i] for i in picked])
 
 
 def _unit(vecs: np.ndarray) -> np.ndarray:
@@ -210,10 +211,10 @@ class TokenBudget:
         return n
 
     def select(self, query: str, hits: Sequence[Hit], context: Any = None) -> list[Hit]:
-        ordered = _by_score(hits)
+        ordered = by_score(hits)
         sizes = [self.tokens(h.chunk) for h in ordered]
         chosen = knapsack([h.score for h in ordered], sizes, self.budget)
-        return _ranked([ordered[i] for i in chosen])
+        return ranked([ordered[i] for i in chosen])
 
 
 def knapsack(values: Sequence[float], weights: Sequence[int], capacity: int) -> list[int]:
@@ -307,7 +308,7 @@ class Neighbours:
                 groups.append((score, first, _merge([chunks[p] for p in run])))
         groups.sort(key=lambda g: (-g[0], g[1]))
         out = [Hit(chunk=c, score=score, rank=0) for score, _, run in groups for c in run]
-        return _ranked(out)
+        return ranked(out)
 
 
 def _runs(positions: list[int]) -> list[list[int]]:

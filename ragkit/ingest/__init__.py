@@ -56,6 +56,7 @@ from ragkit.errors import (
 from ragkit.ingest.driver import Run, merge_parts, plan_files
 from ragkit.ingest.ledger import DIR, Ledger
 from ragkit.ingest.report import Failure, IngestProgress, IngestReport
+from ragkit.protocols import ConcurrentWriters, HasWorkers
 
 __all__ = ["ENGINES", "Failure", "IngestProgress", "IngestReport", "ingest"]
 
@@ -126,7 +127,7 @@ def ingest(
             f"{out} already holds an index; pass --append to add new and changed documents "
             "(--sync also deletes those whose files are gone), or --replace to build a new one "
             "from these files and swap it in")
-    direct = bool(getattr(pipe.index, "concurrent_writers", False))
+    direct = isinstance(pipe.index, ConcurrentWriters) and bool(pipe.index.concurrent_writers)
     spec = {"chunker": to_config(pipe.chunker, "chunker"), "embedder": model_spec(pipe.embedder),
             "loader": {"text_field": text_field, "id_field": id_field},
             "target": to_config(pipe.index, "index") if direct else "parts"}
@@ -137,8 +138,9 @@ def ingest(
         if not restart and Ledger(out / DIR).made_with(spec):  # its finished shards still count
             shutil.copytree(out / DIR, target / DIR, copy_function=os.link,
                             ignore=shutil.ignore_patterns("lock", FINISHED))
-    report = IngestReport(engine=registry_name(eng), workers=getattr(eng, "workers", None),
-                          out=str(out), shards=len(files))
+    workers = eng.workers if isinstance(eng, HasWorkers) else None
+    report = IngestReport(engine=registry_name(eng), workers=workers, out=str(out),
+                          shards=len(files))
     ledger = Ledger(target / DIR)
     ledger.root.mkdir(parents=True, exist_ok=True)
     ledger.lock()

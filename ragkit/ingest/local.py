@@ -1,4 +1,4 @@
-"""The local engine: the ingestion work in this process, one shard at a time."""
+"""The local engine: the ingestion work on this machine, on one process or one per core."""
 
 from __future__ import annotations
 
@@ -6,22 +6,98 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ragkit.errors import ConfigError
 from ragkit.ingest.work import ChunkEmbed, batch_of, read_shards, rows_of
 
 
 @dataclass(kw_only=True)
 class LocalEngine:
-    """Runs ``read_shards`` and ``ChunkEmbed`` in-process: the reference the Ray engine is
-    checked against, and the right choice when one process keeps up."""
+    """Runs ``read_shards`` and ``ChunkEmbed`` on this machine: the reference the Ray engine is
+    checked against, and the right choice when one machine keeps up.
+
+    ``workers`` (default: the cores this process may use): with 1, everything runs in this
+    process (the model with torch's own threads). With more, and more than one batch of
+    documents to do, that many worker processes each build the chunker and embedder once and
+    chunk and embed whole batches with **one torch thread each**, chosen over torch's intra-op
+    threads by measurement (benchmarks/README.md, "Indexing against the bare encode"): on a
+    loaded 2-core machine two threads used 1.7x the CPU of one for the same texts, two processes
+    the same CPU. The chunks and ids are those of one worker (same functions on the same
+    documents); the vectors those of the same model on one thread.
+    """
+
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        w = self.workers
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ConfigError(f"must be an int >= 1 (processes) or null; got {w!r}",
+                              path="workers")
 
     def run(self, shards: Sequence[Mapping[str, Any]], job: Mapping[str, Any]) -> Iterator[dict]:
         """Result batches (see ``ragkit.ingest.work``) for the plan's ``shards`` rows."""
-        worker = ChunkEmbed(job)
+        from ragkit.chunkers.parallel import cpu_count
+
+        workers = self.workers or cpu_count()
         size = int(job["batch_size"])
-        for shard in shards:
-            rows = rows_of(read_shards(batch_of_input([shard]), loader=job["loader"]))
-            for start in range(0, len(rows), size):
-                yield worker(batch_of(rows[start : start + size]))
+        batches = (batch_of(rows[start : start + size])
+                   for shard in shards
+                   for rows in [rows_of(read_shards(batch_of_input([shard]),
+                                                    loader=job["loader"]))]
+                   for start in range(0, len(rows), size))
+        if workers == 1:
+            worker = ChunkEmbed(job)
+            for batch in batches:
+                yield worker(batch)
+            return
+        first = next(batches, None)
+        if first is None:
+            return
+        second = next(batches, None)
+        if second is None:  # one batch: no process to start
+            yield ChunkEmbed(job)(first)
+            return
+        yield from _on_processes(workers, job, [first, second], batches)
+
+
+def _on_processes(workers: int, job: Mapping[str, Any], head: list[dict],
+                  rest: Iterator[dict]) -> Iterator[dict]:
+    """Each batch's result from a pool of ``workers`` spawned processes, in input order, with at
+    most ``2 * workers`` batches in flight (reading stays ahead, memory stays bounded)."""
+    import concurrent.futures
+    import multiprocessing
+    from collections import deque
+    from itertools import chain
+
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker, initargs=(dict(job),))
+    try:
+        waiting: deque = deque()
+        for batch in chain(head, rest):
+            waiting.append(pool.submit(_work, batch))
+            if len(waiting) >= 2 * workers:
+                yield waiting.popleft().result()
+        while waiting:
+            yield waiting.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_WORKER: Any = None
+
+
+def _start_worker(job: dict[str, Any]) -> None:
+    """One torch (OpenMP) thread per process, unless the user's environment says otherwise."""
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    global _WORKER
+    _WORKER = ChunkEmbed(job)  # the model loads on first use, after the variables are set
+
+
+def _work(batch: dict[str, list]) -> dict[str, list]:
+    return _WORKER(batch)
 
 
 def batch_of_input(shards: Sequence[Mapping[str, Any]]) -> dict[str, list]:

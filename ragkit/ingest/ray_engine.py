@@ -27,6 +27,7 @@ from typing import Any
 from ragkit._deps import require
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.ingest.work import COLUMNS, SHARD_INPUT, ChunkEmbed, read_shards
+from ragkit.protocols import Closes
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class RayEngine:
             raise RagkitError(f"the Ray run failed: {type(exc).__name__}: "
                               f"{_first_line(exc)}") from exc
         finally:
-            if it is not None and hasattr(it, "close"):
+            if isinstance(it, Closes):
                 it.close()
             for key, value in saved.items():
                 setattr(ctx, key, value)

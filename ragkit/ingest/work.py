@@ -143,30 +143,37 @@ class DocResult:
 
 
 def chunk_and_embed(docs: Sequence[Document], chunker: Any, embedder: Any,
-                    embed_batch: int) -> list[DocResult]:
-    """Chunk ``docs`` and embed their chunks ``embed_batch`` texts at a time, in document order.
+                    embed_batch: int, workers: int = 1) -> list[DocResult]:
+    """Chunk ``docs`` (on ``workers`` processes: ``chunk_many``'s pool) and embed their chunks
+    ``embed_batch`` texts at a time, longest first, in this process; results in document order.
+    (The engines give each worker whole batches and call this with ``workers=1``.)
 
     A ``RagkitError`` raised for one document (a chunker refusing it, a text longer than the
     embedder reads) fails that document only, with the error's message; other errors propagate.
     """
     import numpy as np
 
+    from ragkit.chunkers.parallel import iter_chunk_results
     from ragkit.pipeline import stamp
     from ragkit.protocols import ChunksAndEmbeds
 
-    results: list[DocResult] = []
-    for doc in docs:
-        result = DocResult(doc)
-        results.append(result)
-        try:
-            if isinstance(chunker, ChunksAndEmbeds):  # e.g. late chunking: its own vectors
+    results = [DocResult(doc) for doc in docs]
+    if isinstance(chunker, ChunksAndEmbeds):  # e.g. late chunking: its own vectors
+        for result in results:
+            doc = result.doc
+            try:
                 chunks, vecs = chunker.chunk_and_embed(doc)
                 result.chunks = stamp(chunks, doc.content_hash)
                 result.vecs = np.asarray(vecs, dtype=np.float32).reshape(len(chunks), -1)
+            except RagkitError as exc:
+                result.chunks, result.error = [], str(exc)
+    else:
+        for result, chunks in zip(results, iter_chunk_results(chunker, docs, workers=workers),
+                                  strict=True):
+            if isinstance(chunks, RagkitError):
+                result.chunks, result.error = [], str(chunks)
             else:
-                result.chunks = stamp(chunker.chunk(doc), doc.content_hash)
-        except RagkitError as exc:
-            result.chunks, result.error = [], str(exc)
+                result.chunks = stamp(chunks, result.doc.content_hash)
     todo = [r for r in results if r.vecs is None and not r.error]
     try:
         vecs = _embed(embedder, [c.text for r in todo for c in r.chunks], embed_batch)
@@ -185,13 +192,9 @@ def chunk_and_embed(docs: Sequence[Document], chunker: Any, embedder: Any,
 
 
 def _embed(embedder: Any, texts: list[str], batch: int) -> Any:
-    import numpy as np
+    from ragkit.pipeline import embed_sorted
 
-    parts = [np.asarray(embedder.embed(texts[i : i + batch]), dtype=np.float32)
-             for i in range(0, len(texts), batch)]  # each (b, d)
-    if not parts:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]  # (n, d)
+    return embed_sorted(embedder, texts, batch)  # (n, d), longest texts embedded together
 
 
 def chunk_record(c: Chunk) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ragkit.integrations import (
     hit_metadata,
     load_pipeline,
 )
+from ragkit.protocols import HasChunkSize, provides
 from ragkit.types import Document
 
 require("langchain_core", extra="langchain", component="ragkit.integrations.langchain")
@@ -52,7 +53,7 @@ class RagkitTextSplitter(TextSplitter):
 
     def __init__(self, chunker: Any = "recursive") -> None:
         self.chunker = build_chunker(chunker)
-        size = getattr(self.chunker, "chunk_size", None)
+        size = self.chunker.chunk_size if provides(self.chunker, HasChunkSize) else None
         size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 4000
         # LangChain's size fields are unused: the ragkit chunker decides every cut
         super().__init__(chunk_size=size, chunk_overlap=0, add_start_index=True)

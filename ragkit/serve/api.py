@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragkit.protocols import NamesModel, provides
 from ragkit.serve.engine import Busy, Cancelled, GenerationEngine
 from ragkit.serve.schemas import ChatRequest
 from ragkit.types import Answer, Hit
@@ -69,7 +70,8 @@ class State:
 
 def served_model_id(generator: Any) -> str:
     """The model id clients send: the generator's model name (a folder's last component)."""
-    model = str(getattr(generator, "model", None) or type(generator).__name__)
+    model = generator.model if provides(generator, NamesModel) else None
+    model = str(model or type(generator).__name__)
     return Path(model).name or model
 
 

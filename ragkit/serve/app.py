@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from ragkit.errors import RagkitError
+from ragkit.protocols import HasKVStore, provides
 from ragkit.serve import documents
 from ragkit.serve.api import (
     APIError,
@@ -72,7 +73,7 @@ def create_app(
     engine = GenerationEngine(generator, max_queue=limits.max_queue)
     state = State(pipe, engine, Path(folder) if folder is not None else None,
                    model_id or served_model_id(generator), api_key, limits)
-    kv_store = getattr(generator, "kv_store", None)
+    kv_store = generator.kv_store if provides(generator, HasKVStore) else None
     metrics = Metrics(kv_stats=lambda: kv_store.stats.as_dict() if kv_store is not None else None,
                       counts=lambda: documents.counts(pipe), queue=lambda: engine.pending)
 

@@ -30,7 +30,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from ragkit.protocols import StreamsConcurrently
+from ragkit.protocols import Fingerprinted, LoadsModel, StreamsConcurrently, provides
 from ragkit.types import Answer, Hit
 
 
@@ -158,5 +158,7 @@ class GenerationEngine:
 
 
 def _load(gen: Any) -> None:
-    getattr(gen, "lm", None)  # the transformers backend loads (or converts) its model here
-    getattr(gen, "fingerprint", None)  # KV keys hash the weights once
+    if isinstance(gen, LoadsModel):
+        gen.load_model()  # the transformers backend loads (or converts) its model here
+    if provides(gen, Fingerprinted):
+        gen.fingerprint  # noqa: B018  KV keys hash the weights once

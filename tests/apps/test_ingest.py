@@ -388,8 +388,10 @@ def test_cli_bad_file_is_one_line_exit_2_and_skip_goes_on(corpus, tmp_path, caps
     assert main([*base, "--out", str(tmp_path / "b"), "--skip-bad-files"]) == 0
     captured = capsys.readouterr()
     assert "bad.txt" in captured.err and "1 failures" in captured.out
-    assert main([*base, "--out", str(tmp_path / "c"), "--workers", "2"]) == 2
-    assert "--workers: only with --engine ray" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "c"), "--workers", "0"]) == 2
+    assert "--workers: must be an int >= 1" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "d"), "--ray-address", "auto"]) == 2
+    assert "--ray-address: only with --engine ray" in capsys.readouterr().err
 
 
 def test_import_stays_light():

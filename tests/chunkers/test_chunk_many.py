@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import ragkit.chunkers.parallel as parallel
+import ragkit.chunkers.parallel as pool
 from ragkit.chunkers.base import chunk_many
 from ragkit.chunkers.fixed import FixedChunker
 from ragkit.chunkers.recursive import RecursiveChunker
@@ -28,7 +28,8 @@ def _docs() -> list[Document]:
 @pytest.fixture
 def small_batches(monkeypatch):
     """Batches of ~4 k chars, so the small test corpus really goes to several processes."""
-    monkeypatch.setattr(parallel, "MIN_BATCH_CHARS", 4_000)
+    monkeypatch.setattr(pool, "MIN_BATCH_CHARS", 4_000)
+    monkeypatch.setattr(pool, "MIN_SPAWN_BATCH_CHARS", 4_000)
 
 
 @pytest.mark.parametrize("chunker", [
@@ -37,7 +38,7 @@ def small_batches(monkeypatch):
 ], ids=["fixed", "recursive"])
 def test_two_workers_give_one_workers_chunks(chunker, small_batches):
     docs = _docs()
-    assert len(parallel._batches(docs, 2)) > 2  # the pool is used, several batches each way
+    assert len(pool._batches(docs, 2, pool.MIN_BATCH_CHARS)) > 2  # the pool is used, several batches each way
     one = chunker.chunk_many(docs, workers=1)
     two = chunker.chunk_many(docs, workers=2)
     assert one == [chunker.chunk(d) for d in docs]
@@ -48,7 +49,7 @@ def test_two_workers_give_one_workers_chunks(chunker, small_batches):
 
 def test_small_corpus_stays_in_process():
     docs = _docs()
-    assert parallel._batches(docs, 2) == [docs]  # under MIN_BATCH_CHARS: no pool to start
+    assert pool._batches(docs, 2, pool.MIN_BATCH_CHARS) == [docs]  # under MIN_BATCH_CHARS: no pool to start
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])

@@ -56,7 +56,7 @@ SEGMENTS = ["Hello world.", " This is a test of token log-probs.", "",
 
 
 def test_token_logprobs_match_one_full_forward_for_any_batch(tiny):
-    ids = [tiny._doc_start_id] + [t for s in SEGMENTS for t in
+    ids = [tiny.doc_start_id] + [t for s in SEGMENTS for t in
                                   tiny.tokenizer.encode(s, add_special_tokens=False)]
     ref = _reference(tiny, ids)
     for batch in (1, 7, 64, 4096):

@@ -79,6 +79,10 @@ OFFLINE: dict[str, dict[str, Callable[[], dict[str, Any]]]] = {
         "llm": lambda: {"name": "llm", "llm": dict(FAKE_LM)},
         "query-likelihood": lambda: {"name": "query-likelihood", "llm": dict(FAKE_LM)},
     },
+    "index": {  # sentence vectors from the hash embedder instead of MiniLM
+        "sentence-vectors": lambda: {"name": "sentence-vectors", "embedder": {"name": "hash",
+                                                                              "dim": 64}},
+    },
     "kv_store": {  # never the user's ~/.cache
         "tiered": lambda: {"name": "tiered", "path": _tmp("kv")},
         "disk": lambda: {"name": "disk", "path": _tmp("kv")},

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragkit.errors import IndexMismatchError
 from ragkit.types import Chunk
 
 ROOT = Path(__file__).parents[2]
@@ -42,6 +43,29 @@ def random_data(**chunk_shape) -> tuple[list[Chunk], np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return make_chunks(500, **chunk_shape), rng.standard_normal((500, 24)).astype(
         np.float32), rng.standard_normal((7, 24)).astype(np.float32)
+
+
+def check_doc_hash_and_doc_chunks(index) -> None:
+    """An empty ``index`` keeps a document's ``doc_hash`` and gives its chunks in order."""
+    a = [Chunk("a", s, s + 1, "x", i, {"doc_hash": "h1"}) for i, s in enumerate((5, 0, 9))]
+    index.add(a, np.eye(3, dtype=np.float32))
+    assert index.doc_hash("a") == "h1" and index.doc_hash("b") is None
+    assert [c.start for c in index.doc_chunks("a")] == [0, 5, 9]
+
+
+def check_bad_vectors_are_refused(index) -> None:
+    """An empty ``index`` refuses vectors of another dim (naming both), misaligned with their
+    chunks or NaN, and a failed add changes nothing."""
+    index.add(make_chunks(2), np.ones((2, 8), np.float32))
+    with pytest.raises(IndexMismatchError, match=r"dim 5 .*dim 8"):
+        index.add(make_chunks(1, doc="e"), np.ones((1, 5), np.float32))
+    with pytest.raises(IndexMismatchError, match=r"dim 4 .*dim 8"):
+        index.search(np.ones((1, 4), np.float32), k=1)
+    with pytest.raises(IndexMismatchError, match="3 chunks but 2 vectors"):
+        index.add(make_chunks(3, doc="e"), np.ones((2, 8), np.float32))
+    with pytest.raises(IndexMismatchError, match="NaN"):
+        index.add(make_chunks(1, doc="e"), np.full((1, 8), np.nan, np.float32))
+    assert len(index) == 2  # failed adds change nothing
 
 
 def brute_force(vecs: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:

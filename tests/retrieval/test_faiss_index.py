@@ -19,6 +19,8 @@ from ragkit.retrieval.base import Index  # noqa: E402
 from ragkit.retrieval.faiss_index import FaissIndex  # noqa: E402
 from ragkit.retrieval.memory_index import IndexFileError  # noqa: E402
 from tests.retrieval.index_helpers import (  # noqa: E402
+    check_bad_vectors_are_refused,
+    check_doc_hash_and_doc_chunks,
     CORPUS,
     brute_force,
     clustered,
@@ -291,10 +293,7 @@ def test_adding_an_existing_chunk_id_replaces_it(kind):
 
 def test_doc_hash_and_doc_chunks():
     index = FaissIndex()
-    a = [Chunk("a", s, s + 1, "x", i, {"doc_hash": "h1"}) for i, s in enumerate((5, 0, 9))]
-    index.add(a, np.eye(3, dtype=np.float32))
-    assert index.doc_hash("a") == "h1" and index.doc_hash("b") is None
-    assert [c.start for c in index.doc_chunks("a")] == [0, 5, 9]
+    check_doc_hash_and_doc_chunks(index)
 
 
 # -- config and errors -------------------------------------------------------------------------
@@ -302,16 +301,7 @@ def test_doc_hash_and_doc_chunks():
 
 def test_dim_mismatch_names_both_dims():
     index = FaissIndex(kind="hnsw")
-    index.add(make_chunks(2), np.ones((2, 8), np.float32))
-    with pytest.raises(IndexMismatchError, match=r"dim 5 .*dim 8"):
-        index.add(make_chunks(1, doc="e"), np.ones((1, 5), np.float32))
-    with pytest.raises(IndexMismatchError, match=r"dim 4 .*dim 8"):
-        index.search(np.ones((1, 4), np.float32), k=1)
-    with pytest.raises(IndexMismatchError, match="3 chunks but 2 vectors"):
-        index.add(make_chunks(3, doc="e"), np.ones((2, 8), np.float32))
-    with pytest.raises(IndexMismatchError, match="NaN"):
-        index.add(make_chunks(1, doc="e"), np.full((1, 8), np.nan, np.float32))
-    assert len(index) == 2  # failed adds change nothing
+    check_bad_vectors_are_refused(index)
 
 
 @pytest.mark.parametrize("spec, path", [
