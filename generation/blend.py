@@ -1,4 +1,4 @@
-"""Recomputing some context tokens through a Llama's decoder layers by hand, in place in a KV.
+"""Recomputing some context tokens through the decoder layers by hand, in place in a KV.
 
 The context KV ``kv`` is ``(layers, 2, kv_heads, capacity, head_dim)`` with positions
 ``[0, total)`` filled from independently computed chunk KVs (``ragkit.generation.context``). Chunks
@@ -8,14 +8,20 @@ position, and writes their KV over the cached one (CacheBlend's fusion). Which t
 
 - ``boundary``: the first ``k`` tokens of each chunk after the first (EPIC's LegoLink);
 - plus ``n_select`` more, ranked by one of ``select``:
+  - ``query`` (the default): the attention the question pays to each context token, measured by
+    running the question's few tokens through every layer on the approximate cache
+    (``query_attention``): the tokens the answer reads most are the ones whose stale KV moves it
+    most. Much closer to full prefill than the others at the same count (benchmarks/README.md);
   - ``kv``: deviation of keys and values (each normalised by its mean) at layer 1 between the
     cached KV and an exact recompute of layers 0-1 for every candidate (CacheBlend's criterion);
   - ``stored``: a score kept with each chunk's KV when it was computed (``prefix_attention``, a
     Cache-Craft-style estimate of how much a token depends on what came before its chunk), so no
     pass over every candidate is needed.
 
-Attention of the selected rows is one ``scaled_dot_product_attention`` over ``[0, total)`` with a
-boolean ``(rows, total)`` mask built once. This module must not read or write the KV store,
+Llama layers and Gemma 3 layers (per-head q/k norms, sandwich norms, sliding-window layers, a RoPE
+base per layer type) are supported. Attention of the selected rows is one
+``scaled_dot_product_attention`` over ``[0, total)`` with a boolean ``(rows, total)`` mask built
+once (narrowed per sliding-window layer). This module must not read or write the KV store,
 tokenize, or decode: it only does arithmetic on a model and a KV tensor.
 """
 
@@ -26,7 +32,7 @@ from typing import Any
 
 import torch
 
-SELECTS = ("kv", "stored")
+SELECTS = ("query", "kv", "stored")
 
 
 def boundary_positions(starts: list[int], lengths: list[int], k: int) -> torch.Tensor:
@@ -53,25 +59,28 @@ def recompute(
     *,
     n_select: int,
     must: torch.Tensor,
-    select: str = "kv",
+    select: str = "query",
     stored: torch.Tensor | None = None,
+    question: list[int] | None = None,
 ) -> int:
     """Recompute tokens of positions ``[first, total)`` in place in ``kv``; returns how many.
 
     ``ids`` are the token ids of positions ``[0, total)``; ``must`` are positions always
     recomputed (boundary tokens); ``stored`` is the per-position score for ``select="stored"``
-    (length ``total - first``).
+    (length ``total - first``); ``question`` the ids after the context (``select="query"``).
     """
     n_layers = kv.shape[0]
     cand = torch.arange(first, total)  # (n,)
     must_idx = must - first
     ids_t = torch.tensor(ids, dtype=torch.long)
     embed = lm.model.embed_tokens
-    if select == "stored" or n_select == 0:
-        if select == "stored" and n_select > 0:
-            idx = pick(stored, n_select, must_idx)
-        else:
+    if select in ("stored", "query") or n_select == 0:
+        if n_select == 0:
             idx = must_idx
+        else:
+            score = stored if select == "stored" else query_attention(lm, kv, question, first,
+                                                                        total)
+            idx = pick(score, n_select, must_idx)
         if idx.numel() == 0:
             return 0
         pos = cand[idx]
@@ -90,10 +99,38 @@ def recompute(
     kv[1, 1][:, cand] = v[0]
     keep = pick(dev, n_select, must_idx)
     pos, h, q, mask = cand[keep], h[:, keep], q[:, :, keep], mask[keep]
-    h = _attend(lm, 1, h, q, kv, total, mask)
+    h = _attend(lm, 1, h, q, kv, total, mask, pos)
     for layer in range(2, n_layers):
         h = _layer(lm, layer, h, pos, kv, total, mask, last=layer == n_layers - 1)
     return int(pos.numel())
+
+
+def query_attention(lm: Any, kv: torch.Tensor, question: list[int], first: int,
+                    total: int) -> torch.Tensor:
+    """Attention mass each context position ``[first, total)`` receives from the ``question``
+    tokens (placed after the context, on the approximate cache), summed over layers, heads and
+    question tokens: the positions the answer reads most, whose stale KV matters most. The
+    question's KV is written at ``[total, total + len(question))`` (the question prefill
+    overwrites it). Returns ``(total - first,)``."""
+    n_layers = kv.shape[0]
+    end = total + len(question)
+    pos = torch.arange(total, end)
+    h = lm.model.embed_tokens(torch.tensor(question, dtype=torch.long))[None]
+    causal = torch.arange(end)[None, :] <= pos[:, None]  # (q, end)
+    mass = torch.zeros(total - first)
+    for layer in range(n_layers):
+        q, k, v = _qkv(lm, layer, h, pos)
+        kv[layer, 0][:, pos] = k[0]
+        kv[layer, 1][:, pos] = v[0]
+        probs = _probs(lm, layer, q, kv[layer, 0, :, :end], causal, pos)  # (heads, q, end)
+        mass += probs[:, :, first:total].sum((0, 1))
+        if layer == n_layers - 1:
+            break
+        values = kv[layer, 1, :, :end]  # (kv_heads, end, hd)
+        o = (probs.reshape(values.shape[0], -1, end) @ values).view(probs.shape[0], -1,
+                                                                    values.shape[2])  # (heads, q, hd)
+        h = _residual(lm.model.layers[layer], h, o.transpose(0, 1).reshape(1, len(question), -1))
+    return mass
 
 
 def _deviation(k: torch.Tensor, v: torch.Tensor, cached: torch.Tensor,
@@ -116,9 +153,32 @@ def _qkv(lm: Any, layer: int, h: torch.Tensor, pos: torch.Tensor):
     q = attn.q_proj(x).view(shape).transpose(1, 2)  # (1, heads, n, hd)
     k = attn.k_proj(x).view(shape).transpose(1, 2)  # (1, kv_heads, n, hd)
     v = attn.v_proj(x).view(shape).transpose(1, 2)
-    cos, sin = lm.model.rotary_emb(x, position_ids=pos[None])
+    if hasattr(attn, "q_norm"):  # Gemma 3: per-head norms before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    kind = getattr(attn, "layer_type", None)
+    if kind is not None and hasattr(lm.model.rotary_emb, f"{kind}_inv_freq"):  # per layer type
+        cos, sin = lm.model.rotary_emb(x, position_ids=pos[None], layer_type=kind)
+    else:
+        cos, sin = lm.model.rotary_emb(x, position_ids=pos[None])
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     return q, k, v
+
+
+def _window(lm: Any, layer: int, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``mask`` (rows, keys) narrowed to the layer's sliding window, if it has one (Gemma 3)."""
+    window = getattr(lm.model.layers[layer].self_attn, "sliding_window", None)
+    if not window:
+        return mask
+    return mask & (torch.arange(mask.shape[1])[None, :] > pos[:, None] - window)
+
+
+def _residual(block: Any, h: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """The decoder block after attention: ``o`` (1, rows, heads * hd) added, then the MLP."""
+    if hasattr(block, "pre_feedforward_layernorm"):  # Gemma 3: sandwich norms
+        h = h + block.post_attention_layernorm(block.self_attn.o_proj(o))
+        return h + block.post_feedforward_layernorm(block.mlp(block.pre_feedforward_layernorm(h)))
+    h = h + block.self_attn.o_proj(o)
+    return h + block.mlp(block.post_attention_layernorm(h))
 
 
 def _layer(lm: Any, layer: int, h: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor, total: int,
@@ -129,20 +189,28 @@ def _layer(lm: Any, layer: int, h: torch.Tensor, pos: torch.Tensor, kv: torch.Te
     kv[layer, 1][:, pos] = v[0]
     if last:
         return h  # the last layer's output is not needed: only its KV
-    return _attend(lm, layer, h, q, kv, total, mask)
+    return _attend(lm, layer, h, q, kv, total, mask, pos)
 
 
 def _attend(lm: Any, layer: int, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor, total: int,
-            mask: torch.Tensor) -> torch.Tensor:
+            mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     block = lm.model.layers[layer]
-    attn = block.self_attn
     o = torch.nn.functional.scaled_dot_product_attention(
-        q, kv[layer, 0, :, :total][None], kv[layer, 1, :, :total][None], attn_mask=mask,
-        scale=attn.scaling, enable_gqa=True,
+        q, kv[layer, 0, :, :total][None], kv[layer, 1, :, :total][None],
+        attn_mask=_window(lm, layer, mask, pos), scale=block.self_attn.scaling, enable_gqa=True,
     )  # (1, heads, rows, hd)
-    o = o.transpose(1, 2).reshape(1, h.shape[1], -1)  # (1, rows, heads * hd)
-    h = h + attn.o_proj(o)
-    return h + block.mlp(block.post_attention_layernorm(h))
+    return _residual(block, h, o.transpose(1, 2).reshape(1, h.shape[1], -1))
+
+
+def _probs(lm: Any, layer: int, q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+           pos: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities ``(heads, rows, keys)`` of ``q`` (1, heads, rows, hd) over ``keys``
+    (kv_heads, n, hd) under ``mask`` (and the layer's sliding window)."""
+    heads, rows, hd = q.shape[1:]
+    kv_heads = keys.shape[0]  # query head h reads kv head h // group: group the queries, no copy
+    scores = (q[0].reshape(kv_heads, -1, hd) @ keys.transpose(1, 2)).view(heads, rows, -1)
+    scores = scores * lm.model.layers[layer].self_attn.scaling
+    return scores.masked_fill(~_window(lm, layer, mask, pos), -math.inf).softmax(-1)
 
 
 def prefix_attention(lm: Any, hidden: tuple, kv: torch.Tensor, n_prefix: int) -> torch.Tensor:
@@ -161,10 +229,6 @@ def prefix_attention(lm: Any, hidden: tuple, kv: torch.Tensor, n_prefix: int) ->
     causal = torch.arange(total)[None, :] <= pos[:, None]  # (n, total)
     for layer in range(n_layers):
         q, _, _ = _qkv(lm, layer, hidden[layer], pos)  # (1, heads, n, hd)
-        keys = kv[layer, 0]  # (kv_heads, total, hd)
-        group = q.shape[1] // keys.shape[0]
-        keys = keys.repeat_interleave(group, dim=0)  # (heads, total, hd)
-        scores = (q[0] @ keys.transpose(1, 2)) * lm.model.layers[layer].self_attn.scaling
-        probs = scores.masked_fill(~causal, -math.inf).softmax(-1)  # (heads, n, total)
+        probs = _probs(lm, layer, q, kv[layer, 0], causal, pos)  # (heads, n, total)
         mass += probs[:, :, 1:n_prefix].sum(-1).mean(0)
     return (mass / n_layers).float()

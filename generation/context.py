@@ -103,9 +103,11 @@ def key(gen: Any, ids: Sequence[int], prefix_id: str) -> str:
                   token_ids=ids, prefix_id=prefix_id)
 
 
-def chunk_key(gen: Any, prefix: Sequence[int], ids: Sequence[int], meta: bool = False) -> str:
+def chunk_key(gen: Any, prefix: Sequence[int], ids: Sequence[int], meta: bool = False,
+              codec: str | None = None) -> str:
     """A chunk entry's key; entries in another codec than float32 are other entries."""
-    codec = "" if meta or gen.kv_codec == "float32" else f"[{gen.kv_codec}]"
+    codec = codec or gen.kv_codec
+    codec = "" if meta or codec == "float32" else f"[{codec}]"
     return key(gen, ids, ("meta:" if meta else "") + f"after{codec}:" + ids_hash(prefix))
 
 
@@ -143,6 +145,12 @@ def chunk_entries(
         kv = store.get(chunk_key(gen, prefix, ids)) if store is not None else None
         if kv is not None:
             kv = decode(kv, codec, kv_shape(gen.lm, len(ids)), dtype)
+        elif store is not None and codec != "float32" and not meta:  # re-encode a float32 entry
+            full = store.get(chunk_key(gen, prefix, ids, codec="float32"))
+            if full is not None:
+                stored = encode(full, codec)
+                store.put(chunk_key(gen, prefix, ids), stored)
+                kv = decode(stored, codec, tuple(full.shape), dtype)
         score = None
         if kv is not None and meta:
             score = store.get(chunk_key(gen, prefix, ids, meta=True))
@@ -272,4 +280,5 @@ def blend(gen: Any, buf: torch.Tensor, layout: PromptLayout, scores: list) -> in
         return 0
     stored = torch.cat(scores[1:]) if gen.blend_select == "stored" else None
     return recompute(gen.lm, buf, layout.ids[:total], first, total, n_select=n_select,
-                     must=must, select=gen.blend_select, stored=stored)
+                     must=must, select=gen.blend_select, stored=stored,
+                     question=list(layout.question))

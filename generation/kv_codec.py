@@ -5,6 +5,9 @@ the store; ``decode(stored, codec, shape)`` gives back a float tensor of ``shape
 
 - ``float32``: as computed (4 bytes a number);
 - ``float16`` / ``bfloat16``: cast (2 bytes);
+- ``k8v4``: keys as ``int8`` below, values in 4 bits per token (as KIVI does for values): every
+  (layer, head, token) has one float16 scale, ``absmax / 7`` over its channels, each number is
+  ``round(x / scale)`` in [-7, 7], two to a byte. About 0.19 of float32's bytes per token.
 - ``int8``: symmetric per-channel quantization (as KIVI does for keys): every (layer, key/value,
   head, channel) has one float16 scale, ``absmax / 127`` over the chunk's tokens, and each
   number is ``round(x / scale)`` in int8. Stored as one flat uint8 tensor, the int8 payload then
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-CODECS = ("float32", "float16", "bfloat16", "int8")
+CODECS = ("float32", "float16", "bfloat16", "int8", "k8v4")
 
 
 def encode(kv: torch.Tensor, codec: str) -> torch.Tensor:
@@ -27,26 +30,68 @@ def encode(kv: torch.Tensor, codec: str) -> torch.Tensor:
         return kv
     if codec in ("float16", "bfloat16"):
         return kv.to(getattr(torch, codec)).contiguous()
+    if codec == "k8v4":
+        return torch.cat((_int8(kv[:, :1]), _int4(kv[:, 1])))
     if codec != "int8":
         raise ValueError(f"unknown KV codec {codec!r}; choose one of {', '.join(CODECS)}")
+    return _int8(kv)
+
+
+def _int8(kv: torch.Tensor) -> torch.Tensor:
     x = kv.float()
     scale = (x.abs().amax(dim=3, keepdim=True) / 127.0).clamp_min(1e-8).half()  # (L, 2, h, 1, d)
     q = torch.round(x / scale.float()).clamp_(-127, 127).to(torch.int8)
     return torch.cat((q.reshape(-1).view(torch.uint8), scale.reshape(-1).view(torch.uint8)))
 
 
+def _int4(v: torch.Tensor) -> torch.Tensor:
+    """Values ``(L, h, seq, d)`` (d even): per-token scales, two 4-bit numbers a byte."""
+    x = v.float()
+    scale = (x.abs().amax(dim=-1, keepdim=True) / 7.0).clamp_min(1e-8).half()  # (L, h, seq, 1)
+    q = (torch.round(x / scale.float()).clamp_(-7, 7) + 8).to(torch.uint8).reshape(-1, 2)
+    packed = q[:, 0] | (q[:, 1] << 4)
+    return torch.cat((packed, scale.reshape(-1).view(torch.uint8)))
+
+
+def _unint4(stored: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    layers, heads, seq, dim = shape
+    n = layers * heads * seq * dim // 2
+    lo, hi = stored[:n] & 15, stored[:n] >> 4
+    q = torch.stack((lo, hi), dim=1).reshape(shape).to(dtype) - 8
+    scale = stored[n:].view(torch.float16).reshape(layers, heads, seq, 1)
+    return q * scale.to(dtype)
+
+
 def decode(stored: torch.Tensor, codec: str, shape: tuple[int, ...],
            dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The float KV of ``shape`` ``(layers, 2, kv_heads, seq, head_dim)`` from ``encode``."""
-    if codec != "int8":
+    if codec not in ("int8", "k8v4"):
         return stored if stored.dtype == dtype else stored.to(dtype)
     layers, two, heads, seq, dim = shape
+    if stored.dtype != torch.uint8 or stored.numel() != _nbytes(codec, shape):
+        raise ValueError(f"an {codec} KV entry of {stored.numel()} bytes does not hold {shape}")
+    if codec == "k8v4":
+        n = _nbytes("int8", (layers, 1, heads, seq, dim))
+        keys = _unint8(stored[:n], (layers, 1, heads, seq, dim), dtype)
+        values = _unint4(stored[n:], (layers, heads, seq, dim), dtype)
+        return torch.cat((keys, values[:, None]), dim=1)
+    return _unint8(stored, shape, dtype)
+
+
+def _unint8(stored: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    layers, two, heads, seq, dim = shape
     n = layers * two * heads * seq * dim
-    if stored.dtype != torch.uint8 or stored.numel() != n + 2 * layers * two * heads * dim:
-        raise ValueError(f"an int8 KV entry of {stored.numel()} bytes does not hold {shape}")
     q = stored[:n].view(torch.int8).reshape(shape)
     scale = stored[n:].view(torch.float16).reshape(layers, two, heads, 1, dim)
-    return (q.to(dtype) * scale.to(dtype))
+    return q.to(dtype) * scale.to(dtype)
+
+
+def _nbytes(codec: str, shape: tuple[int, ...]) -> int:
+    layers, two, heads, seq, dim = shape
+    if codec == "int8":
+        return layers * two * heads * (seq + 2) * dim
+    keys = layers * heads * (seq + 2) * dim  # int8 keys and their per-channel scales
+    return keys + layers * heads * seq * (dim // 2 + 2)  # 4-bit values, a scale per token
 
 
 def bytes_per_token(codec: str, layers: int, heads: int, dim: int, seq: int) -> float:
@@ -56,4 +101,4 @@ def bytes_per_token(codec: str, layers: int, heads: int, dim: int, seq: int) -> 
         return 4.0 * numbers
     if codec in ("float16", "bfloat16"):
         return 2.0 * numbers
-    return numbers + 2.0 * numbers / seq
+    return _nbytes(codec, (layers, 2, heads, seq, dim)) / seq

@@ -58,8 +58,12 @@ class PromptLayout:
 
 def chat_frame(tok: Any, system: str | None) -> tuple[str, str]:
     """The chat template's text before and after a user message (with the assistant header)."""
-    if not getattr(tok, "chat_template", None):
-        return ("" if system is None else system + "\n\n"), "\nAnswer:"
+    if not getattr(tok, "chat_template", None):  # a base model: plain text after its BOS
+        head = "" if system is None else system + "\n\n"
+        bos = getattr(tok, "bos_token", None)
+        if bos and tok.encode("x")[:1] == [tok.bos_token_id]:  # the tokenizer would start with it
+            head = bos + head
+        return head, "\nAnswer:"
     messages = [{"role": "user", "content": _SLOT}]
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})

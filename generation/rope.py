@@ -15,19 +15,29 @@ import torch
 
 
 def inv_freq_of(model: torch.nn.Module) -> torch.Tensor:
-    """The model's RoPE inverse frequencies ``(head_dim / 2,)``, from its rotary embedding module.
+    """The model's RoPE inverse frequencies ``(head_dim / 2,)``, from its rotary embedding module;
+    ``(layers, 1, 1, head_dim / 2)`` for a model with one RoPE per layer type (Gemma 3).
 
     Only plain rotary embeddings compose by a second rotation; scaled variants that also scale the
     cos/sin (``attention_scaling != 1``) are refused.
     """
     rotary = model.model.rotary_emb
-    scaling = float(getattr(rotary, "attention_scaling", 1.0))
-    if abs(scaling - 1.0) > 1e-12:
+    kinds = getattr(model.config, "layer_types", None)
+    if kinds and hasattr(rotary, f"{kinds[0]}_inv_freq"):  # Gemma 3: one RoPE per layer type
+        for kind in set(kinds):
+            _check_scaling(getattr(rotary, f"{kind}_attention_scaling", 1.0))
+        return torch.stack([getattr(rotary, f"{kind}_inv_freq").detach() for kind in kinds])[
+            :, None, None, :]  # (layers, 1, 1, head_dim / 2): broadcasts over (layers, h, seq, d)
+    _check_scaling(getattr(rotary, "attention_scaling", 1.0))
+    return rotary.inv_freq.detach()
+
+
+def _check_scaling(scaling: float) -> None:
+    if abs(float(scaling) - 1.0) > 1e-12:
         raise ValueError(
             f"RoPE with attention_scaling={scaling} does not compose by rotation; "
             "kv_reuse 'independent'/'blend' needs a plain (or llama3-scaled) rotary embedding"
         )
-    return rotary.inv_freq.detach()
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +50,7 @@ def rotate_keys(keys: torch.Tensor, delta: int, inv_freq: torch.Tensor) -> torch
     if delta == 0:
         return keys
     angles = delta * inv_freq.to(torch.float64)  # (head_dim/2,)
-    angles = torch.cat((angles, angles))  # (head_dim,): Llama pairs dim i with i + head_dim/2
+    angles = torch.cat((angles, angles), dim=-1)  # (..., head_dim): dim i pairs with i + hd/2
     cos = angles.cos().to(keys.dtype)
     sin = angles.sin().to(keys.dtype)
     return keys * cos + _rotate_half(keys) * sin

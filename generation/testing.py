@@ -82,3 +82,31 @@ def tiny_generator(model_seed: int = 0, *, layers: int = 2, **params: Any) -> An
     return TransformersGenerator.from_model(
         tiny_llama(model_seed, layers=layers), smollm2_tokenizer(), **params
     )
+
+
+def tiny_gemma3(seed: int = 0, *, layers: int = 4, window: int = 24) -> Any:
+    """A random-init ``Gemma3ForCausalLM`` (float32, eval mode) with the SmolLM2 tokenizer:
+    per-head q/k norms, sandwich norms, sliding-window layers (``window`` tokens, shorter than
+    the sample prompt) alternating with global ones, and a RoPE base per layer type."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = smollm2_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=window,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention"
+                     for i in range(layers)],
+        rope_parameters={"full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+                         "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}},
+        max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(config).to(torch.float32)
+    with torch.no_grad():  # sharpen attention, as tiny_llama does
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8.0)
+    return model.eval()

@@ -14,7 +14,8 @@ context (prefix and chunks) is obtained is ``kv_reuse``:
 - ``blend`` (CacheBlend): ``independent``, then some chunk tokens are recomputed through every
   layer at their true positions, attending to the whole context, their KV fused into the cache
   (``ragkit.generation.blend``): ``blend_ratio`` of the chunk tokens ranked by ``blend_select``
-  (``kv``: key+value deviation at layer 1; ``stored``: a score kept with each chunk's entry) and
+  (``query``: the question's attention on the reused cache; ``kv``: key+value deviation at
+  layer 1; ``stored``: a score kept with each chunk's entry) and
   the first ``blend_boundary`` tokens of each chunk after the first (EPIC's LegoLink).
 
 ``none`` and ``prefix`` are exact; ``independent`` and ``blend`` are approximations whose answers can
@@ -25,8 +26,9 @@ fidelity"). Context KV assembly and store entries live in ``ragkit.generation.co
 
 Every mode ends with the same question prefill and decoding loop (greedy, or sampled with
 temperature/top-p/seed), stopping at an end-of-turn token, ``max_new_tokens`` or a stop string.
-``none`` and ``prefix`` work with any causal LM; ``independent`` rotates keys with Llama's RoPE and
-``blend`` re-runs Llama decoder layers by hand, so both need a Llama-architecture model (SmolLM2).
+``none`` and ``prefix`` work with any causal LM; ``independent`` rotates keys with the model's RoPE
+and ``blend`` re-runs its decoder layers by hand, so both need a Llama-architecture model (SmolLM2)
+or Gemma 3.
 """
 
 from __future__ import annotations
@@ -72,10 +74,10 @@ class TransformersGenerator:
     model: str = DEFAULT_MODEL  # the packaged SmolLM2 (converted once) or a local HF folder
     kv_reuse: KVReuse = "none"
     blend_ratio: float = 0.15  # fraction of chunk tokens recomputed in 'blend' (by blend_select)
-    blend_select: Literal["kv", "stored"] = "kv"  # how 'blend' ranks tokens (generation.blend)
+    blend_select: Literal["query", "kv", "stored"] = "query"  # how 'blend' ranks tokens
     blend_boundary: int = 0  # 'blend' also recomputes the first k tokens of each chunk (LegoLink)
     warm_batch: int = 8  # chunk KVs computed per forward when missing
-    kv_codec: Literal["float32", "float16", "bfloat16", "int8"] = "float32"  # chunk entries
+    kv_codec: Literal["float32", "float16", "bfloat16", "int8", "k8v4"] = "float32"  # chunk entries
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0

@@ -209,3 +209,25 @@ def test_score_is_the_log_probability_of_each_option():
             logp = torch.log_softmax(gen.lm(torch.tensor([ids + opt])).logits[0].float(), -1)
             want = sum(float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(opt))
             assert got[option] == pytest.approx(want, abs=1e-4), option
+
+
+class _BaseTokenizer:
+    """A tokenizer without a chat template (a base model's), adding BOS or not."""
+
+    chat_template = None
+    bos_token, bos_token_id = "<bos>", 2
+
+    def __init__(self, adds_bos: bool) -> None:
+        self.adds_bos = adds_bos
+
+    def encode(self, text, add_special_tokens=True):
+        return ([2] if self.adds_bos and add_special_tokens else []) + [ord(c) for c in text]
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_a_base_model_prompt_starts_with_the_bos_its_tokenizer_adds(adds_bos):
+    from ragkit.generation.prompt import chat_frame
+
+    head, tail = chat_frame(_BaseTokenizer(adds_bos), None)
+    assert head == ("<bos>" if adds_bos else "") and tail == "\nAnswer:"
+    assert chat_frame(_BaseTokenizer(adds_bos), "Be brief.")[0].endswith("Be brief.\n\n")

@@ -56,7 +56,7 @@ def test_legolink_with_k_covering_every_token_equals_full_prefill(gen):
     _check_equal_to_full(gen, blend_ratio=0.0, blend_boundary=10_000)
 
 
-@pytest.mark.parametrize("select", ["kv", "stored"])
+@pytest.mark.parametrize("select", ["kv", "stored", "query"])
 def test_every_selection_at_ratio_one_equals_full_prefill(gen, select):
     _check_equal_to_full(gen, blend_ratio=1.0, blend_select=select)
 
@@ -71,13 +71,34 @@ def test_boundary_and_selection_counts(gen):
         _, _, stats = gen.first_logits(layout, "blend")
         assert stats["blend_recomputed"] == 3 * (len(TEXTS) - 1)
         gen.blend_ratio = 0.1
-        for select in ("kv", "stored"):
+        for select in ("kv", "stored", "query"):
             gen.blend_select = select
             _, _, stats = gen.first_logits(layout, "blend")
             n_select = round(0.1 * (layout.context_len - len(layout.prefix)))
             assert stats["blend_recomputed"] == 3 * (len(TEXTS) - 1) + n_select, select
     finally:
         gen.blend_ratio, gen.blend_boundary, gen.blend_select = 0.15, 0, "kv"
+
+
+def test_query_attention_is_the_models_own_attention_of_the_question():
+    """On the exact (full-prefill) KV, the question's attention mass over chunks 2..n computed by
+    hand equals the one the model's eager attention reports, summed over layers and heads."""
+    from ragkit.generation import context
+    from ragkit.generation.blend import query_attention
+    from ragkit.generation.testing import smollm2_tokenizer, tiny_llama
+    from ragkit.generation.transformers_backend import TransformersGenerator
+
+    lm = tiny_llama(3, layers=3, attn="eager")
+    eager = TransformersGenerator.from_model(lm, smollm2_tokenizer(), kv_store=None)
+    layout = eager.layout(QUERY, TEXTS)
+    first, total, end = layout.chunk_starts()[1], layout.context_len, len(layout.ids)
+    with torch.inference_mode():
+        out = lm(torch.tensor([layout.ids]), output_attentions=True, use_cache=True)
+        want = sum(a[0, :, total:end, first:total].sum((0, 1)) for a in out.attentions)
+        kv = context.kv_of(out.past_key_values)
+        kv[:, :, :, total:] = 0  # the question's KV is recomputed by query_attention itself
+        got = query_attention(lm, kv, list(layout.question), first, total)
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_pick_keeps_the_must_rows_and_the_best_others():
@@ -124,9 +145,39 @@ def test_independent_plus_legolink_drift_is_recorded(gen, record_property):
 
 @pytest.mark.parametrize("bad, where", [
     ({"blend_select": "attention"}, "generator.blend_select"),
+    ({"blend_ratio": 1.5}, "generator.blend_ratio"),
     ({"blend_boundary": -1}, "generator.blend_boundary"),
     ({"warm_batch": 0}, "generator.warm_batch"),
 ])
 def test_bad_blend_config_names_the_field(bad, where):
     with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
         build("generator", {"name": PATH, **bad})
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    from ragkit.generation.kv_store import TieredKVStore
+    from ragkit.generation.testing import smollm2_tokenizer, tiny_gemma3
+    from ragkit.generation.transformers_backend import TransformersGenerator
+
+    return TransformersGenerator.from_model(tiny_gemma3(0), smollm2_tokenizer(),
+                                            kv_store=TieredKVStore(disk=False), kv_reuse="blend")
+
+
+def test_gemma3_sliding_windows_and_per_layer_rope(gemma):
+    """Gemma 3 (q/k norms, sandwich norms, sliding-window layers shorter than the prompt, a RoPE
+    base per layer type): the preallocated cache equals a plain forward, a lone chunk moved by
+    RoPE is exact, and every blend selection at ratio 1.0 equals the full prefill."""
+    layout = gemma.layout(QUERY, TEXTS)
+    assert len(layout.ids) > 2 * gemma.lm.config.sliding_window
+    with torch.inference_mode():
+        plain = gemma.lm(torch.tensor([layout.ids])).logits[0, -1]
+        one = gemma.layout(QUERY, TEXTS[:1])
+        plain_one = gemma.lm(torch.tensor([one.ids])).logits[0, -1]
+    none, _, _ = gemma.first_logits(layout, "none")
+    assert torch.allclose(none, plain, atol=ATOL)
+    alone, _, _ = gemma.first_logits(one, "independent")
+    assert torch.allclose(alone, plain_one, atol=ATOL)
+    for select in ("kv", "stored", "query"):
+        _check_equal_to_full(gemma, blend_ratio=1.0, blend_select=select)
+    _check_equal_to_full(gemma, blend_ratio=0.0, blend_boundary=10_000)
