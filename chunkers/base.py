@@ -50,10 +50,17 @@ def check_size(chunk_size: int, overlap: int, *, overlap_unit: str = "tokens") -
         )
 
 
+def doc_metadata(doc: Document) -> dict[str, Any]:
+    """The metadata every chunk of ``doc`` starts from: all of the document's (its ``source``
+    and whatever the caller gave it), so hits show it and index filters can use it. A chunker
+    adds its own keys (``tokens``, a code chunk's ``scope``...) over these."""
+    return dict(doc.metadata)
+
+
 def make_chunks(doc: Document, spans: Sequence[Span], tokens: Sequence[int]) -> list[Chunk]:
-    """Chunks for ``spans`` of ``doc``, numbered in order, carrying the document's source; a
-    ``Chunks`` list, which draws itself over ``doc``'s text in Jupyter."""
-    meta = {"source": doc.metadata["source"]} if "source" in doc.metadata else {}
+    """Chunks for ``spans`` of ``doc``, numbered in order, carrying the document's metadata
+    (``doc_metadata``); a ``Chunks`` list, which draws itself over ``doc``'s text in Jupyter."""
+    meta = doc_metadata(doc)
     return Chunks((
         Chunk(doc.id, s, e, doc.text[s:e], i, {**meta, "tokens": int(n)})
         for i, ((s, e), n) in enumerate(zip(spans, tokens, strict=True))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ragkit.chunkers.base import TokenIndex, pack_indexed, token_windows, trim
+from ragkit.chunkers.base import TokenIndex, doc_metadata, pack_indexed, token_windows, trim
 from ragkit.chunkers.code_languages import Grammar
 from ragkit.chunkers.recursive import after_each
 from ragkit.types import Chunk, Document
@@ -255,7 +255,7 @@ class Walk:
                                                                            self.ends[i]))
                       for i in range(a, b)]
             spans.extend(pack_indexed(index, pieces, self.size))
-        meta = {"source": doc.metadata["source"]} if "source" in doc.metadata else {}
+        meta = doc_metadata(doc)
         out = []
         for i, (s, e, n) in enumerate(spans):
             first = bisect.bisect_right(self.ends, s)

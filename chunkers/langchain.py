@@ -19,6 +19,7 @@ from typing import Any
 
 from ragkit._deps import require
 from ragkit.checks import check_int
+from ragkit.chunkers.base import doc_metadata
 from ragkit.errors import ConfigError, RagkitError
 from ragkit.tokenizers import check_tokenizer_name, load_tokenizer
 from ragkit.types import Chunk, Document
@@ -121,7 +122,7 @@ def _locate(doc: Document, pieces: list[str], sizes: list[int], name: str) -> li
     from partial UTF-8 lose their replacement characters; whitespace may differ as a last resort.
     The chunk's text is the document's own slice."""
     text = doc.text
-    meta = {"source": doc.metadata["source"]} if "source" in doc.metadata else {}
+    meta = doc_metadata(doc)
     out: list[Chunk] = []
     cursor = 0
     for piece, size in zip(pieces, sizes):

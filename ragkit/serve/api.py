@@ -150,6 +150,12 @@ def source_of(hit: Hit) -> dict[str, Any]:
             "start": c.start, "end": c.end, "score": hit.score, "text": c.text}
 
 
+def metadata_of(chunk: Any) -> dict[str, Any]:
+    """A chunk's metadata as clients see it: its document's (``POST /v1/documents``
+    ``metadata``, ``source``) and the chunker's (``tokens``...), without the content hash."""
+    return {key: value for key, value in chunk.metadata.items() if key != "doc_hash"}
+
+
 def spans_text(chunks: list[Any]) -> str:
     """A document's text rebuilt from its chunks at their offsets, so that every chunk's
     ``[start:end]`` is exact. Only whitespace lies between chunks (the chunker contract) and the

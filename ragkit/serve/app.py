@@ -39,12 +39,13 @@ from ragkit.serve.api import (
     check_question,
     generation_settings,
     last_user_message,
+    metadata_of,
     served_model_id,
     source_of,
     spans_text,
     validation_message,
 )
-from ragkit.serve.engine import Busy, GenerationEngine
+from ragkit.serve.engine import Busy, Cancelled, GenerationEngine
 from ragkit.serve.metrics import Metrics
 from ragkit.serve.middleware import ApiKey, BodyLimit, Measure
 from ragkit.serve.schemas import ChatRequest, DocumentIn, RetrieveRequest, unsupported_field
@@ -158,7 +159,8 @@ def create_app(
         query = check_question(body.query, "query", limits)
         k = check_k(body.k, limits)
         hits, _ = await run_retrieve(state, query, k, body.filters)
-        return {"object": "list", "hits": [source_of(h) for h in hits]}
+        return {"object": "list",
+                "hits": [{**source_of(h), "metadata": metadata_of(h.chunk)} for h in hits]}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request) -> Any:
@@ -189,6 +191,9 @@ def create_app(
         if body.stream:
             return StreamingResponse(reply.events(pieces), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
+        # nothing is sent before the answer is whole, so only a watcher on the connection
+        # notices a client that leaves: it cancels the generation at its next piece
+        watcher = asyncio.create_task(cancel_on_disconnect(request, cancel))
         try:
             async for item in pieces:
                 if isinstance(item, Answer):
@@ -198,6 +203,13 @@ def create_app(
         except Busy as exc:
             raise APIError(429, f"server busy: {exc}", type="rate_limit_error",
                            code="queue_full") from None
+        except Cancelled:
+            metrics.cancelled.inc()
+            raise APIError(499, "the client closed the request before its answer was ready",
+                           code="client_closed_request") from None
+        finally:
+            watcher.cancel()
+            await pieces.aclose()
         return reply.completion()
 
     @app.post("/v1/documents")
@@ -263,3 +275,14 @@ async def run_retrieve(state: State, query: str, k: int | None,
     except RagkitError as exc:
         raise APIError(400, str(exc)) from None
     return hits, time.perf_counter() - t
+
+
+async def cancel_on_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` when the client disconnects. The body has been read, so the next message
+    the server gets for this request is ``http.disconnect`` (when the client leaves, or when the
+    response is complete, by which time this task is cancelled)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancel.set()
+            return

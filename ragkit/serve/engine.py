@@ -1,13 +1,20 @@
-"""One model, many requests: generation runs on one worker thread, one request at a time.
+"""One model, many requests: how generation requests reach the model.
 
-The transformers backend is synchronous and holds one model, so requests are queued (FIFO) to a
-single worker thread and are *not* batched: each answer is generated alone, its pieces handed to
-the event loop through an ``asyncio.Queue``. Every request gets a shallow copy of the served
-generator with its own sampling settings (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``,
-``stop``, ``kv_reuse``); the copy shares the loaded model and the chunk-KV store, so the store
-stays warm across requests, and since one request runs at a time, a chunk KV is never read while
-another request writes it. A request whose client went away is cancelled: its stream callback
-raises ``Cancelled`` at the next piece, which ends the generation loop.
+A generator with a concurrent engine (``StreamsConcurrently``: the ``vllm`` generator's async
+engine) gets every request as soon as it arrives, on the event loop: the requests run in the
+engine together, so vLLM batches them step by step (continuous batching) and its prefix cache
+shares blocks between them. ``pending`` counts the requests in the engine; ``max_queue`` caps it.
+
+Any other generator (the transformers backend: synchronous, one model) gets its requests queued
+(FIFO) to a single worker thread and *not* batched: each answer is generated alone, its pieces
+handed to the event loop through an ``asyncio.Queue``; since one request runs at a time, a chunk
+KV is never read while another request writes it.
+
+Either way every request gets a shallow copy of the served generator with its own sampling
+settings (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, ``kv_reuse``); the
+copy shares the loaded model (or engine) and the chunk-KV store, so the store stays warm across
+requests. A request whose client went away is cancelled at its next piece: the worker's stream
+callback raises ``Cancelled``, or the async stream is closed, which aborts it in vLLM.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
-from ragkit.protocols import Fingerprinted, LoadsModel, provides
+from ragkit.protocols import Fingerprinted, LoadsModel, StreamsConcurrently, provides
 from ragkit.types import Answer, Hit
 
 
@@ -46,10 +54,13 @@ class GenerationEngine:
             generator) else set()
         self.settable = names & {"max_new_tokens", "temperature", "top_p", "seed", "stop",
                                  "kv_reuse"}
+        self.concurrent = isinstance(generator, StreamsConcurrently)
 
     def load(self) -> None:
-        """Load the model (and what the KV keys need) on the worker thread, before any request."""
-        self._pool.submit(_load, self.generator).result()
+        """Load the model (and what the KV keys need) on the worker thread, before any request;
+        a concurrent generator starts its engine there."""
+        load = self.generator.start_async if self.concurrent else partial(_load, self.generator)
+        self._pool.submit(load).result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -69,12 +80,16 @@ class GenerationEngine:
     ) -> AsyncIterator[str | Answer]:
         """The answer's text pieces as they are generated, then the ``Answer``. Setting
         ``cancel`` (or closing this iterator) stops the generation at its next piece."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
             if self.pending >= self.max_queue:
                 raise Busy(f"{self.pending} requests are waiting for the model")
             self.pending += 1
+        if self.concurrent:
+            async for item in self._concurrent(gen, query, hits, cancel):
+                yield item
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
 
         def put(item: Any) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -116,6 +131,30 @@ class GenerationEngine:
                     raise value
         finally:
             cancel.set()  # no-op after "done"; stops the worker if the consumer left early
+
+    async def _concurrent(
+        self, gen: Any, query: str, hits: Sequence[Hit], cancel: threading.Event
+    ) -> AsyncIterator[str | Answer]:
+        """``stream`` on a concurrent engine: this request goes into it right away."""
+        pieces = gen.astream(query, hits)
+        outcome = "cancelled"  # unless it finishes or fails: its client left, or closed it
+        try:
+            async for item in pieces:
+                if cancel.is_set():
+                    raise Cancelled()
+                if isinstance(item, Answer):
+                    outcome = "done"
+                yield item
+        except Exception as exc:
+            if not isinstance(exc, Cancelled):
+                outcome = "error"
+            raise
+        finally:
+            await pieces.aclose()  # aborts the request in the engine if it is not finished
+            cancel.set()
+            with self._lock:
+                self.pending -= 1
+                self.cancelled += outcome == "cancelled"
 
 
 def _load(gen: Any) -> None:

@@ -5,6 +5,8 @@ package (sync and async, streaming and not) and plain HTTP for the error cases."
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import subprocess
 import sys
 import time
@@ -58,7 +60,8 @@ def doc_text(doc_id: str) -> str:
 def check_sources(sources, own_text=doc_text) -> None:
     assert sources
     for s in sources:
-        assert set(s) == {"id", "doc_id", "source", "start", "end", "score", "text"}
+        assert set(s) - {"metadata"} == {"id", "doc_id", "source", "start", "end", "score",
+                                         "text"}
         assert own_text(s["doc_id"])[s["start"]:s["end"]] == s["text"]
         assert s["id"] == f"{s['doc_id']}:{s['start']}-{s['end']}"
 
@@ -206,6 +209,38 @@ def test_documents_add_update_delete_are_searchable_and_saved(server):
                                                                   "photosynthesis.md"]
 
 
+def test_document_metadata_is_kept_on_its_chunks_and_filters_use_it(server):
+    url = server.url
+    texts = {f"meta/{i}.md": f"The lyrebird archive note {i} mentions copper lanterns and "
+             f"basalt orchards in paragraph {i}." for i in range(3)}
+    body = [{"id": doc_id, "text": text, "metadata": {"team": "birds" if i else "rocks",
+                                                       "year": 2020 + i}}
+            for i, (doc_id, text) in enumerate(texts.items())]
+    status, added = http("POST", url + "/v1/documents", body)
+    assert status == 200 and added["added"] == 3
+    status, hits = http("POST", url + "/v1/retrieve",
+                        {"query": "lyrebird archive copper lanterns", "k": 10,
+                         "filters": {"team": "birds"}})
+    assert status == 200
+    assert {h["doc_id"] for h in hits["hits"]} == {"meta/1.md", "meta/2.md"}
+    for h in hits["hits"]:
+        assert h["metadata"]["team"] == "birds"
+        assert h["metadata"]["year"] == 2020 + int(h["doc_id"][5])
+        assert h["metadata"]["source"] == h["doc_id"] and "doc_hash" not in h["metadata"]
+        assert texts[h["doc_id"]][h["start"]:h["end"]] == h["text"]
+    status, hits = http("POST", url + "/v1/retrieve",
+                        {"query": "lyrebird", "k": 10, "filters": {"year": 2020}})
+    assert [h["doc_id"] for h in hits["hits"]] == ["meta/0.md"]
+    r = ask(client(server), "lyrebird archive copper lanterns", max_tokens=2, k=5,
+            filters={"team": "rocks"})
+    assert {s["doc_id"] for s in r.model_extra["ragkit"]["sources"]} == {"meta/0.md"}
+    # kept on disk with the chunks: the saved folder reopened has it
+    chunks = RAGPipeline.load(server.folder).index.doc_chunks("meta/2.md")
+    assert chunks and all(c.metadata["team"] == "birds" for c in chunks)
+    for doc_id in texts:
+        assert http("DELETE", url + "/v1/documents/" + doc_id)[0] == 200
+
+
 DROP = object()  # a field left out of the body
 BAD_FIELDS = [
     ({"messages": [{"role": "user", "content": "x"}]}, 400, "model"),
@@ -348,6 +383,36 @@ def test_a_client_that_disconnects_stops_its_generation(tmp_path):
         assert engine.cancelled == 1  # stopped at a piece, not run to its end
         metrics = urllib.request.urlopen(s.url + "/metrics").read().decode()
         assert "ragkit_generations_cancelled_total 1.0" in metrics
+
+
+def test_a_non_streaming_client_that_disconnects_stops_its_generation(tmp_path):
+    folder = build_index(tmp_path / "idx")
+    with ServerThread(tiny_served(folder, max_new_tokens=4000), folder,
+                      limits=Limits(max_tokens=4000)) as s:
+        engine = s.state.engine
+        body = json.dumps({"model": "SmolLM2-135M-Instruct", "max_tokens": 4000,
+                           "messages": [{"role": "user", "content": QUESTION}]}).encode()
+        port = int(s.url.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        deadline = time.monotonic() + 60
+        while not engine.pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.pending == 1  # the answer is being generated; nothing has been sent
+        time.sleep(0.3)  # let it produce a few tokens (not asserted on)
+        sock.close()  # the client goes away before its answer is ready
+        deadline = time.monotonic() + 60
+        while engine.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.pending == 0
+        assert engine.cancelled == 1  # stopped, not run to its 4000 tokens
+        metrics = urllib.request.urlopen(s.url + "/metrics").read().decode()
+        assert "ragkit_generations_cancelled_total 1.0" in metrics
+        assert 'status="499"' in metrics
+        r = ask(client(s), max_tokens=2)  # the server goes on answering
+        assert r.choices[0].message.content is not None
 
 
 def test_a_full_queue_is_a_429(tmp_path):

@@ -220,6 +220,19 @@ def test_deterministic(name, tokenizer):
     assert [dict(x.metadata) for x in a] == [dict(x.metadata) for x in c]
 
 
+@pytest.mark.parametrize("name", CHUNKERS)
+def test_every_chunk_carries_its_documents_metadata(name):
+    chunker = build("chunker", {"name": name, **CONTRACT_SPECS.get(name, {})})
+    if "llm" in {f.name for f in dataclasses.fields(chunker)}:
+        chunker = dataclasses.replace(chunker, llm=FAKE_LM)
+    meta = {"source": "notes/speech.txt", "team": "search", "year": 2024, "tags": ["a", "b"]}
+    doc = Document("speech", sample_text("corpus:state_of_the_union")[:6000], meta)
+    chunks = chunker.chunk(doc)
+    assert chunks
+    for c in chunks:
+        assert {key: c.metadata.get(key) for key in meta} == meta, c.id
+
+
 @pytest.mark.parametrize("text", ["", " ", "\n\n\t  \r\n", "\u3000\u00a0\u2028"])
 @pytest.mark.parametrize("name", CHUNKERS)
 def test_blank_document_gives_no_chunks(name, text):
