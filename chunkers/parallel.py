@@ -198,6 +198,9 @@ _WORKER_CHUNKER: Any = None
 
 
 def _start_worker(chunker_or_spec: Any) -> None:
+    from ragkit.concurrency import exit_with_parent
+
+    exit_with_parent()
     global _WORKER_CHUNKER
     if isinstance(chunker_or_spec, dict):
         from ragkit.config import build

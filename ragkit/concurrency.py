@@ -120,3 +120,22 @@ class Guarded:
             if len(chunks):
                 self.add(chunks, vecs)  # type: ignore[attr-defined]
             return removed
+
+
+def exit_with_parent(interval: float = 1.0) -> None:
+    """In a pool's worker process: exit when the process that started it is gone.
+
+    A ``ProcessPoolExecutor`` worker holds both ends of its call queue's pipe, so it never sees
+    EOF when its parent dies without shutting the pool down (``kill -9`` of ``ragkit serve`` or
+    ``ragkit index``); it would sleep forever. A daemon thread watches the parent's pid instead."""
+    import os
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(0)
+            threading.Event().wait(interval)
+
+    threading.Thread(target=watch, name="ragkit-exit-with-parent", daemon=True).start()

@@ -104,6 +104,9 @@ def _start_worker(job: dict[str, Any]) -> None:
     """One torch (OpenMP) thread per process, unless the user's environment says otherwise."""
     import os
 
+    from ragkit.concurrency import exit_with_parent
+
+    exit_with_parent()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     global _WORKER

@@ -82,3 +82,42 @@ def test_cli_workers_2_gives_workers_1_output(capsys, small_batches):
 def test_cli_bad_workers(capsys):
     assert main(["chunk", str(CORPUS), "--workers", "0", "--no-progress"]) == 2
     assert "--workers: must be an int >= 1" in capsys.readouterr().err
+
+
+KILLED_PARENT = """
+import multiprocessing, sys, time
+import ragkit.chunkers.parallel as pool
+from ragkit.chunkers.base import chunk_many
+from ragkit.chunkers.fixed import FixedChunker
+from ragkit.types import Document
+pool.MIN_BATCH_CHARS = pool.MIN_SPAWN_BATCH_CHARS = 2_000
+docs = [Document(str(i), "word " * 2_000) for i in range(8)]
+chunk_many(FixedChunker(chunk_size=64, overlap=0, tokenizer="whitespace"), docs, workers=2)
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_pool_workers_exit_when_their_parent_is_killed():
+    """A kill -9 of the process that owns the kept pool (a ``ragkit serve``) leaves no worker
+    behind: each watches its parent and exits when it is gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).parents[2])
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2, pids
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    alive = pids
+    for _ in range(600):  # a bound, not a timing claim: the watchers poll once a second
+        alive = [p for p in alive if Path(f"/proc/{p}").exists()
+                 and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[-1].split()[0]]
+        if not alive:
+            break
+        time.sleep(0.1)
+    assert alive == [], f"pool workers {alive} outlived their killed parent"
