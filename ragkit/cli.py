@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                         "readable; html: the chunks drawn over each document as a standalone page")
     c.add_argument("--out", metavar="FILE", help="--format html: write the page here (default: "
                    "standard output)")
+    c.add_argument("--json", action="store_true", help="print the statistics as one JSON document")
     c.add_argument("--workers", type=int, default=None,
                    help="chunking processes (default: this machine's cores); same chunks as 1. "
                         "A worker takes at least 25 M chars, so smaller inputs run in-process")
@@ -213,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     ec.add_argument("--cache", help="embedding cache file (default ~/.cache/ragkit/embeddings.sqlite)")
     ec.add_argument("--no-cache", action="store_true", help="embed everything again")
     ec.add_argument("--no-plot", action="store_true", help="skip the plot")
+    ec.add_argument("--json", action="store_true", help="print results.json on stdout")
     ec.set_defaults(func=cmd_eval_chunking)
 
     er = esub.add_parser("retrieval", help="score whole retrieve paths (chunker to selector)")
@@ -220,6 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     common(er)
     er.add_argument("--out", default="runs/eval-retrieval", help="folder for results.md/.json")
     er.add_argument("--subset", type=int, metavar="N", help="only the first N questions per corpus")
+    er.add_argument("--json", action="store_true", help="print results.json on stdout")
     er.set_defaults(func=cmd_eval_retrieval)
     return p
 

@@ -39,6 +39,9 @@ def cmd_chunk(args: argparse.Namespace) -> int:
     check_workers(workers, path="--workers")
     if args.out is not None and args.format != "html":
         raise ConfigError(f"only with --format html; got --format {args.format}", path="--out")
+    if args.json and args.format != "stats":
+        raise ConfigError(f"prints the statistics (--format stats); got --format {args.format}",
+                          path="--json")
     config = args_config(args)
     if config:  # the whole file is checked, as by every other command (typos, unknown names)
         from ragkit.pipeline import RAGPipeline
@@ -108,6 +111,19 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         from ragkit.config import to_config
 
         spec = to_config(chunker, "chunker")
+        secs = max(seconds, 1e-9)
+        if args.json:
+            def summary(values: list[int]) -> dict[str, Any]:
+                return {"total": sum(values), "min": min(values, default=0),
+                        "mean": sum(values) / len(values) if values else 0.0,
+                        "max": max(values, default=0)}
+
+            print(json.dumps({"chunker": spec, "documents": n_docs, "bytes": total_bytes,
+                              "chunks": len(sizes), "tokens": summary(sizes),
+                              "chars": summary(chars), "seconds": seconds,
+                              "chunks_per_s": len(sizes) / secs,
+                              "mb_per_s": total_bytes / 1e6 / secs}, ensure_ascii=False))
+            return 0
         print(f"chunker    {json.dumps(spec, ensure_ascii=False)}")
         print(f"documents  {n_docs}  ({total_bytes / 1e6:.2f} MB)")
         print(f"chunks     {len(sizes)}")
@@ -118,7 +134,6 @@ def cmd_chunk(args: argparse.Namespace) -> int:
             print(f"tokens     total {sum(sizes)}  ({tok_unit})")
             print("size       " + describe_sizes(sizes, "tokens"))
             print("chars      " + describe_sizes(chars, "chars"))
-        secs = max(seconds, 1e-9)
         print(f"time       {seconds:.2f} s  ({len(sizes) / secs:.1f} chunks/s, "
               f"{total_bytes / 1e6 / secs:.2f} MB/s)")
     return 0
@@ -274,10 +289,13 @@ def cmd_eval_chunking(args: argparse.Namespace) -> int:
     progress = None if args.no_progress else tqdm_bar
     results = evaluate_chunking(dataset, config, cache=cache, progress=progress)
     paths = report.write(results, config, args.out, dataset, with_plot=not args.no_plot)
-    print(report.markdown(results, config))
+    notes = sys.stderr if args.json else sys.stdout  # --json: stdout holds results.json only
+    print(paths["json"].read_text(encoding="utf-8") if args.json
+          else report.markdown(results, config), end="\n" if not args.json else "")
     if cache is not None:
-        print(f"embedding cache: {cache.hits} hits, {cache.misses} computed ({cache.path})")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+        print(f"embedding cache: {cache.hits} hits, {cache.misses} computed ({cache.path})",
+              file=notes)
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=notes)
     return 0
 
 
@@ -306,6 +324,10 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
         "dataset": dataset.name, "ks": list(config.ks),
         "questions": [{"question": q.text, "corpus_id": q.corpus_id} for q in dataset.questions],
         "runs": [asdict(r) for r in results]}, indent=1) + "\n", encoding="utf-8")
-    print(table)
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}")
+    if args.json:  # stdout holds results.json only
+        print((out / "results.json").read_text(encoding="utf-8"), end="")
+    else:
+        print(table)
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}",
+          file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -392,3 +392,34 @@ def no_load_progress_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def embed_sorted(embedder: Any, texts: list[str], batch: int,
+                 done: Callable[[int], None] | None = None) -> Any:
+    """float32 ``(len(texts), d)`` vectors of ``texts``, in input order, embedded ``batch`` texts
+    per ``embed`` call, longest texts first; ``done(chars)``, if given, is called after each call
+    with the characters of the texts embedded so far.
+
+    Calls take texts of similar lengths, so a model pads each of its forward batches little (as
+    sentence-transformers does inside one call, but across all of ``texts``): cut in input order,
+    each call's texts spanned every length and padded ~10% more tokens on the dev corpus."""
+    import numpy as np
+
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    if len(texts) <= batch:
+        vecs = np.asarray(embedder.embed(texts), dtype=np.float32)  # (n, d)
+        if done is not None:
+            done(sum(len(t) for t in texts))
+        return vecs
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    parts, chars = [], 0
+    for b in range(0, len(texts), batch):
+        part = [texts[i] for i in order[b : b + batch]]
+        parts.append(np.asarray(embedder.embed(part), dtype=np.float32))  # (b, d)
+        chars += sum(len(t) for t in part)
+        if done is not None:
+            done(chars)
+    vecs = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)  # (n, d)
+    vecs[np.asarray(order)] = np.concatenate(parts)
+    return vecs

@@ -235,7 +235,7 @@ def _nbytes(doc: Document) -> int:
 
 def _embed(embedder: Any, texts: list[str], batch: int,
            done: Callable[[int], None] | None = None) -> Any:
-    from ragkit.pipeline import embed_sorted
+    from ragkit.retrieval.embedders import embed_sorted
 
     return embed_sorted(embedder, texts, batch, done)  # (n, d), longest texts embedded together
 

@@ -214,3 +214,24 @@ def test_replace_with_another_chunker_starts_its_shards_afresh(corpus, tmp_path)
                  "--out", str(out), "--no-progress", "--replace"]) == 0
     pipe = RAGPipeline.load(out)
     assert pipe.chunker.chunk_size == 16 and len(pipe.documents()) == 6
+
+
+def test_chunk_json_is_one_document_of_the_statistics(capsys):
+    code = main(["chunk", str(CORPUS), "--json", "--no-progress", "-o", "chunker.chunk_size=64",
+                 "-o", "chunker.tokenizer=whitespace", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out)  # the whole of stdout is one JSON document
+    texts = [p.read_text(encoding="utf-8") for p in sorted(CORPUS.glob("*.md"))]
+    assert report["documents"] == len(texts)
+    assert report["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
+    assert report["chunker"]["chunk_size"] == 64
+    assert report["chunks"] > len(texts) and report["tokens"]["max"] <= 64
+    assert report["chunks_per_s"] > 0 and report["mb_per_s"] > 0
+
+
+def test_chunk_json_only_with_the_statistics(capsys):
+    code = main(["chunk", str(CORPUS), "--json", "--format", "jsonl", "--no-progress"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "ragkit: error: --json: prints the statistics (--format stats); got --format jsonl")

@@ -199,6 +199,30 @@ def test_cli_eval_writes_table_json_and_plot(tmp_path, capsys):
     assert (out / "results.md").read_text(encoding="utf-8").count("| chunker |") == 2
 
 
+def test_cli_eval_json_prints_results_json_alone(tmp_path, capsys):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("embedder: {name: hash, dim: 64}\n"
+                   "chunkers:\n  fixed-100: {name: fixed, chunk_size: 100, tokenizer: whitespace}\n"
+                   "ks: [5]\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["eval", "chunking", str(require(DEV)), "--config", str(cfg), "--out", str(out),
+                 "--subset", "2", "--no-cache", "--no-progress", "--no-plot", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert json.loads(captured.out) == json.loads((out / "results.json").read_text("utf-8"))
+    assert "wrote " in captured.err
+    rcfg = tmp_path / "retrieval.yaml"
+    rcfg.write_text("ks: [5]\npaths:\n  plain:\n    chunker: {name: fixed, chunk_size: 100, "
+                    "tokenizer: whitespace}\n    embedder: {name: hash, dim: 64}\n",
+                    encoding="utf-8")
+    code = main(["eval", "retrieval", str(require(DEV)), "--config", str(rcfg), "--out",
+                 str(tmp_path / "r"), "--subset", "2", "--no-progress", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert [r["label"] for r in report["runs"]] == ["plain"]
+
+
 def test_cli_eval_bad_chunker_fails_before_work(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["eval", "chunking", str(require(DEV)), "-o", "chunkers.x.name=nope", "--out", str(out),
