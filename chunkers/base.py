@@ -23,7 +23,7 @@ from ragkit.checks import check_int
 from ragkit.errors import ConfigError
 from ragkit.protocols import Chunker  # noqa: F401  (the role, defined in the kernel; re-exported)
 from ragkit.protocols import SplitsAtAsciiEdges, SplitsAtWordEnds
-from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, Tokenizer, ascii_edge
+from ragkit.tokenizers import ASCII_EDGE, LAST_ASCII_EDGE, Tokenizer, ascii_edge, load_tokenizer
 from ragkit.types import Chunk, Document
 from ragkit.view import Chunks
 from ragkit.chunkers.graphemes import inside_clusters, trim
@@ -82,6 +82,17 @@ def cut_points(text: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]
 _WORD_END = re.compile(r"[A-Za-z0-9](?=[\t\n\x0b\x0c\r ])")
 _LAST_WORD_END = re.compile(r".*[A-Za-z0-9](?=[\t\n\x0b\x0c\r ])", re.DOTALL)
 _SHORT = 128  # chars: a span this short is simply tokenized
+
+
+class TokenizerByName:
+    """Mixin for a chunker with a ``tokenizer`` field (a name): ``self._tok``, the tokenizer it
+    names, loaded on first use and kept."""
+
+    tokenizer: str
+
+    @functools.cached_property
+    def _tok(self) -> Tokenizer:
+        return load_tokenizer(self.tokenizer)
 
 
 class TokenIndex:

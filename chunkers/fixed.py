@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 from ragkit import progress
-from ragkit.chunkers.base import ChunkMany, check_size, make_chunks, token_windows
-from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
+from ragkit.chunkers.base import (
+    ChunkMany,
+    TokenizerByName,
+    check_size,
+    make_chunks,
+    token_windows,
+)
+from ragkit.tokenizers import check_tokenizer_name
 from ragkit.types import Chunk, Document
 
 
 @dataclass(kw_only=True)
-class FixedChunker(ChunkMany):
+class FixedChunker(ChunkMany, TokenizerByName):
     """Windows of ``chunk_size`` tokens; consecutive windows share ``overlap`` tokens.
 
     Windows are cut only where a token and a grapheme cluster start, and lose their edge
@@ -26,10 +31,6 @@ class FixedChunker(ChunkMany):
     def __post_init__(self) -> None:
         check_size(self.chunk_size, self.overlap)
         check_tokenizer_name(self.tokenizer)
-
-    @cached_property
-    def _tok(self) -> Tokenizer:
-        return load_tokenizer(self.tokenizer)
 
     def chunk(self, doc: Document) -> list[Chunk]:
         text = doc.text

@@ -55,7 +55,8 @@ from ragkit.checks import check_bool, check_choice, check_int
 from ragkit.config import check_template
 from ragkit.errors import ConfigError
 from ragkit.protocols import Completes, ScoresOptions
-from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
+from ragkit.chunkers.base import TokenizerByName
+from ragkit.tokenizers import check_tokenizer_name
 from ragkit.types import Chunk, Document
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def parse_paragraph_id(answer: Any) -> int | None:
 
 
 @dataclass(kw_only=True)
-class LumberChunker:
+class LumberChunker(TokenizerByName):
     """Paragraph groups of up to ``window`` tokens; the LM names the paragraph where the content
     shifts and the chunk ends before it (see the module).
 
@@ -137,10 +138,6 @@ class LumberChunker:
         self.stats: dict[str, int] = {"documents": 0, "llm_calls": 0, "unparsed": 0,
                                       "invalid": 0}
         self._priors: dict[int, dict[str, float]] = {}  # group size -> content-free scores
-
-    @cached_property
-    def _tok(self) -> Tokenizer:
-        return load_tokenizer(self.tokenizer)
 
     @property
     def _scoring(self) -> bool:

@@ -34,7 +34,6 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -51,7 +50,8 @@ from ragkit.checks import check_choice, check_float, check_int
 from ragkit.config import check_template
 from ragkit.errors import ConfigError
 from ragkit.protocols import ScoresOptions, TokenLogprobLLM
-from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
+from ragkit.chunkers.base import TokenizerByName
+from ragkit.tokenizers import check_tokenizer_name
 from ragkit.types import Chunk, Document
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ MARGIN_PROMPT = (
 
 
 @dataclass(kw_only=True)
-class PerplexityChunker:
+class PerplexityChunker(TokenizerByName):
     """Sentences grouped where a language model reads them as one flow (see the module).
 
     ``method``: ``ppl`` (local minima of per-sentence log-perplexity; needs ``token_logprobs``) or
@@ -110,10 +110,6 @@ class PerplexityChunker:
             check_template(self.prompt, {"first", "second"}, path="prompt")
         self.stats: dict[str, int] = {"documents": 0, "llm_calls": 0, "tokens_scored": 0,
                                       "unparsed": 0}
-
-    @cached_property
-    def _tok(self) -> Tokenizer:
-        return load_tokenizer(self.tokenizer)
 
     def chunk(self, doc: Document, *, progress: Progress | None = None) -> list[Chunk]:
         text = doc.text

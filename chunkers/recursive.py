@@ -10,11 +10,11 @@ A separator stays with the piece before it, so pieces tile the text and offsets 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
 from ragkit.chunkers.base import (
+    TokenizerByName,
     ChunkMany,
     TokenIndex,
     check_size,
@@ -24,14 +24,14 @@ from ragkit.chunkers.base import (
 )
 from ragkit import progress
 from ragkit.errors import ConfigError
-from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
+from ragkit.tokenizers import check_tokenizer_name
 from ragkit.types import Chunk, Document
 
 DEFAULT_SEPARATORS = ("\n\n", "\n", ". ", "? ", "! ", "。", "！", "？", "; ", ", ", " ")
 
 
 @dataclass(kw_only=True)
-class RecursiveChunker(ChunkMany):
+class RecursiveChunker(ChunkMany, TokenizerByName):
     chunk_size: int = 256
     overlap: int = 0
     tokenizer: str = "cl100k"
@@ -47,10 +47,6 @@ class RecursiveChunker(ChunkMany):
                 f"must be a list of non-empty strings; got {self.separators!r}", path="separators"
             )
         self.separators = tuple(self.separators)
-
-    @cached_property
-    def _tok(self) -> Tokenizer:
-        return load_tokenizer(self.tokenizer)
 
     def chunk(self, doc: Document) -> list[Chunk]:
         text = doc.text

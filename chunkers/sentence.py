@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from ragkit.chunkers.base import (
+    TokenizerByName,
     check_size,
     grapheme_starts,
     make_chunks,
@@ -17,14 +17,14 @@ from ragkit.chunkers.base import (
 )
 from ragkit._deps import require
 from ragkit.errors import ConfigError
-from ragkit.tokenizers import Tokenizer, check_tokenizer_name, load_tokenizer
+from ragkit.tokenizers import check_tokenizer_name
 from ragkit.types import Chunk, Document
 
 _BLOCK = 200_000  # chars handed to spaCy at once (its default limit is 1,000,000)
 
 
 @dataclass(kw_only=True)
-class SentenceChunker:
+class SentenceChunker(TokenizerByName):
     """Packs whole sentences into chunks of at most ``chunk_size`` tokens.
 
     ``overlap`` is a number of sentences: each chunk opens with up to that many of the previous
@@ -47,10 +47,6 @@ class SentenceChunker:
             raise ConfigError(
                 f"must be a spaCy language code; got {self.language!r}", path="language"
             )
-
-    @cached_property
-    def _tok(self) -> Tokenizer:
-        return load_tokenizer(self.tokenizer)
 
     def chunk(self, doc: Document) -> list[Chunk]:
         text = doc.text

@@ -44,6 +44,7 @@ from typing import Any, Literal
 from ragkit._deps import require
 from ragkit.config import COMPONENT_KIND, build
 from ragkit.errors import ConfigError, RagkitError
+from ragkit.generation.base import AnswersFromRun
 from ragkit.types import Answer, Chunk, Hit
 
 from ragkit.generation.decoding import (  # noqa: F401  (cache_kwarg: public, used by tests)
@@ -70,7 +71,7 @@ DEFAULT_KV_STORE = "tiered"
 
 
 @dataclass(kw_only=True)
-class TransformersGenerator:
+class TransformersGenerator(AnswersFromRun):
     model: str = DEFAULT_MODEL  # the packaged SmolLM2 (converted once) or a local HF folder
     kv_reuse: KVReuse = "none"
     blend_ratio: float = 0.15  # fraction of chunk tokens recomputed in 'blend' (by blend_select)
@@ -194,17 +195,6 @@ class TransformersGenerator:
 
     # -- public verbs --------------------------------------------------------------------------
 
-    def generate(
-        self, query: str, hits: Sequence[Hit], stream: Callable[[str], None] | None = None
-    ) -> Answer:
-        """The answer to ``query`` from ``hits`` (in order); ``stream`` receives text pieces."""
-        from ragkit.generation.base import drain
-
-        return drain(self._run(query, hits), stream)
-
-    def stream(self, query: str, hits: Sequence[Hit]) -> Iterator[str]:
-        """Text pieces as they are decoded; the iterator's return value is the ``Answer``."""
-        return self._run(query, hits)
 
     def warm(
         self, chunks: Sequence[Chunk | str], progress: Callable[[int, int], None] | None = None

@@ -42,6 +42,7 @@ from typing import Any, Literal
 from ragkit.checks import check_int
 from ragkit._deps import require
 from ragkit.errors import ConfigError, MissingDependencyError, RagkitError
+from ragkit.generation.base import AnswersFromRun
 from ragkit.types import Answer, Hit
 
 from ragkit.generation.decoding import check_number as _check_number
@@ -107,7 +108,7 @@ def canonical(hits: Sequence[Hit]) -> list[Hit]:
 
 
 @dataclass(kw_only=True)
-class VLLMGenerator:
+class VLLMGenerator(AnswersFromRun):
     model: str = DEFAULT_MODEL  # the packaged SmolLM2 (converted once) or a local HF folder
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     max_model_len: int = 4096  # prompt + answer tokens per request
@@ -274,17 +275,6 @@ class VLLMGenerator:
 
     # -- public verbs --------------------------------------------------------------------------
 
-    def generate(
-        self, query: str, hits: Sequence[Hit], stream: Callable[[str], None] | None = None
-    ) -> Answer:
-        """The answer to ``query`` from ``hits``; ``stream`` receives text pieces as decoded."""
-        from ragkit.generation.base import drain
-
-        return drain(self._run(query, hits), stream)
-
-    def stream(self, query: str, hits: Sequence[Hit]) -> Iterator[str]:
-        """Text pieces as they are decoded; the iterator's return value is the ``Answer``."""
-        return self._run(query, hits)
 
     def run_ids(self, ids: Sequence[int]) -> Iterator[tuple[Any, float]]:
         """Send ``ids`` as one request; yield ``(RequestOutput, seconds since sent)`` per engine
