@@ -107,7 +107,7 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
     clean_s = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     stats = {"store": store, "kills": 0, "not_created": 0, "mid_run": 0, "failed_opens": 0,
-             "half_indexed": 0,
+             "half_indexed": 0, "failed_reruns": 0,
              "mismatched_after_rerun": 0, "clean_build_s": round(clean_s, 2), "errors": []}
     version = 0
     for i in range(kills):
@@ -142,7 +142,12 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
                     stats["errors"].append(f"kill {i}: {doc_id} half-indexed "
                                            f"({len(chunks)} chunks, clean "
                                            f"{len(everything.get(doc_id, []))})")
-        finish(ragkit_index(corpus, config, out, *flags))
+        try:
+            finish(ragkit_index(corpus, config, out, *flags))
+        except RuntimeError as exc:  # the folder could not be repaired in place: count it,
+            stats["failed_reruns"] += 1  # then rebuild it as a user would be told to
+            stats["errors"].append(f"kill {i}: re-run: {str(exc)[-300:]}")
+            finish(ragkit_index(corpus, config, out, "--replace"))
         after = chunks_by_doc(out)
         bad = sorted(d for d in set(after) | set(ref) if after.get(d) != ref.get(d))
         stats["mismatched_after_rerun"] += len(bad)
@@ -150,7 +155,8 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
             stats["errors"].append(f"kill {i}: after the re-run {len(bad)} documents differ from "
                                    f"a clean build, e.g. {bad[0]}")
         say(f"{store}: kill {i + 1}/{kills}: half-indexed {stats['half_indexed']}, failed opens "
-            f"{stats['failed_opens']}, mismatched {stats['mismatched_after_rerun']}")
+            f"{stats['failed_opens']}, failed re-runs {stats['failed_reruns']}, mismatched "
+            f"{stats['mismatched_after_rerun']}")
     return stats
 
 
@@ -166,11 +172,12 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"{result['docs']} documents, {result['kills_per_store']} kills per store", "",
              "| store | kills | before the folder existed | mid-run | failed opens | half-indexed "
-             "| mismatched after re-run |", "|---|--:|--:|--:|--:|--:|--:|"]
+             "| failed re-runs | mismatched after re-run |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
     for r in result["rows"]:
         lines.append(f"| {r['store']} | {r['kills']} | {r['not_created']} | {r['mid_run']} | "
                      f"{r['failed_opens']} | "
-                     f"{r['half_indexed']} | {r['mismatched_after_rerun']} |")
+                     f"{r['half_indexed']} | {r['failed_reruns']} | "
+                     f"{r['mismatched_after_rerun']} |")
     errors = [e for r in result["rows"] for e in r["errors"]]
     if errors:
         lines += ["", "first problems:", *(f"- {e}" for e in errors[:10])]

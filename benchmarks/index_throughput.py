@@ -122,7 +122,7 @@ def _timer(owner: Any, name: str, bucket: str, spent: dict[str, list[float]],
 
 
 def child_index(corpus: str, config: str, out: str, report: str, workers: str = "") -> None:
-    import ragkit.chunkers.recursive as recursive
+    import ragkit.chunkers.base as chunker_base  # TokenizerByName loads through it
     import ragkit.ingest as ingest_mod
     import ragkit.ingest.local as local
     from ragkit import cli
@@ -151,7 +151,7 @@ def child_index(corpus: str, config: str, out: str, report: str, workers: str = 
     prop = functools.cached_property(holder.f)
     prop.attrname = "_model"
     SentenceTransformerEmbedder._model = prop
-    _timer(recursive, "load_tokenizer", "load", spent, active)
+    _timer(chunker_base, "load_tokenizer", "load", spent, active)
     _timer(local, "read_shards", "read", spent, active)
     chunk = RecursiveChunker.chunk
 

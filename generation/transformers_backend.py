@@ -405,21 +405,25 @@ class TransformersGenerator(AnswersFromRun):
         detok = Detokenizer(self.tokenizer, self.stop)
         pos = len(layout.ids)
         t_first = None
-        with torch.inference_mode():
-            while True:
+        # inference mode is entered per step, never held across a ``yield``: it is thread-local,
+        # and a server may resume (or close) this iterator from another thread than the one that
+        # started it, which would then decode outside it and write to inference tensors
+        while True:
+            with torch.inference_mode():
                 token = self._pick(logits, gen)
-                if t_first is None:
-                    t_first = time.perf_counter()
-                if token in self._eos:
-                    break
-                out.append(token)
-                piece = detok.add(out)
-                if piece:
-                    yield piece
-                if detok.stopped or len(out) >= self.max_new_tokens:
-                    break
+            if t_first is None:
+                t_first = time.perf_counter()
+            if token in self._eos:
+                break
+            out.append(token)
+            piece = detok.add(out)
+            if piece:
+                yield piece
+            if detok.stopped or len(out) >= self.max_new_tokens:
+                break
+            with torch.inference_mode():
                 logits = self.forward_ids([token], cache, pos)
-                pos += 1
+            pos += 1
         tail = detok.flush(out)
         if tail:
             yield tail

@@ -122,9 +122,16 @@ class ChromaPersistence:
             raise IndexFileError(f"{path / POINTER}: invalid settings ({exc})") from None
         errors = require("chromadb.errors", extra="chroma", component="index 'chroma'")
         try:
-            index._connect(create=False)
+            col = index._connect(create=False)
         except errors.ChromaError as exc:
             raise IndexFileError(f"{index._where_text()}: Chroma cannot open it ({exc})") from None
+        try:  # a read makes Chroma apply its own write log: a damaged store fails here, not later
+            col.get(limit=1, include=[])
+        except errors.ChromaError as exc:
+            raise IndexFileError(
+                f"{index._where_text()}: Chroma's store is damaged ({exc}; a kill during Chroma's "
+                "own write can do this, chroma-core/chroma#7678); rebuild it with `ragkit index "
+                "SOURCES --out DIR --replace`") from None
         return index
 
 

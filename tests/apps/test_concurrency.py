@@ -118,5 +118,5 @@ def test_kill_9_during_ragkit_index_leaves_no_half_indexed_document(store, tmp_p
 
     stats = run_store(store, kills=3, docs=120, work=tmp_path, seed=1, say=lambda _: None)
     assert stats["kills"] == 3
-    assert (stats["failed_opens"], stats["half_indexed"], stats["mismatched_after_rerun"]) == (
-        0, 0, 0), stats["errors"]
+    assert (stats["failed_opens"], stats["half_indexed"], stats["failed_reruns"],
+            stats["mismatched_after_rerun"]) == (0, 0, 0, 0), stats["errors"]

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragkit.chunkers.parallel import cpu_count
+
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
@@ -71,8 +73,9 @@ def test_ray_gives_the_local_engines_chunks_and_vectors(cluster, corpus, tmp_pat
     on_ray = ingest(root, CONFIG, tmp_path / "ray", engine=RAY, batch_size=16)
     assert on_ray.engine == "ray" and on_ray.workers == 2
     # how many of the 2 workers got blocks is Ray's scheduling: on an idle machine the first
-    # actor can finish every block before the second is up, so only the bounds are asserted
-    assert 1 <= on_ray.workers_seen <= 2 and local.workers_seen == 1
+    # actor can finish every block before the second is up, so only the bounds are asserted;
+    # the local engine runs one process per core by default (--workers)
+    assert 1 <= on_ray.workers_seen <= 2 and 1 <= local.workers_seen <= cpu_count()
     a = RAGPipeline.load(tmp_path / "local")
     b = RAGPipeline.load(tmp_path / "ray")
     chunks_a, chunks_b = list(a.index.chunks()), list(b.index.chunks())

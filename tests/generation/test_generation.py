@@ -104,6 +104,33 @@ def test_stream_iterator_returns_the_answer():
     assert "".join(pieces) == answer.text
 
 
+@pytest.mark.parametrize("mode", ["none", "independent"])
+def test_a_stream_resumed_on_another_thread_decodes_the_same_answer(mode):
+    """A server takes the next piece on whichever worker thread is free: inference mode (which
+    is per thread) must not be held across a ``yield``, or the later steps run outside it."""
+    import threading
+
+    gen = tiny_generator(0, kv_reuse=mode, max_new_tokens=12, stop=[])
+    want = gen.generate("q?", _hits())
+    it = gen.stream("q?", _hits())
+    pieces, result = [next(it)], {}
+
+    def rest():
+        try:
+            while True:
+                pieces.append(next(it))
+        except StopIteration as done:
+            result["answer"] = done.value
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = exc
+
+    other = threading.Thread(target=rest)
+    other.start()
+    other.join()
+    assert "error" not in result, result.get("error")
+    assert result["answer"].text == "".join(pieces) == want.text
+
+
 def test_stop_strings_and_max_new_tokens():
     gen = tiny_generator(0, max_new_tokens=20)
     full = gen.generate("q?", _hits()).text

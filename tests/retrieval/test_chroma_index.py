@@ -371,6 +371,27 @@ def test_broken_saves_are_detected(tmp_path, corrupt, message):
         ChromaIndex.load(tmp_path / "idx")
 
 
+def test_a_store_chroma_cannot_read_back_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    """A kill inside Chroma's own writer can leave a store that opens but fails on the first read
+    (chroma-core/chroma#7678): loading says so in one line, with the command that rebuilds it."""
+    import chromadb.errors
+    from chromadb.api.models.Collection import Collection
+
+    index = ChromaIndex()
+    index.add(make_chunks(3), np.eye(3, dtype=np.float32))
+    index.save(tmp_path / "idx")
+
+    def damaged(self, *args, **kwargs):
+        raise chromadb.errors.InternalError("Failed to apply logs to the hnsw segment writer")
+
+    monkeypatch.setattr(Collection, "get", damaged)
+    with pytest.raises(IndexFileError) as info:
+        ChromaIndex.load(tmp_path / "idx")
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "idx") in message
+    assert "Chroma's store is damaged" in message and "--replace" in message
+
+
 def _zero(file):
     raw = bytearray(file.read_bytes())
     raw[100:4000] = bytes(3900)
