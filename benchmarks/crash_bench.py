@@ -13,6 +13,9 @@ time a clean run takes, and
 3. run ``ragkit index --append`` again to completion and compare every document's chunks with
    the clean build (*mismatched after re-run*, must be 0).
 
+*Rebuilds* counts the Chroma stores that opening the folder (step 1 or the re-run) rebuilt from
+the document log's copy after a kill damaged them (each leaves ``index/data*.damaged-*``).
+
 Every run writes: even-numbered kills start from no folder at all (a fresh build, killed while
 it writes the first documents), odd-numbered ones change the corpus first (a few documents
 rewritten, one removed, one added) and run ``--sync``, so kills land while documents are being
@@ -107,7 +110,7 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
     clean_s = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     stats = {"store": store, "kills": 0, "not_created": 0, "mid_run": 0, "failed_opens": 0,
-             "half_indexed": 0, "failed_reruns": 0,
+             "half_indexed": 0, "failed_reruns": 0, "rebuilds": 0,
              "mismatched_after_rerun": 0, "clean_build_s": round(clean_s, 2), "errors": []}
     version = 0
     for i in range(kills):
@@ -115,6 +118,7 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
             shutil.rmtree(out, ignore_errors=True)  # a fresh build
         else:
             version += 1
+        aside = _damaged_aside(out)
         ref = reference(version)
         make_corpus(corpus, docs, version)
         flags = ("--sync",) if i % 2 else ("--append",)
@@ -149,15 +153,21 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
             stats["errors"].append(f"kill {i}: re-run: {str(exc)[-300:]}")
             finish(ragkit_index(corpus, config, out, "--replace"))
         after = chunks_by_doc(out)
+        stats["rebuilds"] += len(_damaged_aside(out) - aside)
         bad = sorted(d for d in set(after) | set(ref) if after.get(d) != ref.get(d))
         stats["mismatched_after_rerun"] += len(bad)
         if bad:
             stats["errors"].append(f"kill {i}: after the re-run {len(bad)} documents differ from "
                                    f"a clean build, e.g. {bad[0]}")
         say(f"{store}: kill {i + 1}/{kills}: half-indexed {stats['half_indexed']}, failed opens "
-            f"{stats['failed_opens']}, failed re-runs {stats['failed_reruns']}, mismatched "
-            f"{stats['mismatched_after_rerun']}")
+            f"{stats['failed_opens']}, failed re-runs {stats['failed_reruns']}, rebuilds "
+            f"{stats['rebuilds']}, mismatched {stats['mismatched_after_rerun']}")
     return stats
+
+
+def _damaged_aside(out: Path) -> set[str]:
+    """The damaged Chroma stores a rebuild kept aside in folder ``out``."""
+    return {p.name for p in (out / "index").glob("*.damaged-*")}
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
@@ -172,11 +182,12 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"{result['docs']} documents, {result['kills_per_store']} kills per store", "",
              "| store | kills | before the folder existed | mid-run | failed opens | half-indexed "
-             "| failed re-runs | mismatched after re-run |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+             "| failed re-runs | rebuilds | mismatched after re-run |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in result["rows"]:
         lines.append(f"| {r['store']} | {r['kills']} | {r['not_created']} | {r['mid_run']} | "
                      f"{r['failed_opens']} | "
-                     f"{r['half_indexed']} | {r['failed_reruns']} | "
+                     f"{r['half_indexed']} | {r['failed_reruns']} | {r.get('rebuilds', 0)} | "
                      f"{r['mismatched_after_rerun']} |")
     errors = [e for r in result["rows"] for e in r["errors"]]
     if errors:
