@@ -32,10 +32,11 @@ cannot be opened or read back, loading the folder rebuilds it from these rows
 ``pending`` already holds exactly these rows in exactly this format until the checkpoint: keeping
 them costs one ``DELETE`` of the document's earlier row per commit and nothing else, where a
 second table would write every vector twice per commit and need its own compaction. Disk cost:
-the log holds every chunk's text and metadata as JSON and its vector as float32, about
-``4 * dim`` bytes per chunk plus the text, the same order as Chroma's own copy (for 384-dim
-vectors, about 1.5 KiB of vector per chunk). A folder written before the copy existed has no
-``copy`` key; it opens as before, and a damaged store there still needs `ragkit index --replace`.
+every chunk's text and metadata as JSON and its vector as float32 (``4 * dim`` bytes), about
+half of what Chroma's own store takes (300 documents, 1,200 chunks: 2.5 MB beside Chroma's 5.1 MB
+with 384-dim vectors; 0.7 MB beside 2.2 MB with 32-dim ones). A folder written before the copy
+existed has no ``copy`` key; it opens as before, and a damaged store there still needs
+`ragkit index --replace`.
 
 One process writes at a time: ``acquire_writer`` takes an exclusive ``flock`` on
 ``write.lock`` beside the log, refused at once, with the holder's pid, if another process has it.

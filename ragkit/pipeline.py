@@ -352,8 +352,9 @@ class RAGPipeline:
             self._log.close()
         self._folder, self._log = Path(path), DocLog(path)
         if fresh or (self._log.last_seq() == 0 and self._log.count() == 0):
-            if (self._log.last_seq() == 0 and self._log.count() == 0
-                    and isinstance(self.index, RebuildsStore) and self.index.keeps_store_in_folder()):
+            new_log = self._log.last_seq() == 0 and self._log.count() == 0
+            if new_log and isinstance(self.index, RebuildsStore) and (
+                    self.index.keeps_store_in_folder()):
                 self._log.keep_copy(_puts_of(self.index))  # a new log: keep every document
             elif self._log.count() == 0 and len(self.index):  # a folder saved before the log
                 self._log.seed(_documents_of(self.index))

@@ -127,7 +127,8 @@ class ChromaPersistence:
             col = index._connect(create=False)
         except errors.ChromaError as exc:
             if index.path is None:
-                raise IndexFileError(f"{index._where_text()}: Chroma cannot open it ({exc})") from None
+                raise IndexFileError(
+                    f"{index._where_text()}: Chroma cannot open it ({exc})") from None
             raise StoreDamagedError(f"{index.path}: Chroma cannot open it ({exc}); {fix}",
                                     store=index.path) from None
         try:  # a read makes Chroma apply its own write log: a damaged store fails here, not later

@@ -85,8 +85,8 @@ def clean(tmp_path: Path, docs: list[Document]) -> tuple[dict, list]:
     return result
 
 
-@pytest.mark.parametrize(("saved_first", "how"), [(True, "hnsw"), (False, "hnsw"), (True, "sqlite")],
-                         ids=["added-after-save", "saved-after-add", "sqlite"])
+@pytest.mark.parametrize(("saved_first", "how"),
+                         [(True, "hnsw"), (False, "hnsw"), (True, "sqlite")], ids=["added-after-save", "saved-after-add", "sqlite"])
 def test_a_damaged_store_is_rebuilt_from_the_log_on_open(tmp_path, caplog, saved_first, how):
     docs = [doc(i) for i in range(N)]
     folder = tmp_path / "idx"
