@@ -142,7 +142,6 @@ class ChromaPersistence:
             raise StoreDamagedError(text, store=index.path) from None
         return index
 
-
     @classmethod
     def empty_beside(cls, path: str | os.PathLike[str]) -> ChromaIndex:
         """A new empty embedded index with the collection and metric saved in folder ``path``,
