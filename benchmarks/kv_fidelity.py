@@ -169,6 +169,19 @@ def fidelity(gen, ref, out) -> dict:
     }
 
 
+def codec_bases(modes) -> dict[str, str]:
+    """``label -> base label`` for every mode with a ``kv_codec`` whose same mode without it (the
+    float32 entries) is in the run: their first-token KL is what the codec alone costs."""
+    plain = {(name, tuple(sorted(p.items()))): label for label, name, p in modes}
+    bases = {}
+    for label, name, p in modes:
+        if p.get("kv_codec", "float32") != "float32":
+            rest = tuple(sorted((k, v) for k, v in p.items() if k != "kv_codec"))
+            if (name, rest) in plain:
+                bases[label] = plain[(name, rest)]
+    return bases
+
+
 def summarize(records: list[dict], labels: list[str]) -> list[dict]:
     rows = []
     for size in sorted({r["context"] for r in records}):
@@ -191,6 +204,8 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
                 "kl": mean("kl"), "kl_median": statistics.median(f["kl"] for f in fid),
                 "agree": mean("agree"), "diverge": mean("diverge"), "f1": mean("f1"),
                 "recomputed": mean("recomputed"),
+                "kl_fp32": (statistics.mean(f["kl_fp32"] for f in fid)
+                            if all("kl_fp32" in f for f in fid) else None),
             })
     return rows
 
@@ -208,6 +223,11 @@ def markdown(rows: list[dict]) -> str:
             f"{r['cpu_fraction']:.3f} | {r['kl']:.4f} / {r['kl_median']:.4f} | {r['agree']:.2f} | "
             f"{r['diverge']:.1f} | {r['f1']:.2f} | {r['recomputed']:.0f} |"
         )
+    codecs = [r for r in rows if r.get("kl_fp32") is not None]
+    if codecs:
+        lines += ["", "| context | codec mode | first-token KL against the same mode on float32 "
+                  "entries (mean, nats) |", "|---|---|---|"]
+        lines += [f"| {r['context']} | {r['mode']} | {r['kl_fp32']:.4f} |" for r in codecs]
     return "\n".join(lines)
 
 
@@ -377,6 +397,8 @@ def main() -> None:
             res = run_question(gen, layout, modes, args.repeat)
             ref = res["outs"]["none"]
             fid = {label: fidelity(gen, ref, res["outs"][label]) for label in res["outs"]}
+            for label, base in codec_bases(modes).items():  # the codec's own loss, directly
+                fid[label]["kl_fp32"] = kl(res["outs"][base][0], res["outs"][label][0])
             records.append({"question": question, "context": size, "tokens": len(layout.ids),
                             "chunks": len(texts), "times": res["times"], "fidelity": fid,
                             "answer_none": answer_text(gen, ref[1])})
