@@ -93,6 +93,17 @@ _LAST_WORD_END = re.compile(r".*[A-Za-z0-9](?=[\t\n\x0b\x0c\r ])", re.DOTALL)
 _SHORT = 128  # chars: a span this short is simply tokenized
 
 
+def find(arr: np.ndarray, x: int, side: str = "left") -> int:
+    """``arr.searchsorted(x, side)`` for one Python int, as an int. The key is given in
+    ``arr``'s own dtype (clamped to its range): numpy would otherwise convert a whole int32 array
+    to int64 on every call (34 ms for 10 M offsets)."""
+    try:
+        key = arr.dtype.type(x)
+    except OverflowError:  # beyond every offset the array can hold
+        key = np.iinfo(arr.dtype).max if x > 0 else np.iinfo(arr.dtype).min
+    return int(arr.searchsorted(key, side=side))
+
+
 class TokenizerByName:
     """Mixin for a chunker with a ``tokenizer`` field (a name): ``self._tok``, the tokenizer it
     names, loaded on first use and kept."""
@@ -148,7 +159,7 @@ class TokenIndex:
         new = np.empty(len(starts), dtype=bool)
         new[0] = True
         np.not_equal(starts[1:], starts[:-1], out=new[1:])
-        lo, hi = int(starts.searchsorted(1)), int(starts.searchsorted(n))  # inner offsets only
+        lo, hi = find(starts, 1), find(starts, n)  # inner offsets only
         if len(inside) == 0 and new[lo:hi].all():  # every inner start is a new offset, and a cut
             cuts = np.empty(hi - lo + 2, dtype=dt)
             cuts[0], cuts[-1] = 0, n
@@ -158,10 +169,10 @@ class TokenIndex:
             return cuts, before
         first = np.flatnonzero(new)
         at = starts[first]
-        lo, hi = int(at.searchsorted(1)), int(at.searchsorted(n))
+        lo, hi = find(at, 1), find(at, n)
         at, first = at[lo:hi], first[lo:hi]
         if len(inside) and len(at):  # drop the offsets inside a grapheme cluster
-            pos = at.searchsorted(inside)
+            pos = at.searchsorted(inside.astype(dt))
             found = pos < len(at)
             pos = pos[found]
             drop = pos[at[pos] == inside[found]]
@@ -191,7 +202,7 @@ class TokenIndex:
 
     def tokens_between(self, start: int, end: int) -> int:
         """Tokens of the whole text that start in ``[start, end)``: the span's size in context."""
-        return int(self.starts.searchsorted(end)) - int(self.starts.searchsorted(start))
+        return find(self.starts, end) - find(self.starts, start)
 
     def count(self, start: int, end: int) -> int:
         """Tokens of ``text[start:end]`` tokenized on its own."""
@@ -274,7 +285,7 @@ def _windows(index: TokenIndex, size: int, overlap: int,
     prev_s, prev_e, prev_q = -1, -1, 0  # the last window kept and its end cut
     p = 0
     while p < last:
-        q = int(before.searchsorted(int(before[p]) + size, side="right")) - 1
+        q = find(before, int(before[p]) + size, "right") - 1
         q = min(max(q, p + 1), last)
         while True:
             s, e = trim(sub, int(cuts[p]), int(cuts[q]))
@@ -297,8 +308,8 @@ def _windows(index: TokenIndex, size: int, overlap: int,
                 report(prev_e)
         if q == last:
             break
-        nxt = int(before.searchsorted(int(before[q]) - overlap, side="left"))
-        after_prev = int(cuts.searchsorted(prev_s, side="right"))  # starts must increase
+        nxt = find(before, int(before[q]) - overlap)
+        after_prev = find(cuts, prev_s, "right")  # starts must increase
         p = min(max(nxt, after_prev, p + 1), q)
     return out
 

@@ -62,7 +62,7 @@ class RecursiveChunker(ChunkMany, TokenizerByName):
         spans = np.asarray(self._split(index, 0, len(text), 0, split),
                            dtype=np.int64).reshape(-1, 2)
         # each piece's size in context, which pack only uses to choose: it counts chunks exactly
-        sizes = np.diff(index.starts.searchsorted(spans), axis=1)[:, 0]
+        sizes = np.diff(index.starts.searchsorted(spans.astype(index.starts.dtype)), axis=1)[:, 0]
         pieces = Columns.of(spans[:, 0], spans[:, 1], sizes)  # compact: 24 bytes a piece
         del spans, sizes
         merged = pack_indexed(index, pieces, self.chunk_size, overlap_tokens=self.overlap,
