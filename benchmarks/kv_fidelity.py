@@ -47,7 +47,7 @@ offline()  # before anything imports transformers
 DATA = ROOT / "data" / "chunking_eval"
 N_GREEDY = 32
 # warm-up settings: today's (one chunk per forward, float32) first, the others against it
-SETTINGS = ((1, "float32"), (8, "float32"), (8, "int8"), (8, "k8v4"))
+SETTINGS = ((1, "float32"), (8, "float32"), (8, "int8"), (8, "k8v4"), (8, "k8v4g"))
 DEFAULT_MODES = "none,prefix,independent,blend:blend_ratio=0.15"
 
 

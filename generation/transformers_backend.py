@@ -78,7 +78,7 @@ class TransformersGenerator(AnswersFromRun):
     blend_select: Literal["query", "kv", "stored"] = "query"  # how 'blend' ranks tokens
     blend_boundary: int = 0  # 'blend' also recomputes the first k tokens of each chunk (LegoLink)
     warm_batch: int = 8  # chunk KVs computed per forward when missing
-    kv_codec: Literal["float32", "float16", "bfloat16", "int8", "k8v4"] = "float32"  # chunk entries
+    kv_codec: Literal["float32", "float16", "bfloat16", "int8", "k8v4", "k8v4g"] = "float32"  # chunk entries
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0

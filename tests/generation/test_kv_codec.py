@@ -43,9 +43,31 @@ def test_round_trip_keeps_shape_and_stays_within_the_step(kv, codec):
         assert bool((err[:, 0] <= key_step / 2 + 1e-3 * key_step + 1e-6).all())
         if codec == "int8":
             val_step = kv[:, 1].abs().amax(dim=2, keepdim=True) / 127
-        else:  # 4-bit values, a scale per token
+        elif codec == "k8v4":  # 4-bit values, a scale per token
             val_step = kv[:, 1].abs().amax(dim=3, keepdim=True) / 7
-        assert bool((err[:, 1] <= val_step / 2 + 1e-3 * val_step + 1e-6).all())
+        else:  # 4-bit values over each group's own range (one group: head_dim 16 < 32)
+            v = kv[:, 1]
+            val_step = (v.amax(dim=3, keepdim=True) - v.amin(dim=3, keepdim=True)) / 15
+        # the step is stored in float16: a rounding of up to ~1e-3 of it per level
+        assert bool((err[:, 1] <= val_step / 2 + 1e-2 * val_step + 1e-3).all())
+
+
+def test_grouped_values_have_a_smaller_error_than_per_token_absmax():
+    torch.manual_seed(1)
+    kv = torch.randn(2, 2, 3, 50, 64)
+    kv[:, 1] += 0.5  # values off centre: an asymmetric range wastes half of absmax's levels
+    err = {c: float((decode(encode(kv, c), c, kv.shape) - kv)[:, 1].pow(2).mean())
+           for c in ("k8v4", "k8v4g")}
+    assert err["k8v4g"] < 0.5 * err["k8v4"]
+
+
+def test_grouped_values_use_groups_of_32_channels():
+    kv = torch.zeros(1, 2, 1, 1, 64)
+    kv[0, 1, 0, 0, :32] = torch.linspace(0, 1, 32)  # first group: range 1
+    kv[0, 1, 0, 0, 32:] = torch.linspace(0, 0.01, 32)  # second group: a hundredth of it
+    back = decode(encode(kv, "k8v4g"), "k8v4g", kv.shape)
+    second = (back - kv)[0, 1, 0, 0, 32:].abs().max()
+    assert float(second) <= 0.01 / 30 + 1e-5  # its own step, not the first group's
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -56,9 +78,10 @@ def test_stored_bytes_match_bytes_per_token(kv, codec):
                                                                       seq) * seq
 
 
-def test_k8v4_is_under_a_quarter_of_float32_at_chunk_sizes():
+@pytest.mark.parametrize("codec", ["k8v4", "k8v4g"])
+def test_4bit_values_are_under_a_quarter_of_float32_at_chunk_sizes(codec):
     # SmolLM2-135M: 30 layers, 3 kv heads, head_dim 64; a 256-token chunk
-    ratio = bytes_per_token("k8v4", 30, 3, 64, 256) / bytes_per_token("float32", 30, 3, 64, 256)
+    ratio = bytes_per_token(codec, 30, 3, 64, 256) / bytes_per_token("float32", 30, 3, 64, 256)
     assert ratio <= 0.25
     assert bytes_per_token("int8", 30, 3, 64, 256) / bytes_per_token("float32", 30, 3, 64, 256) \
         > 0.25  # int8 with its scales is just over: why k8v4 exists
@@ -70,7 +93,7 @@ def test_a_truncated_entry_is_refused(kv):
         decode(stored[:-1], "k8v4", SHAPE)
 
 
-@pytest.mark.parametrize("codec", ["float16", "int8", "k8v4"])
+@pytest.mark.parametrize("codec", ["float16", "int8", "k8v4", "k8v4g"])
 def test_independent_answer_from_coded_entries_stays_close(codec):
     ref = tiny_generator(1, layers=2, kv_reuse="independent")
     coded = tiny_generator(1, layers=2, kv_reuse="independent", kv_codec=codec)
