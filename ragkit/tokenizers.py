@@ -1,8 +1,9 @@
 """Tokenizers that count chunk sizes and tell where tokens start.
 
 A tokenizer here answers two questions about a text: how many tokens it has (``count``) and at
-which character offsets its tokens start (``token_starts``, ascending, repeats allowed when a
-character's bytes span several tokens). Chunkers cut only where a token starts, so a chunk's
+which character offsets its tokens start (``token_starts``, an integer array, ascending, repeats
+allowed when a character's bytes span several tokens; int64, or int32 where every offset fits and
+it halves a huge text's table, as cl100k does below 2**31 chars). Chunkers cut only where a token starts, so a chunk's
 size is the size its tokenizer reports for it.
 
 Names accepted by ``load_tokenizer``:
