@@ -13,6 +13,13 @@ time a clean run takes, and
 3. run ``ragkit index --append`` again to completion and compare every document's chunks with
    the clean build (*mismatched after re-run*, must be 0).
 
+*Rebuilds* counts the Chroma stores that opening the folder (step 1 or the re-run) rebuilt from
+the document log's copy after a kill damaged them (each leaves ``index/data*.damaged-*``).
+Chroma's own damage (chroma-core/chroma#7678) is rare (one kill in about 150 here), so
+``--damage F`` also damages the store after a fraction F of the kills the way that bug leaves it
+(the HNSW segment's metadata file truncated, or, before Chroma has written the segment, part of
+its SQLite file zeroed), counted as *injected*; the other steps are unchanged.
+
 Every run writes: even-numbered kills start from no folder at all (a fresh build, killed while
 it writes the first documents), odd-numbered ones change the corpus first (a few documents
 rewritten, one removed, one added) and run ``--sync``, so kills land while documents are being
@@ -83,7 +90,7 @@ def finish(proc: subprocess.Popen) -> None:
 
 
 def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
-              say: Callable[[str], None]) -> dict[str, Any]:
+              say: Callable[[str], None], damage: float = 0.0) -> dict[str, Any]:
     import yaml
 
     from ragkit.ingest import index_state
@@ -107,7 +114,7 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
     clean_s = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     stats = {"store": store, "kills": 0, "not_created": 0, "mid_run": 0, "failed_opens": 0,
-             "half_indexed": 0, "failed_reruns": 0,
+             "half_indexed": 0, "failed_reruns": 0, "rebuilds": 0, "injected": 0,
              "mismatched_after_rerun": 0, "clean_build_s": round(clean_s, 2), "errors": []}
     version = 0
     for i in range(kills):
@@ -115,6 +122,7 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
             shutil.rmtree(out, ignore_errors=True)  # a fresh build
         else:
             version += 1
+        aside = _damaged_aside(out)
         ref = reference(version)
         make_corpus(corpus, docs, version)
         flags = ("--sync",) if i % 2 else ("--append",)
@@ -123,6 +131,8 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         stats["kills"] += 1
+        if damage and rng.random() < damage and index_state(out) != "none":
+            stats["injected"] += _damage_store(out)
         if index_state(out) == "none":
             stats["not_created"] += 1
         else:
@@ -149,21 +159,52 @@ def run_store(store: str, kills: int, docs: int, work: Path, seed: int,
             stats["errors"].append(f"kill {i}: re-run: {str(exc)[-300:]}")
             finish(ragkit_index(corpus, config, out, "--replace"))
         after = chunks_by_doc(out)
+        stats["rebuilds"] += len(_damaged_aside(out) - aside)
         bad = sorted(d for d in set(after) | set(ref) if after.get(d) != ref.get(d))
         stats["mismatched_after_rerun"] += len(bad)
         if bad:
             stats["errors"].append(f"kill {i}: after the re-run {len(bad)} documents differ from "
                                    f"a clean build, e.g. {bad[0]}")
         say(f"{store}: kill {i + 1}/{kills}: half-indexed {stats['half_indexed']}, failed opens "
-            f"{stats['failed_opens']}, failed re-runs {stats['failed_reruns']}, mismatched "
+            f"{stats['failed_opens']}, failed re-runs {stats['failed_reruns']}, injected "
+            f"{stats['injected']}, rebuilds {stats['rebuilds']}, mismatched "
             f"{stats['mismatched_after_rerun']}")
     return stats
+
+
+def _damage_store(out: Path) -> int:
+    """Damage the embedded Chroma store of folder ``out`` as chroma-core/chroma#7678 leaves it;
+    1 if there was one to damage."""
+    import json
+
+    pointer = out / "index" / "chroma.json"
+    if not pointer.is_file():
+        return 0
+    store = out / "index" / json.loads(pointer.read_text(encoding="utf-8"))["path"]
+    pickles = sorted(store.glob("*/index_metadata.pickle"))
+    if pickles:
+        with open(pickles[0], "r+b") as f:
+            f.truncate(100)
+        return 1
+    db = store / "chroma.sqlite3"
+    if not db.is_file():
+        return 0
+    raw = bytearray(db.read_bytes())
+    raw[100:4000] = bytes(3900)
+    db.write_bytes(bytes(raw))
+    return 1
+
+
+def _damaged_aside(out: Path) -> set[str]:
+    """The damaged Chroma stores a rebuild kept aside in folder ``out``."""
+    return {p.name for p in (out / "index").glob("*.damaged-*")}
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="ragkit-crash-"))
     try:
-        rows = [run_store(s, args.kills, args.docs, work, args.seed, say) for s in args.stores]
+        rows = [run_store(s, args.kills, args.docs, work, args.seed, say, args.damage)
+                for s in args.stores]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"docs": args.docs, "kills_per_store": args.kills, "rows": rows}
@@ -172,11 +213,13 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"{result['docs']} documents, {result['kills_per_store']} kills per store", "",
              "| store | kills | before the folder existed | mid-run | failed opens | half-indexed "
-             "| failed re-runs | mismatched after re-run |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+             "| failed re-runs | injected damage | rebuilds | mismatched after re-run |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in result["rows"]:
         lines.append(f"| {r['store']} | {r['kills']} | {r['not_created']} | {r['mid_run']} | "
                      f"{r['failed_opens']} | "
-                     f"{r['half_indexed']} | {r['failed_reruns']} | "
+                     f"{r['half_indexed']} | {r['failed_reruns']} | {r.get('injected', 0)} | "
+                     f"{r.get('rebuilds', 0)} | "
                      f"{r['mismatched_after_rerun']} |")
     errors = [e for r in result["rows"] for e in r["errors"]]
     if errors:
@@ -192,6 +235,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--docs", type=int, default=300)
     p.add_argument("--stores", type=lambda s: s.split(","), default=["memory", "faiss", "chroma"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--damage", type=float, default=0.0,
+                   help="fraction of kills after which the Chroma store is damaged too (0-1)")
     args = p.parse_args(argv)
     return args
 

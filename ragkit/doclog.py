@@ -5,8 +5,9 @@ A saved index folder holds ``pipeline.yaml``, the index snapshot ``index/`` and 
 
     documents   one row per indexed document: id, source, content hash, number of chunks
     pending     the operations since the last snapshot, in order: a document's chunks and
-                vectors (op "put") or its removal (op "delete")
-    meta        format, version, ``checkpoint`` (the last operation the snapshot holds)
+                vectors (op "put") or its removal (op "delete"); at most one per document
+    meta        format, version, ``checkpoint`` (the last operation the snapshot holds) and
+                ``copy`` ("1": ``pending`` also keeps a copy of every document, see below)
 
 Adding a document is one SQLite transaction that writes its chunks and vectors to ``pending``
 and its row, with its content hash, to ``documents``: the hash that makes the next run call the
@@ -14,9 +15,28 @@ document "unchanged" is committed together with everything it stands for, and a 
 commit leaves nothing of it. Only then is the operation applied to the in-memory index. Opening a
 folder loads the snapshot and replays the operations after its checkpoint (replaying is
 idempotent: a "put" replaces the document's chunks, a "delete" removes them), so whatever a crash
-interrupted is repaired on the next open. Saving a snapshot moves the checkpoint and drops the
-operations it now holds. An index that persists its own writes (an embedded or remote Chroma)
-drops each operation as soon as it is applied.
+interrupted is repaired on the next open. Because a document's state after a replay depends only
+on its last operation, committing an operation drops the document's earlier ones (the log is
+compacted as it is written). Saving a snapshot moves the checkpoint and drops the operations it
+now holds.
+
+An index that persists its own writes (an embedded or remote Chroma) needs no snapshot: each
+operation is applied to its store as soon as it is logged, and the checkpoint moves at once. An
+embedded Chroma keeps its store inside the folder, and a kill inside Chroma's own writer can
+damage that store beyond Chroma's repair (chroma-core/chroma#7678, its HNSW segment). So a folder
+made for such an index keeps a copy of every document (``meta.copy = "1"``): the checkpoint drops
+only "delete" rows, and the "put" rows stay, one per document (its latest chunks and vectors; a
+delete removes the document's put and is itself dropped at the next checkpoint). When the store
+cannot be opened or read back, loading the folder rebuilds it from these rows
+(``ragkit.store_repair``). The copy is kept in ``pending`` rather than a table of its own because
+``pending`` already holds exactly these rows in exactly this format until the checkpoint: keeping
+them costs one ``DELETE`` of the document's earlier row per commit and nothing else, where a
+second table would write every vector twice per commit and need its own compaction. Disk cost:
+every chunk's text and metadata as JSON and its vector as float32 (``4 * dim`` bytes), about
+half of what Chroma's own store takes (300 documents, 1,200 chunks: 2.5 MB beside Chroma's 5.1 MB
+with 384-dim vectors; 0.7 MB beside 2.2 MB with 32-dim ones). A folder written before the copy
+existed has no ``copy`` key; it opens as before, and a damaged store there still needs
+`ragkit index --replace`.
 
 One process writes at a time: ``acquire_writer`` takes an exclusive ``flock`` on
 ``write.lock`` beside the log, refused at once, with the holder's pid, if another process has it.
@@ -28,7 +48,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +64,7 @@ FILE = "documents.sqlite"
 LOCK_FILE = "write.lock"
 FORMAT = "ragkit.doclog"
 VERSION = 1
+PAGE = 256  # pending rows read per query
 _BIG = 4 << 20  # bytes: a document over this is written to the log through blob handles
 
 
@@ -102,6 +123,7 @@ class DocLog:
                 self._db.execute("CREATE TABLE IF NOT EXISTS pending (seq INTEGER PRIMARY KEY "
                                  "AUTOINCREMENT, doc_id TEXT NOT NULL, op TEXT NOT NULL, "
                                  "chunks TEXT, vecs BLOB, dim INTEGER)")
+                self._db.execute("CREATE INDEX IF NOT EXISTS pending_doc ON pending (doc_id)")
                 have = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
                 if not have:
                     self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
@@ -132,7 +154,8 @@ class DocLog:
         if not ops:
             return seq
         with self._mutex, self._tx():
-            for op in ops:
+            for op in ops:  # a document's earlier operation is superseded by this one
+                self._db.execute("DELETE FROM pending WHERE doc_id = ?", (op.doc_id,))
                 if isinstance(op, Put):
                     vecs = np.ascontiguousarray(op.vecs, dtype=np.float32)
                     dim = vecs.shape[1] if vecs.ndim == 2 else 0
@@ -182,28 +205,58 @@ class DocLog:
         return cur
 
     def pending(self, after: int) -> Iterator[tuple[int, Put | Delete]]:
-        """The operations after sequence number ``after``, in order."""
-        with self._mutex:
-            rows = self._db.execute("SELECT seq, doc_id, op, chunks, vecs, dim FROM pending "
-                                    "WHERE seq > ? ORDER BY seq", (after,)).fetchall()
-        for seq, doc_id, op, chunks, vecs, dim in rows:
-            if op == "delete":
-                yield seq, Delete(doc_id)
-                continue
-            records = json.loads(chunks)
-            n = len(records)
-            arr = np.frombuffer(vecs, dtype=np.float32).reshape(n, dim) if n else np.zeros(
-                (0, dim or 0), dtype=np.float32)
-            first = records[0]["metadata"] if records else {}
-            yield seq, Put(doc_id, first.get("source"), first.get("doc_hash"),
-                           [_chunk(r) for r in records], arr)
+        """The operations after sequence number ``after``, in order (read a page at a time)."""
+        while True:
+            with self._mutex:
+                rows = self._db.execute("SELECT seq, doc_id, op, chunks, vecs, dim FROM pending "
+                                        "WHERE seq > ? ORDER BY seq LIMIT ?", (after, PAGE)
+                                        ).fetchall()
+            for seq, doc_id, op, chunks, vecs, dim in rows:
+                after = seq
+                if op == "delete":
+                    yield seq, Delete(doc_id)
+                    continue
+                records = json.loads(chunks)
+                n = len(records)
+                arr = np.frombuffer(vecs, dtype=np.float32).reshape(n, dim) if n else np.zeros(
+                    (0, dim or 0), dtype=np.float32)
+                first = records[0]["metadata"] if records else {}
+                yield seq, Put(doc_id, first.get("source"), first.get("doc_hash"),
+                               [_chunk(r) for r in records], arr)
+            if len(rows) < PAGE:
+                return
 
     def checkpoint(self, seq: int) -> None:
         """The snapshot now holds every operation up to ``seq``: forget them."""
         with self._mutex, self._tx():
-            self._db.execute("DELETE FROM pending WHERE seq <= ?", (seq,))
+            # with a copy (see the module docstring) the puts stay: they are the copy
+            drop = " AND op = 'delete'" if self._keeps_copy(locked=True) else ""
+            self._db.execute("DELETE FROM pending WHERE seq <= ?" + drop, (seq,))
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'checkpoint'",
                              (str(max(seq, self.checkpoint_seq(locked=True))),))
+
+    def keeps_copy(self) -> bool:
+        """Whether ``pending`` keeps every document's chunks and vectors (a folder made for an
+        index whose store may need rebuilding; see the module docstring)."""
+        return self._keeps_copy()
+
+    def _keeps_copy(self, *, locked: bool = False) -> bool:
+        query = "SELECT value FROM meta WHERE key = 'copy'"
+        if locked:
+            row = self._db.execute(query).fetchone()
+        else:
+            with self._mutex:
+                row = self._db.execute(query).fetchone()
+        return row is not None and row[0] == "1"
+
+    def keep_copy(self, docs: Iterable[Put] = ()) -> None:
+        """From now on keep a copy of every document; ``docs``: the documents the index holds
+        already, written as puts its store has applied. For a new folder only: a log that has
+        dropped puts cannot make its copy complete."""
+        with self._mutex, self._tx():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('copy', '1')")
+        for op in docs:
+            self.checkpoint(self.commit([op]))
 
     def checkpoint_seq(self, *, locked: bool = False) -> int:
         query = "SELECT value FROM meta WHERE key = 'checkpoint'"

@@ -30,6 +30,7 @@ from ragkit.protocols import (
     Persistent,
     PersistsWrites,
     QueryTimeSettings,
+    RebuildsStore,
     RecordsInfo,
     provides,
 )
@@ -298,7 +299,14 @@ class RAGPipeline:
                     "new index to change it", path=section,
                 )
         pipe = cls.from_config(config, allow_import=allow_import)  # validates every override
-        index = type(pipe.index).load(path / INDEX_DIR)
+        from ragkit.retrieval.index_files import StoreDamagedError
+
+        try:
+            index = type(pipe.index).load(path / INDEX_DIR)
+        except StoreDamagedError as damaged:  # rebuilt from the log's copy, if it has one
+            from ragkit.store_repair import rebuild_store
+
+            index = rebuild_store(pipe, path, damaged)
         _apply_query_time(index, pipe.index, saved.get("index"), config.get("index"), "index")
         pipe.index = index
         pipe._open_folder(path)
@@ -344,7 +352,11 @@ class RAGPipeline:
             self._log.close()
         self._folder, self._log = Path(path), DocLog(path)
         if fresh or (self._log.last_seq() == 0 and self._log.count() == 0):
-            if self._log.count() == 0 and len(self.index):  # a folder saved before the log
+            new_log = self._log.last_seq() == 0 and self._log.count() == 0
+            if new_log and isinstance(self.index, RebuildsStore) and (
+                    self.index.keeps_store_in_folder()):
+                self._log.keep_copy(_puts_of(self.index))  # a new log: keep every document
+            elif self._log.count() == 0 and len(self.index):  # a folder saved before the log
                 self._log.seed(_documents_of(self.index))
             self._applied = self._log.last_seq()
             self._log.checkpoint(self._applied)
@@ -416,7 +428,6 @@ class RAGPipeline:
             )
 
 
-
 def _persists_writes(index: Any, folder: Path | None) -> bool:
     """Whether ``index`` makes each write durable itself where ``folder`` points (Chroma), so
     the log need not keep it."""
@@ -439,6 +450,12 @@ def _documents_of(index: Any) -> dict[str, DocumentInfo]:
         docs[c.doc_id] = DocumentInfo(c.doc_id, c.metadata.get("source"),
                                       c.metadata.get("doc_hash"), (d.chunks if d else 0) + 1)
     return docs
+
+
+def _puts_of(index: Any) -> list[Put]:
+    """Every document of ``index`` as a put (the first copy in a new folder's log)."""
+    return [Put(c[0].doc_id, c[0].metadata.get("source"), c[0].metadata.get("doc_hash"), c, v)
+            for c, v in index.documents_with_vectors()]
 
 
 def stamp(chunks: list[Chunk], digest: str) -> list[Chunk]:

@@ -295,6 +295,27 @@ class PersistsWrites(Protocol):
 
 
 @runtime_checkable
+class RebuildsStore(Protocol):
+    """An index that may keep its store inside the saved folder (embedded Chroma), where a kill
+    inside the store's own writer can damage it. For such a folder the document log keeps a copy
+    of every document, and loading rebuilds a damaged store from it (``ragkit.store_repair``)."""
+
+    def keeps_store_in_folder(self) -> bool:
+        """Whether a save puts the store in the folder (not on a server)."""
+        ...
+
+    def documents_with_vectors(self) -> list[tuple[list[Any], Any]]:
+        """Per document: its chunks in document order and their vectors ``(n, dim)``."""
+        ...
+
+    @classmethod
+    def empty_beside(cls, path: str | Path) -> Any:
+        """A new empty index with the settings saved in folder ``path``, whose store is a new
+        folder inside ``path`` (the saved store is left as it is)."""
+        ...
+
+
+@runtime_checkable
 class RecordsInfo(Protocol):
     """``info``: what the component was built with (the pipeline records the embedder's and the
     chunker's config in an index's ``info`` and refuses a pipeline that differs)."""

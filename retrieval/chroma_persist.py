@@ -20,6 +20,7 @@ from ragkit.concurrency import reads
 from ragkit.errors import ConfigError
 from ragkit.retrieval.index_files import (
     IndexFileError,
+    StoreDamagedError,
     read_meta,
     saving,
 )
@@ -121,18 +122,70 @@ class ChromaPersistence:
         except ConfigError as exc:
             raise IndexFileError(f"{path / POINTER}: invalid settings ({exc})") from None
         errors = require("chromadb.errors", extra="chroma", component="index 'chroma'")
+        fix = "rebuild it with `ragkit index SOURCES --out DIR --replace`"
         try:
             col = index._connect(create=False)
         except errors.ChromaError as exc:
-            raise IndexFileError(f"{index._where_text()}: Chroma cannot open it ({exc})") from None
+            if index.path is None:
+                raise IndexFileError(
+                    f"{index._where_text()}: Chroma cannot open it ({exc})") from None
+            raise StoreDamagedError(f"{index.path}: Chroma cannot open it ({exc}); {fix}",
+                                    store=index.path) from None
         try:  # a read makes Chroma apply its own write log: a damaged store fails here, not later
             col.get(limit=1, include=[])
         except errors.ChromaError as exc:
-            raise IndexFileError(
-                f"{index._where_text()}: Chroma's store is damaged ({exc}; a kill during Chroma's "
-                "own write can do this, chroma-core/chroma#7678); rebuild it with `ragkit index "
-                "SOURCES --out DIR --replace`") from None
+            text = (f"{index._where_text()}: Chroma's store is damaged ({exc}; a kill during "
+                    f"Chroma's own write can do this, chroma-core/chroma#7678); {fix}")
+            index.close()
+            if index.path is None:
+                raise IndexFileError(text) from None
+            raise StoreDamagedError(text, store=index.path) from None
         return index
+
+    @classmethod
+    def empty_beside(cls, path: str | os.PathLike[str]) -> ChromaIndex:
+        """A new empty embedded index with the collection and metric saved in folder ``path``,
+        its store a new folder ``path/data-<UTC time>`` (what ``path`` holds is left as it is;
+        ``save(path)`` then points at the new store)."""
+        import time
+
+        path = Path(path)
+        pointer = _read_pointer(path)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        store, n = path / f"{DATA}-{stamp}", 1
+        while store.exists():
+            n += 1
+            store = path / f"{DATA}-{stamp}-{n}"
+        return cls(path=str(store), collection=pointer["collection"], metric=pointer["metric"])
+
+    @reads
+    def documents_with_vectors(self) -> list[tuple[list[Any], np.ndarray]]:
+        """Per document: its chunks in document order and their stored vectors ``(n, dim)``
+        (what the document log's copy starts from when a folder is first saved)."""
+        from ragkit.retrieval.chroma_codec import decode_chunk
+
+        col = self._connect()
+        docs: dict[str, list[tuple[Any, np.ndarray]]] = {}
+        offset, size = 0, self._batch()
+        while True:
+            got = col.get(limit=size, offset=offset,
+                          include=["embeddings", "documents", "metadatas"])
+            for cid, text, meta, vec in zip(got["ids"], got["documents"], got["metadatas"],
+                                            got["embeddings"]):
+                chunk = decode_chunk(cid, text, meta)
+                docs.setdefault(chunk.doc_id, []).append((chunk, np.asarray(vec, np.float32)))
+            if len(got["ids"]) < size:
+                break
+            offset += size
+        out = []
+        for pairs in docs.values():
+            pairs.sort(key=lambda p: p[0].index)
+            out.append(([c for c, _ in pairs], np.stack([v for _, v in pairs])))
+        return out
+
+    def keeps_store_in_folder(self) -> bool:
+        """Whether a save keeps the data in the folder (embedded), not on a server."""
+        return self.host is None
 
 
 def _read_pointer(path: Path) -> dict[str, Any]:

@@ -28,6 +28,15 @@ class IndexFileError(RagkitError, ValueError):
     """A saved index folder is missing, corrupted or inconsistent; the message names the path."""
 
 
+class StoreDamagedError(IndexFileError):
+    """The store a saved index keeps in its folder (embedded Chroma's data, ``store``) cannot be
+    opened or read back; the message says how to rebuild it by hand."""
+
+    def __init__(self, message: str, *, store: str | os.PathLike[str]) -> None:
+        super().__init__(message)
+        self.store = Path(store)
+
+
 def normalise(vecs: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (a zero row stays zero)."""
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)  # (n, 1)

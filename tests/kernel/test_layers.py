@@ -43,7 +43,7 @@ STRATEGIES = ("ragkit.chunkers", "ragkit.retrieval", "ragkit.generation")
 APPLICATIONS = ("ragkit.pipeline", "ragkit.cli", "ragkit.cli_corpus", "ragkit.cli_generate",
                 "ragkit.cli_support", "ragkit.ingest", "ragkit.evaluation",
                 "ragkit.bench", "ragkit.serve", "ragkit.integrations",
-                "ragkit.doclog", "ragkit.stress")
+                "ragkit.doclog", "ragkit.stress", "ragkit.store_repair")
 
 # `ragkit.RAGPipeline` and `ragkit.load_documents` are resolved on first attribute access
 # (PEP 562 __getattr__), so `import ragkit` stays light while the top-level names stay the same.
