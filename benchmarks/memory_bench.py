@@ -17,7 +17,7 @@ with ``chunkers``, ``retrieval`` and ``generation`` linked inside it, e.g. from 
 of an older commit), alternating with this one, so before and after share the machine's load.
 
     python benchmarks/memory_bench.py [--big-mb 50] [--folder-mb 300] [--file-mb 5]
-        [--embedders hash] [--stores memory,chroma] [--before DIR]
+        [--embedders hash] [--stores memory,chroma] [--skip-chunk | --skip-index] [--before DIR]
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def main() -> None:
     p.add_argument("--stores", type=lambda s: s.split(","), default=["memory", "chroma"])
     p.add_argument("--only", type=lambda s: s.split(","), default=["big", "folder"])
     p.add_argument("--skip-chunk", action="store_true")
+    p.add_argument("--skip-index", action="store_true",
+                   help="only `ragkit chunk` (a 1 GB folder indexes for hours on a small machine)")
     p.add_argument("--before", type=Path, help="another copy of ragkit to run side by side")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -124,7 +126,8 @@ def main() -> None:
                 jobs = [("baseline", tiny, 0.001)] + [(k, *v) for k, v in inputs.items()]
                 for what, path, largest in jobs:
                     commands = [] if args.skip_chunk or store != args.stores[0] else ["chunk"]
-                    commands.append("index")
+                    if not args.skip_index:
+                        commands.append("index")
                     for command in commands:
                         for label, tree, extra in trees:
                             rows.append(run_one(tmp, py, command, path, cfg_file, dict(env, **extra),

@@ -15,11 +15,13 @@ forking a process whose OpenMP or Rust thread pools have run can deadlock the ch
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ragkit.errors import ConfigError, RagkitError
@@ -63,27 +65,74 @@ def iter_chunk_many(chunker: Any, docs: Iterable[Document], *,
 def iter_chunk_results(chunker: Any, docs: Iterable[Document], *,
                        workers: int = 1) -> Iterator[list[Chunk] | RagkitError]:
     """Each document's chunks, or the ``RagkitError`` its chunking raised (the other documents
-    go on), in input order; other errors propagate."""
+    go on), in input order; other errors propagate.
+
+    A list (any ``Sequence``) of documents is cut into batches sized from its total length. Any
+    other iterable is streamed: documents are taken as they are needed, in batches of the least
+    batch size (see ``chunk_many``), with at most ``workers + 1`` batches in flight, so a folder
+    of any size holds a bounded part of itself in memory; a stream that ends within its first
+    batch is chunked in this process. Either way the chunks are the same."""
     check_workers(workers)
-    docs = list(docs)
-    spec = _spec(chunker, workers) if workers > 1 else None
+    if workers == 1:
+        for doc in docs:
+            yield _chunk_one(chunker, doc)
+        return
+    spec = _spec(chunker, workers)
     warm = _running(spec, workers) is not None or (
         _POOL["pool"] is None and _start_method() == "fork")
-    batches = _batches(docs, workers, MIN_BATCH_CHARS if warm else MIN_SPAWN_BATCH_CHARS)
-    if len(batches) <= 1:
-        for doc in docs:
-            try:
-                yield chunker.chunk(doc)
-            except RagkitError as exc:
-                yield exc
+    least = MIN_BATCH_CHARS if warm else MIN_SPAWN_BATCH_CHARS
+    if isinstance(docs, Sequence):
+        batches: Iterator[list[Document]] = iter(_batches(list(docs), workers, least))
+    else:
+        batches = _stream_batches(iter(docs), least)
+    first = next(batches, None)
+    second = next(batches, None) if first is not None else None
+    if second is None:  # one batch: no pool
+        for doc in first or ():
+            yield _chunk_one(chunker, doc)
         return
     pool = _pool(chunker, spec, workers)
-    for batch, spans in zip(batches, pool.map(_chunk_batch, batches)):
-        for doc, rows in zip(batch, spans, strict=True):
-            if isinstance(rows, RagkitError):
-                yield rows
-            else:
-                yield [Chunk(doc.id, s, e, doc.text[s:e], i, meta) for s, e, i, meta in rows]
+    pending: collections.deque = collections.deque()
+    try:
+        for batch in itertools.chain((first, second), batches):
+            pending.append((batch, pool.submit(_chunk_batch, batch)))
+            while len(pending) > workers:
+                yield from _rebuilt(*pending.popleft())
+        while pending:
+            yield from _rebuilt(*pending.popleft())
+    finally:
+        for _, future in pending:  # the caller stopped early: drop what was not started
+            future.cancel()
+
+
+def _chunk_one(chunker: Any, doc: Document) -> list[Chunk] | RagkitError:
+    try:
+        return chunker.chunk(doc)
+    except RagkitError as exc:
+        return exc
+
+
+def _rebuilt(batch: list[Document], future: Any) -> Iterator[list[Chunk] | RagkitError]:
+    """The chunks of ``batch`` from a worker's spans, rebuilt against the parent's documents."""
+    for doc, rows in zip(batch, future.result(), strict=True):
+        if isinstance(rows, RagkitError):
+            yield rows
+        else:
+            yield [Chunk(doc.id, s, e, doc.text[s:e], i, meta) for s, e, i, meta in rows]
+
+
+def _stream_batches(docs: Iterator[Document], least: int) -> Iterator[list[Document]]:
+    """Consecutive runs of ``docs`` of about ``least`` chars each (a document is never split)."""
+    batch: list[Document] = []
+    size = 0
+    for doc in docs:
+        if batch and size + len(doc.text) > least:
+            yield batch
+            batch, size = [], 0
+        batch.append(doc)
+        size += len(doc.text)
+    if batch:
+        yield batch
 
 
 def check_workers(workers: Any, *, path: str = "workers") -> None:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ragkit.chunkers.base import (
-    TokenizerByName,
     ChunkMany,
+    Columns,
     TokenIndex,
+    TokenizerByName,
     check_size,
     make_chunks,
     pack_indexed,
@@ -61,11 +62,13 @@ class RecursiveChunker(ChunkMany, TokenizerByName):
         spans = np.asarray(self._split(index, 0, len(text), 0, split),
                            dtype=np.int64).reshape(-1, 2)
         # each piece's size in context, which pack only uses to choose: it counts chunks exactly
-        sizes = np.diff(index.starts.searchsorted(spans), axis=1)[:, 0]
-        pieces = list(zip(spans[:, 0].tolist(), spans[:, 1].tolist(), sizes.tolist()))
+        sizes = np.diff(index.starts.searchsorted(spans.astype(index.starts.dtype)), axis=1)[:, 0]
+        pieces = Columns.of(spans[:, 0], spans[:, 1], sizes)  # compact: 24 bytes a piece
+        del spans, sizes
         merged = pack_indexed(index, pieces, self.chunk_size, overlap_tokens=self.overlap,
                               report=None if report is None else
                               _Reporter(report, 0.55, 0.45, len(text)))
+        del pieces, index  # a huge document's token table goes before its chunks' texts come
         return make_chunks(doc, [(s, e) for s, e, _ in merged], [n for *_, n in merged])
 
     def _split(self, index: TokenIndex, lo: int, hi: int, level: int,

@@ -8,6 +8,7 @@ which turns them into messages. Nothing here generates an answer (``ragkit.cli_g
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import sys
 import time
@@ -57,8 +58,10 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         input_bytes = sum(utf8_len(d.text) for d in docs)
     else:  # streamed: one document (or one worker batch) in memory at a time
         docs, input_bytes = stream_documents(args, chunker)
-    sizes: list[int] = []
-    chars: list[int] = []
+    # every chunk's size, for the statistics: 8 bytes each (a list of ints held ~85 MB for the
+    # 1.2 M chunks of a 1 GB folder)
+    sizes = array.array("q")
+    chars = array.array("q")
     n_docs = 0
     total_bytes = 0
     t0 = time.perf_counter()

@@ -301,7 +301,9 @@ class DocumentLoader:
         except OSError as exc:
             yield LoadProblem(str(file.path), f"cannot be read: {exc.strerror or exc}")
             return
-        yield from self.parse(file, data)
+        items = self.parse(file, data)
+        del data  # parse drops the bytes once decoded: not held while the document is worked on
+        yield from items
 
     def parse(self, file: SourceFile,
                data: bytes) -> Iterator[tuple[Document, int | None] | LoadProblem]:
@@ -313,6 +315,7 @@ class DocumentLoader:
         except DocumentError as exc:
             yield LoadProblem(shown, str(exc))
             return
+        data = None  # this frame's hold on the bytes (a 50 MB file's while it is chunked)
         absolute = os.path.abspath(file.path)
         if file.path.name.lower().endswith(JSONL_SUFFIXES):
             yield from self._jsonl(file, text, absolute)

@@ -1,8 +1,9 @@
 """Tokenizers that count chunk sizes and tell where tokens start.
 
 A tokenizer here answers two questions about a text: how many tokens it has (``count``) and at
-which character offsets its tokens start (``token_starts``, ascending, repeats allowed when a
-character's bytes span several tokens). Chunkers cut only where a token starts, so a chunk's
+which character offsets its tokens start (``token_starts``, an integer array, ascending, repeats
+allowed when a character's bytes span several tokens; int64, or int32 where every offset fits and
+it halves a huge text's table, as cl100k does below 2**31 chars). Chunkers cut only where a token starts, so a chunk's
 size is the size its tokenizer reports for it.
 
 Names accepted by ``load_tokenizer``:
@@ -102,6 +103,12 @@ ASCII_EDGE = re.compile(_EDGE)
 LAST_ASCII_EDGE = re.compile(rf"(?s:.*)(?:{_EDGE})")
 
 
+def offset_dtype(length: int) -> type:
+    """The integer dtype for char offsets into a text of ``length`` chars: int32 when every
+    offset fits (half the memory of int64 for a huge text's token starts), else int64."""
+    return np.int32 if length < 2**31 - 1 else np.int64
+
+
 def ascii_edge(text: str, pos: int) -> bool:
     """Whether ``0 < pos < len(text)`` is an ASCII edge (see the module docstring)."""
     before, after = text[pos - 1], text[pos]
@@ -181,14 +188,25 @@ class TiktokenTokenizer:
         return len(self._enc.encode_ordinary(text))
 
     def token_starts(self, text: str) -> np.ndarray:
-        tokens = self._token_ids(text)
-        if len(tokens) == 0:
-            return np.zeros(0, dtype=np.int64)
+        """Token starts in ``offset_dtype(len(text))`` (int32 below 2**31 chars: half the memory
+        of int64 on a huge text). A long text encoded by bpe-openai is done piece by piece (see
+        ``_fast_pieces``), so the whole text's ids are never held at once."""
+        dtype = offset_dtype(len(text))
+        if self._fast is None or len(text) <= _FAST_PIECE:
+            return self._starts(self._token_ids(text), 0, dtype)
+        parts = [self._starts(ids, lo, dtype) for lo, ids in self._fast_pieces(text)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    def _starts(self, tokens: np.ndarray, lo: int, dtype: type) -> np.ndarray:
+        """The starts of ``tokens``, the ids of a piece of text that begins at char ``lo`` (where
+        a token and a char begin)."""
         # The char holding a token's first byte: the chars begun by earlier tokens' bytes, less one
         # when that byte continues a char (a cut inside a multi-byte character).
         begun, lead = self._char_table
-        starts = np.cumsum(begun[tokens], dtype=np.int64)  # chars begun up to each token's end
+        starts = np.cumsum(begun[tokens], dtype=dtype)  # chars begun up to each token's end
         starts -= lead[tokens]  # ... less its own chars, and one if it starts inside a char
+        if lo:
+            starts += lo
         return starts
 
     @functools.cached_property
@@ -213,7 +231,10 @@ class TiktokenTokenizer:
         tokens. A stretch with no ASCII edge for ``_FAST_PIECE`` chars goes to tiktoken."""
         if len(text) <= _FAST_PIECE:
             return self._fast_piece(text)
-        parts: list[np.ndarray] = []
+        return np.concatenate([ids for _, ids in self._fast_pieces(text)])
+
+    def _fast_pieces(self, text: str) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, ids)`` of the pieces ``_fast_ids`` encodes, in order."""
         lo, n = 0, len(text)
         while lo < n:
             if n - lo <= _FAST_PIECE:
@@ -224,11 +245,10 @@ class TiktokenTokenizer:
             if hi is None:  # no edge in reach: tiktoken takes the stretch up to the next one
                 m = ASCII_EDGE.search(text, lo + _FAST_PIECE)
                 hi = m.end() if m else n
-                parts.append(self._tiktoken_ids(text[lo:hi]))
+                yield lo, self._tiktoken_ids(text[lo:hi])
             else:
-                parts.append(self._fast_piece(text[lo:hi]))
+                yield lo, self._fast_piece(text[lo:hi])
             lo = hi
-        return np.concatenate(parts)
 
     def _fast_piece(self, text: str) -> np.ndarray:
         """bpe-openai's ids for one piece as uint32. Its Rust tokenizer is called directly when the

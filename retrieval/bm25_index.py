@@ -49,7 +49,7 @@ from ragkit.retrieval.index_files import (
     IndexFileError,
     check_chunks,
     check_save_target,
-    chunks_jsonl,
+    write_chunks_jsonl,
     read_chunks,
     read_meta,
     saving,
@@ -277,9 +277,8 @@ class BM25Index(Guarded):
         folder appears complete or not at all."""
         path = Path(path)
         check_save_target(path)
-        chunks_bytes = chunks_jsonl(self._chunks, path)
         with saving(path) as tmp:
-            (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
+            write_chunks_jsonl(self._chunks, tmp / "chunks.jsonl", path)  # streamed
             meta = {
                 "format": FORMAT,
                 "version": VERSION,

@@ -21,7 +21,7 @@ from ragkit.retrieval.index_files import (
     IndexFileError,
     check_count_dim,
     check_save_target,
-    chunks_jsonl,
+    write_chunks_jsonl,
     read_chunks,
     read_meta,
     saving,
@@ -45,12 +45,11 @@ class FaissPersistence:
         faiss = faiss_module()
         path = Path(path)
         check_save_target(path)
-        chunks_bytes = chunks_jsonl(list(self.chunks()), path)
         labels = np.fromiter(self._labels.values(), dtype=np.int64, count=len(self))
 
         with saving(path) as tmp:
             files = ["chunks.jsonl", "labels.npy"]
-            (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
+            write_chunks_jsonl(self.chunks(), tmp / "chunks.jsonl", path)  # streamed
             np.save(tmp / "labels.npy", labels, allow_pickle=False)
             if self._index is not None:
                 faiss.write_index(self._index, str(tmp / "index.faiss"))

@@ -73,7 +73,7 @@ def swap_in(tmp: Path, path: Path) -> None:
 
 
 def read_chunks(file: Path) -> list[Chunk]:
-    """The chunks of a ``chunks.jsonl`` file (``chunks_jsonl`` writes it)."""
+    """The chunks of a ``chunks.jsonl`` file (``write_chunks_jsonl`` writes it)."""
     chunks = []
     try:
         # Split on "\n" only: texts may hold U+2028 and friends, which str.splitlines splits on.
@@ -103,20 +103,38 @@ def check_save_target(path: Path) -> None:
         )
 
 
-def chunks_jsonl(chunks: Sequence[Chunk], path: Path) -> bytes:
-    """One JSON record per chunk and line (the format ``read_chunks`` reads)."""
-    lines = []
+def write_chunks_jsonl(chunks: Iterable[Chunk], file: Path, path: Path) -> None:
+    """One JSON record per chunk and line (the format ``read_chunks`` reads), written to ``file``
+    as it is made, a few MB at a time: saving a store of a huge corpus holds no second copy of
+    its texts (the list of lines, their join and its UTF-8 were three). ``path`` is the index
+    folder an error names."""
+    with open(file, "wb") as f:
+        block: list[bytes] = []
+        size = 0
+        for line in _jsonl_lines(chunks, path):
+            block.append(line)
+            size += len(line)
+            if size >= _WRITE_BLOCK:
+                f.write(b"".join(block))
+                block, size = [], 0
+        f.write(b"".join(block))
+
+
+_WRITE_BLOCK = 4 << 20
+
+
+def _jsonl_lines(chunks: Iterable[Chunk], path: Path) -> Iterator[bytes]:
     for c in chunks:
         record = {"doc_id": c.doc_id, "start": c.start, "end": c.end, "text": c.text,
                   "index": c.index, "metadata": dict(c.metadata)}
         try:
-            lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
+            line = json.dumps(record, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise IndexFileError(
                 f"{path}: chunk {c.id!r} cannot be saved: its metadata is not plain JSON "
                 f"data ({exc})"
             ) from None
-    return "".join(line + "\n" for line in lines).encode("utf-8")
+        yield (line + "\n").encode("utf-8")
 
 
 def read_meta(

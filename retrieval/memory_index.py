@@ -34,7 +34,7 @@ from ragkit.retrieval.index_files import (
     check_k,
     check_save_target,
     check_vecs,
-    chunks_jsonl,
+    write_chunks_jsonl,
     normalise,
     query_rows,
     read_chunks,
@@ -201,7 +201,6 @@ class MemoryIndex(Guarded):
         """Write the index to folder ``path`` (replacing an index saved there before)."""
         path = Path(path)
         check_save_target(path)
-        chunks_bytes = chunks_jsonl(self._chunks, path)
         if self._chunks:
             vecs = np.ascontiguousarray(self._vecs[: len(self._chunks)])  # (count, dim)
         else:
@@ -209,7 +208,7 @@ class MemoryIndex(Guarded):
 
         with saving(path) as tmp:
             np.save(tmp / "vectors.npy", vecs, allow_pickle=False)
-            (tmp / "chunks.jsonl").write_bytes(chunks_bytes)
+            write_chunks_jsonl(self._chunks, tmp / "chunks.jsonl", path)  # streamed
             meta = {
                 "format": FORMAT,
                 "version": VERSION,

@@ -345,7 +345,8 @@ def _unit_maps(dataset: EvalDataset, config: ChunkingEval) -> dict[str, np.ndarr
     from ragkit.tokenizers import load_tokenizer
 
     tok = load_tokenizer(config.unit_tokenizer)
-    return {cid: np.asarray(tok.token_starts(doc.text)) for cid, doc in dataset.corpora.items()}
+    return {cid: np.asarray(tok.token_starts(doc.text), dtype=np.int64)  # int64 keys below
+            for cid, doc in dataset.corpora.items()}
 
 
 def _to_units(starts: np.ndarray, span: Span) -> Span:

@@ -102,7 +102,9 @@ def read_shards(batch: Mapping[str, Sequence[Any]], *,
             continue
         docs, problems = [], []
         first_line: dict[str, int | None] = {}  # doc id -> its line, as the loader checks ids
-        for item in reader.parse(SourceFile(path, row["name"], row["source"]), data):
+        items = reader.parse(SourceFile(path, row["name"], row["source"]), data)
+        data = None  # the file's bytes go once decoded (parse drops its own hold)
+        for item in items:
             if isinstance(item, LoadProblem):
                 problems.append([item.path, item.line, item.reason])
                 continue

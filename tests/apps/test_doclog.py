@@ -145,6 +145,50 @@ def test_unchanged_documents_are_skipped_and_updates_replace_every_old_chunk(fol
     assert os.path.exists(folder / FILE)
 
 
+@pytest.mark.parametrize("big", [False, True], ids=["bound", "blob-handles"])
+def test_a_big_document_goes_through_the_log_whole(tmp_path, monkeypatch, big):
+    """A document over the log's size threshold is written through SQLite blob handles in
+    pieces (not bound as one value: memory); it reads back exactly, and a failure later in the
+    same transaction leaves nothing of it."""
+    import ragkit.doclog as doclog_mod
+    from ragkit.types import Chunk
+
+    monkeypatch.setattr(doclog_mod, "_BIG", 64 if big else 1 << 40)  # pieces of 64 bytes
+    text = "caf\u00e9 \u6771\u4eac \u2713 word " * 40
+    chunks = [Chunk("doc", i, i + 7, text[i : i + 7], n, {"source": "s", "doc_hash": "h",
+                                                           "tokens": 2})
+              for n, i in enumerate(range(0, 280, 7))]
+    vecs = np.arange(len(chunks) * 5, dtype=np.float32).reshape(len(chunks), 5)
+    log = DocLog(tmp_path)
+    log.acquire_writer()
+    seq = log.commit([Put("doc", "s", "h", chunks, vecs)])
+    [(got_seq, put)] = list(log.pending(0))
+    assert got_seq == seq and list(put.chunks) == chunks
+    np.testing.assert_array_equal(put.vecs, vecs)
+
+    class Boom(Exception):
+        pass
+
+    bad = Put("doc2", "s", "h", chunks, vecs)
+    with pytest.raises(Boom):
+        with monkeypatch.context() as m:
+            real = log._db
+
+            class Failing:  # the documents row after the pending row fails: roll back both
+                def __getattr__(self, name):
+                    return getattr(real, name)
+
+                def execute(self, sql, *args):
+                    if sql.startswith("INSERT OR REPLACE INTO documents") and args[0][0] == "doc2":
+                        raise Boom()
+                    return real.execute(sql, *args)
+
+            m.setattr(log, "_db", Failing())
+            log.commit([bad])
+    assert [s for s, _ in log.pending(0)] == [seq]
+    assert [d.id for d in log.documents()] == ["doc"]
+
+
 def test_the_log_keeps_one_operation_per_document_and_replays_to_the_same_state(folder):
     """A document's state after a replay depends only on its last operation, so committing one
     drops the document's earlier ones: the log stays one row per document between snapshots."""

@@ -47,6 +47,42 @@ def test_two_workers_give_one_workers_chunks(chunker, small_batches):
     assert sum(map(len, two)) > len(docs)
 
 
+@pytest.mark.parametrize("chunker", [
+    FixedChunker(chunk_size=64, overlap=16),
+    RecursiveChunker(chunk_size=48, overlap=8),
+], ids=["fixed", "recursive"])
+def test_a_stream_of_documents_is_taken_as_needed(chunker, small_batches):
+    """A generator (a folder being read) is not listed up front: when the first document's chunks
+    come back, at most ``workers + 1`` batches of it have been read; the chunks are one worker's."""
+    docs = _docs() * 3
+    taken = []
+
+    def stream():
+        for d in docs:
+            taken.append(d.id)
+            yield d
+
+    results = pool.iter_chunk_many(chunker, stream(), workers=2)
+    first = next(results)
+    read_then = len(taken)
+    two = [first, *results]
+    assert two == [chunker.chunk(d) for d in docs]
+    batches = pool._stream_batches(iter(docs), pool.MIN_BATCH_CHARS)
+    at_most = sum(len(b) for b, _ in zip(batches, range(2 + 1)))  # workers + 1 batches in flight
+    assert read_then <= at_most + 1 < len(docs)  # + the one that showed the last batch full
+
+
+def test_a_short_stream_stays_in_process(monkeypatch):
+    def no_pool(*args):
+        raise AssertionError("a stream of one batch started the pool")
+
+    monkeypatch.setattr(pool, "_pool", no_pool)
+    docs = _docs()
+    chunker = FixedChunker(chunk_size=64)
+    assert list(pool.iter_chunk_many(chunker, iter(docs), workers=2)) == [
+        chunker.chunk(d) for d in docs]
+
+
 def test_small_corpus_stays_in_process():
     docs = _docs()
     assert pool._batches(docs, 2, pool.MIN_BATCH_CHARS) == [docs]  # under MIN_BATCH_CHARS: no pool to start

@@ -130,7 +130,7 @@ def test_token_starts_ascending_and_in_range(name, key):
     tok = load_tokenizer(name)
     assert isinstance(tok, Tokenizer)
     starts = tok.token_starts(text)
-    assert starts.dtype == np.int64
+    assert starts.dtype in (np.int64, np.int32)  # int32 where it saves memory (cl100k)
     assert len(starts) == tok.count(text)
     assert np.all(np.diff(starts) >= 0)
     assert np.all((starts >= 0) & (starts < max(len(text), 1)))
