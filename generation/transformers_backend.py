@@ -358,9 +358,12 @@ class TransformersGenerator(AnswersFromRun):
                 return context.prefill_prefix(self, layout, capacity)
             meta = mode == "blend" and self.blend_select == "stored"
             kv, scores, stats = context.independent_context(self, layout, capacity, meta)
-            # chunks 2..n miss their attention to earlier chunks unless recomputed
-            stats["approximate"] = layout.context_len - (
-                layout.chunk_starts()[1] if len(layout.chunks) > 1 else layout.context_len)
+            # chunks 2..n miss their attention to earlier chunks unless recomputed; with a lossy
+            # codec every reused chunk token's KV differs from the full prefill's
+            exact_upto = layout.chunk_starts()[1] if len(layout.chunks) > 1 else layout.context_len
+            if self.kv_codec != "float32":
+                exact_upto = len(layout.prefix)
+            stats["approximate"] = layout.context_len - exact_upto
             if mode == "blend":
                 stats["blend_recomputed"] = context.blend(self, kv, layout, scores)
                 stats["computed"] += stats["blend_recomputed"]

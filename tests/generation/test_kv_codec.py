@@ -119,6 +119,20 @@ def test_independent_answer_from_coded_entries_stays_close(codec):
     assert float((pa.exp() * (pa - pb)).sum()) < 0.05
 
 
+@pytest.mark.parametrize("codec", ["float16", "int8", "k8v6"])
+def test_coded_entries_count_every_reused_chunk_token_as_approximate(codec):
+    # float32: only chunks after the first are approximate; a lossy codec changes the first too
+    plain = tiny_generator(1, layers=2, kv_reuse="independent")
+    coded = tiny_generator(1, layers=2, kv_reuse="independent", kv_codec=codec)
+    layout = plain.layout(SAMPLE_QUERY, list(SAMPLE_TEXTS))
+    assert plain.first_logits(layout)[2]["approximate"] == (
+        layout.context_len - layout.chunk_starts()[1])
+    assert coded.first_logits(layout)[2]["approximate"] == layout.context_len - len(layout.prefix)
+    one = plain.layout(SAMPLE_QUERY, list(SAMPLE_TEXTS)[:1])
+    assert plain.first_logits(one)[2]["approximate"] == 0
+    assert coded.first_logits(one)[2]["approximate"] == one.context_len - len(one.prefix) > 0
+
+
 def test_a_codec_entry_is_made_from_a_cached_float32_entry_without_a_forward():
     gen = tiny_generator(2, layers=2, kv_reuse="independent")
     gen.warm(list(SAMPLE_TEXTS))
