@@ -205,7 +205,7 @@ def _pool(chunker: Any, spec: dict[str, Any], workers: int) -> Any:
     if method == "fork":
         chunker.chunk(Document("warm-up", "Warm up: load the tokenizer before forking."))
         method = _start_method()  # spawn if the warm-up imported torch or started a thread
-    init = (chunker,) if method == "fork" else (spec,)  # forked children inherit the object
+    init = (chunker if method == "fork" else spec, os.getpid())  # forked children inherit the object
     quiet = method == "fork" and "TOKENIZERS_PARALLELISM" not in os.environ
     if quiet:  # a forked HF tokenizer turns its parallelism off; this only silences its warning
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -246,10 +246,10 @@ def _batches(docs: list[Document], workers: int, least: int) -> list[list[Docume
 _WORKER_CHUNKER: Any = None
 
 
-def _start_worker(chunker_or_spec: Any) -> None:
+def _start_worker(chunker_or_spec: Any, parent: int) -> None:
     from ragkit.concurrency import exit_with_parent
 
-    exit_with_parent()
+    exit_with_parent(parent)
     global _WORKER_CHUNKER
     if isinstance(chunker_or_spec, dict):
         from ragkit.config import build

@@ -122,15 +122,16 @@ class Guarded:
             return removed
 
 
-def exit_with_parent(interval: float = 1.0) -> None:
-    """In a pool's worker process: exit when the process that started it is gone.
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """In a pool's worker process: exit when ``parent``, the process that started the pool, is gone.
 
     A ``ProcessPoolExecutor`` worker holds both ends of its call queue's pipe, so it never sees
     EOF when its parent dies without shutting the pool down (``kill -9`` of ``ragkit serve`` or
-    ``ragkit index``); it would sleep forever. A daemon thread watches the parent's pid instead."""
+    ``ragkit index``); it would sleep forever. A daemon thread watches the parent's pid instead.
+    The parent passes its own pid (``os.getpid()``, in the pool's ``initargs``): a spawned worker
+    still importing when its parent was killed would otherwise take the process it was handed to
+    (init) for its parent and never exit."""
     import os
-
-    parent = os.getppid()
 
     def watch() -> None:
         while True:

@@ -78,13 +78,14 @@ def _on_processes(workers: int, job: Mapping[str, Any], head: list[dict],
     """Each batch's result from a pool of ``workers`` spawned processes, in input order, with at
     most ``2 * workers`` batches in flight (reading stays ahead, memory stays bounded)."""
     import concurrent.futures
+    import os
     import multiprocessing
     from collections import deque
     from itertools import chain
 
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker, initargs=(dict(job),))
+        initializer=_start_worker, initargs=(dict(job), os.getpid()))
     try:
         waiting: deque = deque()
         for batch in chain(head, rest):
@@ -100,13 +101,13 @@ def _on_processes(workers: int, job: Mapping[str, Any], head: list[dict],
 _WORKER: Any = None
 
 
-def _start_worker(job: dict[str, Any]) -> None:
+def _start_worker(job: dict[str, Any], parent: int) -> None:
     """One torch (OpenMP) thread per process, unless the user's environment says otherwise."""
     import os
 
     from ragkit.concurrency import exit_with_parent
 
-    exit_with_parent()
+    exit_with_parent(parent)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     global _WORKER

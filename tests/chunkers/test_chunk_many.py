@@ -157,3 +157,18 @@ def test_pool_workers_exit_when_their_parent_is_killed():
             break
         time.sleep(0.1)
     assert alive == [], f"pool workers {alive} outlived their killed parent"
+
+
+def test_a_worker_whose_parent_died_before_it_started_exits():
+    """A spawned worker still importing when its parent is killed starts under another parent
+    (init): it is told its parent's pid, so it does not take init for its parent and stay."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that is nobody's parent any more
+    code = ("import time; from ragkit.concurrency import exit_with_parent; "
+            f"exit_with_parent({gone.pid}, interval=0.05); time.sleep(600)")
+    child = subprocess.run([sys.executable, "-c", code], timeout=120,
+                           cwd=Path(__file__).parents[2])
+    assert child.returncode == 0
