@@ -60,9 +60,8 @@ def _int4(v: torch.Tensor) -> torch.Tensor:
     """Values ``(L, h, seq, d)`` (d even): per-token scales, two 4-bit numbers a byte."""
     x = v.float()
     scale = (x.abs().amax(dim=-1, keepdim=True) / 7.0).clamp_min(1e-8).half()  # (L, h, seq, 1)
-    q = (torch.round(x / scale.float()).clamp_(-7, 7) + 8).to(torch.uint8).reshape(-1, 2)
-    packed = q[:, 0] | (q[:, 1] << 4)
-    return torch.cat((packed, scale.reshape(-1).view(torch.uint8)))
+    q = torch.round(x / scale.float()).clamp_(-7, 7) + 8
+    return torch.cat((_pack(q.to(torch.int32), 4), scale.reshape(-1).view(torch.uint8)))
 
 
 def _group(dim: int) -> int:
@@ -82,15 +81,28 @@ def _grouped(v: torch.Tensor, bits: int) -> torch.Tensor:
     low = x.amin(dim=-1, keepdim=True).half()
     step = ((x.amax(dim=-1, keepdim=True) - low.float()) / levels).clamp_min(1e-8).half()
     q = torch.round((x - low.float()) / step.float()).clamp_(0, levels).to(torch.int32)
+    return torch.cat((_pack(q, bits), low.reshape(-1).view(torch.uint8),
+                      step.reshape(-1).view(torch.uint8)))
+
+
+def _pack(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned ``bits``-bit numbers (int32) as bytes: two 4-bit numbers a byte, or four 6-bit
+    numbers in three bytes."""
     if bits == 4:
         q = q.reshape(-1, 2)
-        packed = (q[:, 0] | (q[:, 1] << 4)).to(torch.uint8)
-    else:
-        q = q.reshape(-1, 4)
-        word = q[:, 0] | (q[:, 1] << 6) | (q[:, 2] << 12) | (q[:, 3] << 18)
-        packed = torch.stack((word & 255, (word >> 8) & 255, word >> 16), dim=1).to(torch.uint8)
-    return torch.cat((packed.reshape(-1), low.reshape(-1).view(torch.uint8),
-                      step.reshape(-1).view(torch.uint8)))
+        return (q[:, 0] | (q[:, 1] << 4)).to(torch.uint8)
+    q = q.reshape(-1, 4)
+    word = q[:, 0] | (q[:, 1] << 6) | (q[:, 2] << 12) | (q[:, 3] << 18)
+    return torch.stack((word & 255, (word >> 8) & 255, word >> 16), dim=1).to(torch.uint8).reshape(-1)
+
+
+def _unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """The numbers ``_pack`` stored, flat, as uint8 (4 bits) or int32 (6 bits)."""
+    if bits == 4:
+        return torch.stack((packed & 15, packed >> 4), dim=1).reshape(-1)
+    b = packed.reshape(-1, 3).to(torch.int32)
+    word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    return torch.stack([(word >> s) & 63 for s in (0, 6, 12, 18)], dim=1).reshape(-1)
 
 
 def _ungrouped(stored: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
@@ -98,13 +110,7 @@ def _ungrouped(stored: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
     layers, heads, seq, dim = shape
     values, groups = layers * heads * seq * dim, layers * heads * seq * (dim // _group(dim))
     n = values * bits // 8
-    if bits == 4:
-        q = torch.stack((stored[:n] & 15, stored[:n] >> 4), dim=1)
-    else:
-        b = stored[:n].reshape(-1, 3).to(torch.int32)
-        word = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        q = torch.stack([(word >> s) & 63 for s in (0, 6, 12, 18)], dim=1)
-    q = q.reshape(layers, heads, seq, dim // _group(dim), _group(dim))
+    q = _unpack(stored[:n], bits).reshape(layers, heads, seq, dim // _group(dim), _group(dim))
     low = stored[n : n + 2 * groups].view(torch.float16).reshape(*q.shape[:-1], 1)
     step = stored[n + 2 * groups :].view(torch.float16).reshape(*q.shape[:-1], 1)
     return (q.to(dtype) * step.to(dtype) + low.to(dtype)).reshape(shape)
@@ -113,8 +119,7 @@ def _ungrouped(stored: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
 def _unint4(stored: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     layers, heads, seq, dim = shape
     n = layers * heads * seq * dim // 2
-    lo, hi = stored[:n] & 15, stored[:n] >> 4
-    q = torch.stack((lo, hi), dim=1).reshape(shape).to(dtype) - 8
+    q = _unpack(stored[:n], 4).reshape(shape).to(dtype) - 8
     scale = stored[n:].view(torch.float16).reshape(layers, heads, seq, 1)
     return q * scale.to(dtype)
 

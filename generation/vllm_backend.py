@@ -318,19 +318,15 @@ class VLLMGenerator(AnswersFromRun):
         from vllm.inputs import TokensPrompt
 
         rid = f"ragkit-{next(_REQUEST_IDS)}"
-        sent, t_first, out, running = 0, None, None, 0
+        stream, out, running = _Stream(), None, 0
         async for out in shared.engine.generate(TokensPrompt(prompt_token_ids=list(layout.ids)),
                                                 self._sampling_params(), rid):
             running = max(running, shared.running)
-            done = out.outputs[0]
-            if t_first is None and done.token_ids:
-                t_first = time.perf_counter()
-            if len(done.text) > sent:
-                yield done.text[sent:]
-                sent = len(done.text)
+            if piece := stream.step(out):
+                yield piece
         if out is None:
             raise RagkitError(f"vLLM ended request {rid} without an output")
-        answer = self._answer(query, hits, layout, out, t0, t_first, None)
+        answer = self._answer(query, hits, layout, out, t0, stream.t_first, None)
         answer.timings["engine_running_max"] = float(running)
         yield answer
 
@@ -366,16 +362,11 @@ class VLLMGenerator(AnswersFromRun):
             self.llm  # noqa: B018  (the one-off engine start is reported apart from the TTFT)
             start_s = time.perf_counter() - t
             t0 += start_s
-        sent = 0
-        t_first = out = None
+        stream, out = _Stream(), None
         for out, _ in self.run_ids(layout.ids):
-            done = out.outputs[0]
-            if t_first is None and done.token_ids:
-                t_first = time.perf_counter()
-            if len(done.text) > sent:
-                yield done.text[sent:]
-                sent = len(done.text)
-        return self._answer(query, hits, layout, out, t0, t_first, start_s)
+            if piece := stream.step(out):
+                yield piece
+        return self._answer(query, hits, layout, out, t0, stream.t_first, start_s)
 
     def _answer(self, query: str, hits: Sequence[Hit], layout: PromptLayout, out: Any,
                 t0: float, t_first: float | None, start_s: float | None) -> Answer:
@@ -429,3 +420,19 @@ class AsyncEngine:
                 pass
 
         return RunningRequests
+
+
+class _Stream:
+    """Reading a request's cumulative vLLM outputs: the time its first token came, and the text
+    each output adds (the same for the blocking and the served path)."""
+
+    def __init__(self) -> None:
+        self.sent, self.t_first = 0, None
+
+    def step(self, out: Any) -> str:
+        done = out.outputs[0]
+        if self.t_first is None and done.token_ids:
+            self.t_first = time.perf_counter()
+        piece = done.text[self.sent :]
+        self.sent = max(self.sent, len(done.text))
+        return piece
