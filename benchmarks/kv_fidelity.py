@@ -47,7 +47,7 @@ offline()  # before anything imports transformers
 DATA = ROOT / "data" / "chunking_eval"
 N_GREEDY = 32
 # warm-up settings: today's (one chunk per forward, float32) first, the others against it
-SETTINGS = ((1, "float32"), (8, "float32"), (8, "int8"), (8, "k8v4"), (8, "k8v4g"))
+SETTINGS = "1:float32 8:float32 8:int8 8:k8v6 8:k8v4g"
 DEFAULT_MODES = "none,prefix,independent,blend:blend_ratio=0.15"
 
 
@@ -260,7 +260,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=130)
 
 
-def warm_bench(n: int, params: dict, out: Path) -> str:
+def warm_bench(n: int, params: dict, out: Path, settings: str = SETTINGS) -> str:
     """Warm the first ``n`` chunks of the corpora into a fresh disk store per setting: seconds,
     bytes on disk per token, and the time to read every entry back (fresh store: disk reads)."""
     import tempfile
@@ -282,7 +282,8 @@ def warm_bench(n: int, params: dict, out: Path) -> str:
              "vs one-per-forward fp32 (wall / CPU) | bytes per token (all entries / chunk "
              "entries) | read s (all entries, cold) |", "|---|---|---|---|---|---|---|"]
     base = None
-    for batch, codec in SETTINGS:
+    for batch, codec in (s.split(":") for s in settings.split()):
+        batch = int(batch)
         with tempfile.TemporaryDirectory() as tmp:
             gen = TransformersGenerator(kv_store=TieredKVStore(path=tmp), warm_batch=batch,
                                         kv_codec=codec, **params)
@@ -333,6 +334,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--warm", type=int, default=0, metavar="N",
                     help="only measure warming the first N corpus chunks (batching, codecs)")
+    ap.add_argument("--warm-settings", default=SETTINGS, metavar="'BATCH:CODEC ...'",
+                    help="warm_batch:kv_codec pairs for --warm; the first is the baseline")
     args = ap.parse_args()
     cmd = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/kv_fidelity.py " + " ".join(
         f"'{a}'" if (" " in a or ";" in a) else a for a in sys.argv[1:])
@@ -348,7 +351,7 @@ def main() -> None:
     if args.warm:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        print(warm_bench(args.warm, json.loads(args.gen), out))
+        print(warm_bench(args.warm, json.loads(args.gen), out, args.warm_settings))
         return
     specs = [s for s in re.split(r"[; ]+", args.modes) if s]
     if "none" not in specs:

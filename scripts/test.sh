@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 VENV="${RAGKIT_VENV:-.venv}"
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+# -rs: every skip is listed with its reason (none may be for missing data: data/ ships in the repo)
+exec "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider "$@"
