@@ -52,7 +52,7 @@ DEFAULT_MODES = "none,prefix,independent,blend:blend_ratio=0.15"
 
 
 def parse_mode(spec: str) -> tuple[str, dict]:
-    """``blend:blend_ratio=0.15,blend_select=kv`` -> ``("blend", {"blend_ratio": 0.15, ...})``."""
+    """``blend:blend_ratio=0.1,kv_codec=int8`` -> ``("blend", {"blend_ratio": 0.1, ...})``."""
     name, _, rest = spec.partition(":")
     params = {}
     for item in filter(None, rest.split(",")):
@@ -305,9 +305,9 @@ def warm_bench(n: int, params: dict, out: Path, settings: str = SETTINGS) -> str
             t0 = time.perf_counter()
             with torch.inference_mode():
                 pkv = context.prefix_kv(fresh, pre)[0]
-                hits = context.chunk_entries(fresh, pre, pkv, ids, meta=False)
+                hits = context.chunk_entries(fresh, pre, pkv, ids)
             read = time.perf_counter() - t0
-            if not all(hit for _, _, hit in hits):
+            if not all(hit for _, hit in hits):
                 raise RuntimeError("warm entries were not found again")
         base = base or (secs, cpu)
         lines.append(f"| warm_batch={batch}, kv_codec={codec} | {secs:.1f} | {cpu:.1f} | "
@@ -376,9 +376,6 @@ def main() -> None:
     note = f"{head}; contexts: BM25 top chunks (recursive, 256 cl100k tokens) in rank order"
     records, warm = [], []
     t_start = time.perf_counter()
-    # stored scores are computed with the KV entries in one warm-up when a mode reads them
-    first_warm = next(({**p, "kv_reuse": n} for _, n, p in modes
-                       if p.get("blend_select") == "stored"), {})
     order = spread(len(questions))
     for done, qi in enumerate(order):
         question = questions[qi]
@@ -387,11 +384,10 @@ def main() -> None:
             texts = context_for(gen, question, chunks, size)
             layout = gen.layout(question, texts)
             w0 = time.perf_counter()
-            with settings(gen, first_warm):
-                report = gen.warm(texts)
+            report = gen.warm(texts)
             if report["computed"]:
                 warm.append((time.perf_counter() - w0) / report["computed"])
-            for _, name, params in modes:  # entries a mode's own config would warm (codec, scores)
+            for _, name, params in modes:  # entries a mode's own config would warm (its codec)
                 if params:
                     with settings(gen, {**params, "kv_reuse": name}):
                         gen.warm(texts)

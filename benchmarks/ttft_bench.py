@@ -94,7 +94,7 @@ def main() -> None:
             from ragkit.generation import context
 
             with torch.inference_mode():
-                kv, _, _ = context.independent_context(gen, layout, len(layout.ids) + 8)
+                kv, _ = context.independent_context(gen, layout, len(layout.ids) + 8)
             cache = context.buffer_cache(kv, layout.context_len)
             t = time.perf_counter()
             with torch.inference_mode():

@@ -6,17 +6,16 @@ after the first miss their attention to earlier chunks; this module recomputes a
 tokens, each through every layer, attending to the whole (partly fused) context at its true
 position, and writes their KV over the cached one (CacheBlend's fusion). Which tokens:
 
-- ``boundary``: the first ``k`` tokens of each chunk after the first (EPIC's LegoLink);
-- plus ``n_select`` more, ranked by one of ``select``:
-  - ``query`` (the default): the attention the question pays to each context token, measured by
-    running the question's few tokens through every layer on the approximate cache
-    (``query_attention``): the tokens the answer reads most are the ones whose stale KV moves it
-    most. Much closer to full prefill than the others at the same count (benchmarks/README.md);
-  - ``kv``: deviation of keys and values (each normalised by its mean) at layer 1 between the
-    cached KV and an exact recompute of layers 0-1 for every candidate (CacheBlend's criterion);
-  - ``stored``: a score kept with each chunk's KV when it was computed (``prefix_attention``, a
-    Cache-Craft-style estimate of how much a token depends on what came before its chunk), so no
-    pass over every candidate is needed.
+the ``n_select`` tokens the question attends to most, measured by running the question's few
+tokens through every layer on the approximate cache (``query_attention``): the tokens the answer
+reads most are the ones whose stale KV moves it most.
+
+Three other choices were measured on the same frontier and deleted, each dominated by this one
+(benchmarks/README.md, "KV reuse fidelity"): CacheBlend's deviation of keys and values at layer 1
+after recomputing layers 0-1 for every token; a Cache-Craft-style score stored with each chunk's
+KV (the attention its tokens paid to the instruction): over 50 questions at ~4k tokens KL 0.233
+at 4.1x where this ranking gives 0.080 at 5.4x (10%); and EPIC's LegoLink, the first k tokens of
+each chunk (k = 8: KL 0.495 at 13.9x, no closer than ``independent``; k = 32: 0.423 at 5.2x).
 
 Llama layers and Gemma 3 layers (per-head q/k norms, sandwich norms, sliding-window layers, a RoPE
 base per layer type) are supported. Attention of the selected rows is one
@@ -32,22 +31,12 @@ from typing import Any
 
 import torch
 
-SELECTS = ("query", "kv", "stored")
+SELECTS = ("query",)
 
 
-def boundary_positions(starts: list[int], lengths: list[int], k: int) -> torch.Tensor:
-    """Positions of the first ``k`` tokens of each chunk (given by ``starts``/``lengths``)."""
-    parts = [torch.arange(s, s + min(k, n)) for s, n in zip(starts, lengths)]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-
-
-def pick(scores: torch.Tensor, n: int, must: torch.Tensor) -> torch.Tensor:
-    """Indices into ``scores``: ``must`` (indices) and the ``n`` best of the rest, sorted."""
-    scores = scores.clone()
-    scores[must] = -math.inf
-    n = min(n, scores.numel() - must.numel())
-    best = torch.topk(scores, n).indices if n > 0 else must[:0]
-    return torch.cat((must, best)).unique(sorted=True)
+def pick(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the ``n`` best ``scores``, sorted."""
+    return torch.topk(scores, min(n, scores.numel())).indices.sort().values
 
 
 def recompute(
@@ -58,49 +47,20 @@ def recompute(
     total: int,
     *,
     n_select: int,
-    must: torch.Tensor,
-    select: str = "query",
-    stored: torch.Tensor | None = None,
-    question: list[int] | None = None,
+    question: list[int],
 ) -> int:
-    """Recompute tokens of positions ``[first, total)`` in place in ``kv``; returns how many.
+    """Recompute ``n_select`` tokens of positions ``[first, total)`` in place in ``kv``, those
+    the ``question`` (the ids after the context) attends to most; returns how many.
 
-    ``ids`` are the token ids of positions ``[0, total)``; ``must`` are positions always
-    recomputed (boundary tokens); ``stored`` is the per-position score for ``select="stored"``
-    (length ``total - first``); ``question`` the ids after the context (``select="query"``).
+    ``ids`` are the token ids of positions ``[0, total)``.
     """
     n_layers = kv.shape[0]
-    cand = torch.arange(first, total)  # (n,)
-    must_idx = must - first
-    ids_t = torch.tensor(ids, dtype=torch.long)
-    embed = lm.model.embed_tokens
-    if select in ("stored", "query") or n_select == 0:
-        if n_select == 0:
-            idx = must_idx
-        else:
-            score = stored if select == "stored" else query_attention(lm, kv, question, first,
-                                                                        total)
-            idx = pick(score, n_select, must_idx)
-        if idx.numel() == 0:
-            return 0
-        pos = cand[idx]
-        mask = torch.arange(total)[None, :] <= pos[:, None]  # (rows, total): causal by position
-        h = embed(ids_t[pos])[None]  # (1, rows, hidden)
-        for layer in range(n_layers):
-            h = _layer(lm, layer, h, pos, kv, total, mask, last=layer == n_layers - 1)
-        return int(pos.numel())
-    # deviation: layers 0-1 exact for every candidate, then rank by how far layer 1 moved
-    mask = torch.arange(total)[None, :] <= cand[:, None]  # (n, total)
-    h = embed(ids_t[cand])[None]  # (1, n, hidden)
-    h = _layer(lm, 0, h, cand, kv, total, mask)
-    q, k, v = _qkv(lm, 1, h, cand)
-    dev = _deviation(k[0], v[0], kv[1], cand)
-    kv[1, 0][:, cand] = k[0]  # every candidate's KV at layer 1 is exact now
-    kv[1, 1][:, cand] = v[0]
-    keep = pick(dev, n_select, must_idx)
-    pos, h, q, mask = cand[keep], h[:, keep], q[:, :, keep], mask[keep]
-    h = _attend(lm, 1, h, q, kv, total, mask, pos)
-    for layer in range(2, n_layers):
+    if n_select <= 0:
+        return 0
+    pos = first + pick(query_attention(lm, kv, question, first, total), n_select)
+    mask = torch.arange(total)[None, :] <= pos[:, None]  # (rows, total): causal by position
+    h = lm.model.embed_tokens(torch.tensor(ids, dtype=torch.long)[pos])[None]  # (1, rows, hidden)
+    for layer in range(n_layers):
         h = _layer(lm, layer, h, pos, kv, total, mask, last=layer == n_layers - 1)
     return int(pos.numel())
 
@@ -131,16 +91,6 @@ def query_attention(lm: Any, kv: torch.Tensor, question: list[int], first: int,
                                                                     values.shape[2])  # (heads, q, hd)
         h = _residual(lm.model.layers[layer], h, o.transpose(0, 1).reshape(1, len(question), -1))
     return mass
-
-
-def _deviation(k: torch.Tensor, v: torch.Tensor, cached: torch.Tensor,
-               pos: torch.Tensor) -> torch.Tensor:
-    """Per-row squared distance of the recomputed ``k``, ``v`` (kv_heads, n, hd) from the
-    cached ``cached`` (2, kv_heads, capacity, hd) at ``pos``: keys and values, each over its
-    mean so neither dominates (values alone gave KL 0.116 against 0.080, benchmarks/README)."""
-    dv = (v - cached[1][:, pos]).pow(2).sum(dim=(0, 2))  # (n,)
-    dk = (k - cached[0][:, pos]).pow(2).sum(dim=(0, 2))
-    return dk / dk.mean().clamp_min(1e-12) + dv / dv.mean().clamp_min(1e-12)
 
 
 def _qkv(lm: Any, layer: int, h: torch.Tensor, pos: torch.Tensor):
@@ -211,24 +161,3 @@ def _probs(lm: Any, layer: int, q: torch.Tensor, keys: torch.Tensor, mask: torch
     scores = (q[0].reshape(kv_heads, -1, hd) @ keys.transpose(1, 2)).view(heads, rows, -1)
     scores = scores * lm.model.layers[layer].self_attn.scaling
     return scores.masked_fill(~_window(lm, layer, mask, pos), -math.inf).softmax(-1)
-
-
-def prefix_attention(lm: Any, hidden: tuple, kv: torch.Tensor, n_prefix: int) -> torch.Tensor:
-    """The ``stored`` score of each chunk token: the attention mass it puts on the prefix
-    (positions ``1..n_prefix-1``; position 0, the attention sink, is left out), averaged over
-    layers and heads, when the chunk is computed after the prefix alone. A token that looks far
-    back is one whose KV changes most when other chunks come before it.
-
-    ``hidden``: the chunk tokens' hidden states entering each layer (``(1, n, hidden)`` each);
-    ``kv``: the cache of prefix and chunk ``(layers, 2, kv_heads, P + n, hd)``.
-    Returns ``(n,)`` float32.
-    """
-    n_layers, total = kv.shape[0], kv.shape[3]
-    pos = torch.arange(n_prefix, total)
-    mass = torch.zeros(pos.numel())
-    causal = torch.arange(total)[None, :] <= pos[:, None]  # (n, total)
-    for layer in range(n_layers):
-        q, _, _ = _qkv(lm, layer, hidden[layer], pos)  # (1, heads, n, hd)
-        probs = _probs(lm, layer, q, kv[layer, 0], causal, pos)  # (heads, n, total)
-        mass += probs[:, :, 1:n_prefix].sum(-1).mean(0)
-    return (mass / n_layers).float()

@@ -103,12 +103,12 @@ def key(gen: Any, ids: Sequence[int], prefix_id: str) -> str:
                   token_ids=ids, prefix_id=prefix_id)
 
 
-def chunk_key(gen: Any, prefix: Sequence[int], ids: Sequence[int], meta: bool = False,
+def chunk_key(gen: Any, prefix: Sequence[int], ids: Sequence[int],
               codec: str | None = None) -> str:
     """A chunk entry's key; entries in another codec than float32 are other entries."""
     codec = codec or gen.kv_codec
-    codec = "" if meta or codec == "float32" else f"[{codec}]"
-    return key(gen, ids, ("meta:" if meta else "") + f"after{codec}:" + ids_hash(prefix))
+    codec = "" if codec == "float32" else f"[{codec}]"
+    return key(gen, ids, f"after{codec}:" + ids_hash(prefix))
 
 
 def prefix_kv(gen: Any, ids: Sequence[int]) -> tuple[torch.Tensor, bool]:
@@ -128,12 +128,10 @@ def prefix_kv(gen: Any, ids: Sequence[int]) -> tuple[torch.Tensor, bool]:
 
 
 def chunk_entries(
-    gen: Any, prefix: Sequence[int], pkv: torch.Tensor, chunks: Sequence[Sequence[int]],
-    *, meta: bool
-) -> list[tuple[torch.Tensor, torch.Tensor | None, bool]]:
-    """``(kv, score, reused)`` of each chunk: computed after the prefix alone, keys rotated back to
-    position 0; ``score`` (with ``meta``) is ``blend.prefix_attention``. Missing entries are
-    computed ``gen.warm_batch`` per forward and stored."""
+    gen: Any, prefix: Sequence[int], pkv: torch.Tensor, chunks: Sequence[Sequence[int]]
+) -> list[tuple[torch.Tensor, bool]]:
+    """``(kv, reused)`` of each chunk: computed after the prefix alone, keys rotated back to
+    position 0. Missing entries are computed ``gen.warm_batch`` per forward and stored."""
     from ragkit.generation.kv_codec import decode, encode
 
     store = gen.kv_store
@@ -145,39 +143,32 @@ def chunk_entries(
         kv = store.get(chunk_key(gen, prefix, ids)) if store is not None else None
         if kv is not None:
             kv = decode(kv, codec, kv_shape(gen.lm, len(ids)), dtype)
-        elif store is not None and codec != "float32" and not meta:  # re-encode a float32 entry
+        elif store is not None and codec != "float32":  # re-encode a float32 entry
             full = store.get(chunk_key(gen, prefix, ids, codec="float32"))
             if full is not None:
                 stored = encode(full, codec)
                 store.put(chunk_key(gen, prefix, ids), stored)
                 kv = decode(stored, codec, tuple(full.shape), dtype)
-        score = None
-        if kv is not None and meta:
-            score = store.get(chunk_key(gen, prefix, ids, meta=True))
-        if kv is None or (meta and score is None):
+        if kv is None:
             todo.append(i)
-        found.append((kv, score, True))
+        found.append((kv, True))
     batch = max(1, int(gen.warm_batch))
     order = sorted(todo, key=lambda i: len(chunks[i]))  # similar lengths: little padding
     for b in range(0, len(order), batch):
         group = order[b : b + batch]
-        for i, (kv, score) in zip(group, _compute_chunks(gen, prefix, pkv,
-                                                         [chunks[i] for i in group], meta)):
+        for i, kv in zip(group, _compute_chunks(gen, prefix, pkv, [chunks[i] for i in group])):
             stored = encode(kv, codec)
             kv = decode(stored, codec, tuple(kv.shape), dtype)  # a hit later reads the same
             if store is not None:
                 store.put(chunk_key(gen, prefix, chunks[i]), stored)
-                if score is not None:
-                    store.put(chunk_key(gen, prefix, chunks[i], meta=True), score)
-            found[i] = (kv, score, False)
+            found[i] = (kv, False)
     return found
 
 
 def _compute_chunks(gen: Any, prefix: Sequence[int], pkv: torch.Tensor,
-                    chunks: list[Sequence[int]], meta: bool) -> list[tuple[Any, Any]]:
+                    chunks: list[Sequence[int]]) -> list[torch.Tensor]:
     from transformers import DynamicCache
 
-    from ragkit.generation.blend import prefix_attention
     from ragkit.generation.rope import rotate_kv
 
     n_prefix = len(prefix)
@@ -188,21 +179,17 @@ def _compute_chunks(gen: Any, prefix: Sequence[int], pkv: torch.Tensor,
     cache = DynamicCache(ddp_cache_data=[
         (pkv[i, 0][None].expand(b, -1, -1, -1), pkv[i, 1][None].expand(b, -1, -1, -1))
         for i in range(pkv.shape[0])])
-    out = gen.lm(
+    gen.lm(
         input_ids=input_ids, position_ids=torch.arange(n_prefix, n_prefix + width)[None],
-        **{gen.cache_kw: cache}, use_cache=True, logits_to_keep=1, output_hidden_states=meta,
+        **{gen.cache_kw: cache}, use_cache=True, logits_to_keep=1,
     )
     results = []
     for row, ids in enumerate(chunks):
         end = n_prefix + len(ids)
         full = torch.stack([torch.stack((layer.keys[row, :, :end], layer.values[row, :, :end]))
                             for layer in cache.layers])  # (layers, 2, kv_heads, P + n, hd)
-        kv = rotate_kv(full[:, :, :, n_prefix:].contiguous(), -n_prefix, gen.inv_freq)
-        score = None
-        if meta:
-            hidden = [h[row : row + 1, : len(ids)] for h in out.hidden_states]
-            score = prefix_attention(gen.lm, hidden, full, n_prefix)
-        results.append((kv, score))
+        results.append(rotate_kv(full[:, :, :, n_prefix:].contiguous(), -n_prefix,
+                                 gen.inv_freq))
     return results
 
 
@@ -241,10 +228,10 @@ def prefill_prefix(gen: Any, layout: PromptLayout, capacity: int) -> tuple[Any, 
     return logits, cache, {"computed": len(rest), "reused": reused, "approximate": 0}
 
 
-def independent_context(gen: Any, layout: PromptLayout, capacity: int,
-                        meta: bool = False) -> tuple[torch.Tensor, list, dict]:
-    """The context KV in a buffer of ``capacity`` positions (prefix + chunks filled), the chunks'
-    stored scores (with ``meta``) and counts of computed/reused tokens."""
+def independent_context(gen: Any, layout: PromptLayout,
+                        capacity: int) -> tuple[torch.Tensor, dict]:
+    """The context KV in a buffer of ``capacity`` positions (prefix + chunks filled) and counts
+    of computed/reused tokens."""
     from ragkit.generation.rope import rotate_keys
 
     pkv, hit = prefix_kv(gen, layout.prefix)
@@ -252,33 +239,24 @@ def independent_context(gen: Any, layout: PromptLayout, capacity: int,
     n_prefix = pkv.shape[3]
     buf = new_buffer(gen.lm, capacity)
     buf[:, :, :, :n_prefix] = pkv
-    entries = chunk_entries(gen, layout.prefix, pkv, layout.chunks, meta=meta)
-    scores = []
-    for (kv, score, hit), ids, start in zip(entries, layout.chunks, layout.chunk_starts()):
+    entries = chunk_entries(gen, layout.prefix, pkv, layout.chunks)
+    for (kv, hit), ids, start in zip(entries, layout.chunks, layout.chunk_starts()):
         if not hit:
             computed += len(ids)
         end = start + len(ids)
         buf[:, 0, :, start:end] = rotate_keys(kv[:, 0].to(buf.dtype), start, gen.inv_freq)
         buf[:, 1, :, start:end] = kv[:, 1]
-        scores.append(score)
-    return buf, scores, {"computed": computed, "reused": layout.context_len - computed}
+    return buf, {"computed": computed, "reused": layout.context_len - computed}
 
 
-def blend(gen: Any, buf: torch.Tensor, layout: PromptLayout, scores: list) -> int:
+def blend(gen: Any, buf: torch.Tensor, layout: PromptLayout) -> int:
     """Recompute chunk tokens in place in ``buf`` per the generator's blend settings."""
-    from ragkit.generation.blend import boundary_positions, recompute
+    from ragkit.generation.blend import recompute
 
     if len(layout.chunks) < 2:
         return 0  # prefix and first chunk are exact already
-    starts = layout.chunk_starts()
-    first, total = starts[1], layout.context_len
+    first, total = layout.chunk_starts()[1], layout.context_len
     n_chunk_tokens = total - len(layout.prefix)
     n_select = min(total - first, int(round(gen.blend_ratio * n_chunk_tokens)))
-    must = boundary_positions(starts[1:], [len(c) for c in layout.chunks[1:]],
-                              gen.blend_boundary)
-    if n_select == 0 and must.numel() == 0:
-        return 0
-    stored = torch.cat(scores[1:]) if gen.blend_select == "stored" else None
     return recompute(gen.lm, buf, layout.ids[:total], first, total, n_select=n_select,
-                     must=must, select=gen.blend_select, stored=stored,
                      question=list(layout.question))

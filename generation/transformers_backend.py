@@ -13,10 +13,8 @@ context (prefix and chunks) is obtained is ``kv_reuse``:
   is prefilled. The first chunk is exact; later ones miss the attention to earlier chunks.
 - ``blend`` (CacheBlend): ``independent``, then some chunk tokens are recomputed through every
   layer at their true positions, attending to the whole context, their KV fused into the cache
-  (``ragkit.generation.blend``): ``blend_ratio`` of the chunk tokens ranked by ``blend_select``
-  (``query``: the question's attention on the reused cache; ``kv``: key+value deviation at
-  layer 1; ``stored``: a score kept with each chunk's entry) and
-  the first ``blend_boundary`` tokens of each chunk after the first (EPIC's LegoLink).
+  (``ragkit.generation.blend``): ``blend_ratio`` of the chunk tokens, those the question
+  attends to most on the reused cache (``blend_select: query``).
 
 ``none`` and ``prefix`` are exact; ``independent`` and ``blend`` are approximations whose answers can
 differ from a full prefill's: each answer's timings count the context tokens whose KV is
@@ -75,8 +73,7 @@ class TransformersGenerator(AnswersFromRun):
     model: str = DEFAULT_MODEL  # the packaged SmolLM2 (converted once) or a local HF folder
     kv_reuse: KVReuse = "none"
     blend_ratio: float = 0.15  # fraction of chunk tokens recomputed in 'blend' (by blend_select)
-    blend_select: Literal["query", "kv", "stored"] = "query"  # how 'blend' ranks tokens
-    blend_boundary: int = 0  # 'blend' also recomputes the first k tokens of each chunk (LegoLink)
+    blend_select: Literal["query"] = "query"  # how 'blend' ranks tokens (the others were dominated)
     warm_batch: int = 8  # chunk KVs computed per forward when missing
     kv_codec: Literal["float32", "float16", "bfloat16", "int8", "k8v4", "k8v4g", "k8v6"] = "float32"  # chunk entries
     max_new_tokens: int = 256
@@ -106,10 +103,9 @@ class TransformersGenerator(AnswersFromRun):
         if self.blend_select not in SELECTS:
             raise ConfigError(f"unknown {self.blend_select!r}; choose one of "
                               f"{', '.join(SELECTS)}", path="blend_select")
-        for name in ("blend_boundary", "warm_batch"):
-            value, low = getattr(self, name), 0 if name == "blend_boundary" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"must be an int >= {low}; got {value!r}", path=name)
+        if isinstance(self.warm_batch, bool) or not isinstance(self.warm_batch, int) or (
+                self.warm_batch < 1):
+            raise ConfigError(f"must be an int >= 1; got {self.warm_batch!r}", path="warm_batch")
         from ragkit.generation.kv_codec import CODECS
 
         if self.kv_codec not in CODECS:
@@ -202,16 +198,14 @@ class TransformersGenerator(AnswersFromRun):
         """Precompute and store each chunk's KV (the entries ``independent``/``blend`` read).
 
         Missing entries are computed ``warm_batch`` chunks per forward (right-padded), in the
-        ``kv_codec`` the generator reads, with their ``stored`` scores when ``blend`` ranks by
-        them. ``progress(done, total)`` is called after each batch. Returns counts of chunks
-        computed and already cached.
+        ``kv_codec`` the generator reads. ``progress(done, total)`` is called after each batch.
+        Returns counts of chunks computed and already cached.
         """
         if self.kv_store is None:
             raise RagkitError("generator.kv_store is null: there is no store to warm")
         from ragkit.generation import context
 
         prefix = encode(self.tokenizer, self._head() + self.instruction)
-        meta = self.kv_reuse == "blend" and self.blend_select == "stored"
         computed = cached = 0
         total = len(chunks)
         step = max(1, self.warm_batch)
@@ -220,7 +214,7 @@ class TransformersGenerator(AnswersFromRun):
             for at in range(0, total, step):
                 ids = [encode(self.tokenizer, self.chunk_format.format(
                     text=c.text if isinstance(c, Chunk) else c)) for c in chunks[at : at + step]]
-                for _, _, hit in context.chunk_entries(self, prefix, pkv, ids, meta=meta):
+                for _, hit in context.chunk_entries(self, prefix, pkv, ids):
                     cached += hit
                     computed += not hit
                 if progress is not None:
@@ -356,8 +350,7 @@ class TransformersGenerator(AnswersFromRun):
                 return logits, cache, {"computed": len(layout.ids), "reused": 0, "approximate": 0}
             if mode == "prefix":
                 return context.prefill_prefix(self, layout, capacity)
-            meta = mode == "blend" and self.blend_select == "stored"
-            kv, scores, stats = context.independent_context(self, layout, capacity, meta)
+            kv, stats = context.independent_context(self, layout, capacity)
             # chunks 2..n miss their attention to earlier chunks unless recomputed; with a lossy
             # codec every reused chunk token's KV differs from the full prefill's
             exact_upto = layout.chunk_starts()[1] if len(layout.chunks) > 1 else layout.context_len
@@ -365,7 +358,7 @@ class TransformersGenerator(AnswersFromRun):
                 exact_upto = len(layout.prefix)
             stats["approximate"] = layout.context_len - exact_upto
             if mode == "blend":
-                stats["blend_recomputed"] = context.blend(self, kv, layout, scores)
+                stats["blend_recomputed"] = context.blend(self, kv, layout)
                 stats["computed"] += stats["blend_recomputed"]
                 stats["reused"] -= stats["blend_recomputed"]
                 stats["approximate"] -= stats["blend_recomputed"]
