@@ -51,13 +51,18 @@ def test_blend_at_ratio_one_equals_full_prefill(gen):
     _check_equal_to_full(gen, blend_ratio=1.0)
 
 
-def test_blend_at_ratio_zero_is_independent(gen):
-    layout = gen.layout(QUERY, TEXTS)
-    gen.blend_ratio = 0.0
+def _blend_at(gen, layout, ratio: float):
+    """``first_logits`` of ``blend`` at ``ratio`` (the fixture's default put back)."""
+    gen.blend_ratio = ratio
     try:
-        logits, _, stats = gen.first_logits(layout, "blend")
+        return gen.first_logits(layout, "blend")
     finally:
         gen.blend_ratio = 0.15
+
+
+def test_blend_at_ratio_zero_is_independent(gen):
+    layout = gen.layout(QUERY, TEXTS)
+    logits, _, stats = _blend_at(gen, layout, 0.0)
     ind, _, _ = gen.first_logits(layout, "independent")
     assert stats["blend_recomputed"] == 0
     assert torch.equal(logits, ind)
@@ -65,11 +70,7 @@ def test_blend_at_ratio_zero_is_independent(gen):
 
 def test_blend_recomputes_the_share_of_chunk_tokens_asked_for(gen):
     layout = gen.layout(QUERY, TEXTS)
-    gen.blend_ratio = 0.1
-    try:
-        _, _, stats = gen.first_logits(layout, "blend")
-    finally:
-        gen.blend_ratio = 0.15
+    _, _, stats = _blend_at(gen, layout, 0.1)
     assert stats["blend_recomputed"] == round(0.1 * (layout.context_len - len(layout.prefix)))
 
 
