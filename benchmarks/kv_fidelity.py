@@ -332,6 +332,9 @@ def main() -> None:
     ap.add_argument("--gen", default="{}", help="JSON of generator fields for every mode")
     ap.add_argument("--out", default="runs/kv_fidelity")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--order", choices=("rank", "reverse"), default="rank",
+                    help="chunk order in the prompt: BM25 rank order, or reversed (best last, "
+                         "next to the question)")
     ap.add_argument("--warm", type=int, default=0, metavar="N",
                     help="only measure warming the first N corpus chunks (batching, codecs)")
     ap.add_argument("--warm-settings", default=SETTINGS, metavar="'BATCH:CODEC ...'",
@@ -373,7 +376,8 @@ def main() -> None:
     rank = corpus_ranker()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    note = f"{head}; contexts: BM25 top chunks (recursive, 256 cl100k tokens) in rank order"
+    note = (f"{head}; contexts: BM25 top chunks (recursive, 256 cl100k tokens) in "
+            f"{'rank' if args.order == 'rank' else 'reversed rank'} order")
     records, warm = [], []
     t_start = time.perf_counter()
     order = spread(len(questions))
@@ -382,6 +386,8 @@ def main() -> None:
         chunks = rank(question)
         for size in sorted(sizes, reverse=True):  # the larger context warms most chunks once
             texts = context_for(gen, question, chunks, size)
+            if args.order == "reverse":
+                texts = texts[::-1]
             layout = gen.layout(question, texts)
             w0 = time.perf_counter()
             report = gen.warm(texts)
