@@ -63,7 +63,11 @@ def _info_texts() -> list[tuple[str, str]]:
     if INFO_DIR.is_dir():
         for path in sorted(INFO_DIR.glob("*.gz")):
             with gzip.open(path) as f:
-                out.append((path.name.removesuffix(".gz"), f.read().decode("utf-8", "replace")))
+                text = f.read().decode("utf-8", "replace")
+            # info files mark their index nodes with NUL and backspace bytes, which ragkit
+            # rightly refuses as binary: the prose around them is what the corpus wants
+            text = text.replace("\x00", "").replace("\x08", "")
+            out.append((path.name.removesuffix(".gz"), text))
     try:
         from pydoc_data.topics import topics
     except ImportError:
@@ -195,6 +199,8 @@ def child_index(corpus: str, config: str, out: str, report: str, workers: str = 
                       cpu - sum(spent[b][1] for b in BUCKETS if b != "other")]
     Path(report).write_text(json.dumps({"rc": rc, "seconds": total, "cpu": cpu, "spent": spent,
                                         "texts": texts}), encoding="utf-8")
+    if rc:  # a failed or partial index must not be compared with the bare encode of its chunks
+        raise SystemExit(f"ragkit index exited with {rc}: the run is not measured")
 
 
 def child_bare(texts_file: str, batch_size: int, report: str) -> None:
