@@ -260,7 +260,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=130)
 
 
-def warm_bench(n: int, params: dict, out: Path, settings: str = SETTINGS) -> str:
+def warm_bench(n: int, params: dict, out: Path, pairs: str = SETTINGS) -> str:
     """Warm the first ``n`` chunks of the corpora into a fresh disk store per setting: seconds,
     bytes on disk per token, and the time to read every entry back (fresh store: disk reads)."""
     import tempfile
@@ -282,7 +282,7 @@ def warm_bench(n: int, params: dict, out: Path, settings: str = SETTINGS) -> str
              "vs one-per-forward fp32 (wall / CPU) | bytes per token (all entries / chunk "
              "entries) | read s (all entries, cold) |", "|---|---|---|---|---|---|---|"]
     base = None
-    for batch, codec in (s.split(":") for s in settings.split()):
+    for batch, codec in (pair.split(":") for pair in pairs.split()):
         batch = int(batch)
         with tempfile.TemporaryDirectory() as tmp:
             gen = TransformersGenerator(kv_store=TieredKVStore(path=tmp), warm_batch=batch,

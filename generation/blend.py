@@ -15,7 +15,8 @@ Three other choices were measured on the same frontier and deleted, each dominat
 after recomputing layers 0-1 for every token; a Cache-Craft-style score stored with each chunk's
 KV (the attention its tokens paid to the instruction): over 50 questions at ~4k tokens KL 0.233
 at 4.1x where this ranking gives 0.080 at 5.4x (10%); and EPIC's LegoLink, the first k tokens of
-each chunk (k = 8: KL 0.495 at 13.9x, no closer than ``independent``; k = 32: 0.423 at 5.2x).
+each chunk (50 questions at ~4k: k = 8, KL 0.458 at 13.7x, no closer than ``independent``;
+k = 32, 0.395 at 5.1x).
 
 Llama layers and Gemma 3 layers (per-head q/k norms, sandwich norms, sliding-window layers, a RoPE
 base per layer type) are supported. Attention of the selected rows is one
