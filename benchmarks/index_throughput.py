@@ -27,7 +27,8 @@ and ``other`` (the rest: rows, JSON, the ledger, exit).
 
 Corpora: ``dev`` is the dev split's three documents (``data/chunking_eval/corpora``, 208 KB);
 ``info`` assembles ``--mb`` MB of prose already on the machine (the GNU info manuals, then Python's
-doc topics), one ``.txt`` file per manual. Chunker: ``recursive`` in MiniLM tokens (so no chunk is
+doc topics, ~5.1 MB here, then Debian's package changelogs from ``/usr/share/doc``), one ``.txt``
+file per manual or changelog. Chunker: ``recursive`` in MiniLM tokens (so no chunk is
 longer than the model reads); embedder: the packaged all-MiniLM-L6-v2 on torch, CPU.
 """
 
@@ -52,6 +53,12 @@ T_START = time.perf_counter()  # the child's clock starts before ragkit is impor
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT / "data" / "chunking_eval" / "corpora"
 INFO_DIR = Path("/usr/share/info")
+DOC_DIR = Path("/usr/share/doc")
+# info files mark their index nodes with NUL and backspace bytes, and old changelogs carry other
+# stray C0 controls, which ragkit rightly refuses as binary: the prose around them is what the
+# corpus wants (info keeps its other controls, as in the runs before changelogs were added)
+_INFO_DROP = dict.fromkeys((0, 8))
+_CONTROLS = dict.fromkeys(c for c in range(32) if chr(c) not in "\t\n\r")
 BUCKETS = ("startup", "load", "read", "chunk", "check", "encode", "store", "other")
 
 
@@ -64,15 +71,22 @@ def _info_texts() -> list[tuple[str, str]]:
         for path in sorted(INFO_DIR.glob("*.gz")):
             with gzip.open(path) as f:
                 text = f.read().decode("utf-8", "replace")
-            # info files mark their index nodes with NUL and backspace bytes, which ragkit
-            # rightly refuses as binary: the prose around them is what the corpus wants
-            text = text.replace("\x00", "").replace("\x08", "")
-            out.append((path.name.removesuffix(".gz"), text))
+            out.append((path.name.removesuffix(".gz"), text.translate(_INFO_DROP)))
     try:
         from pydoc_data.topics import topics
     except ImportError:
         topics = {}
     out += [(f"pydoc-{k}", topics[k]) for k in sorted(topics)]
+    # then Debian's package changelogs (~135 MB here), one per distinct text, by package name:
+    # the first 5.11 MB (info and pydoc) are the same as before they were added
+    seen: set[int] = set()
+    for path in sorted(DOC_DIR.glob("*/changelog*.gz")):
+        with gzip.open(path) as f:
+            text = f.read().decode("utf-8", "replace").translate(_CONTROLS)
+        if hash(text) in seen or not text.strip():
+            continue
+        seen.add(hash(text))
+        out.append((f"{path.parent.name}-{path.name.removesuffix('.gz')}", text))
     return out
 
 
