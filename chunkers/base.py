@@ -16,7 +16,7 @@ from __future__ import annotations
 import array
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from ragkit.checks import check_int
 from ragkit.errors import ConfigError
 from ragkit.protocols import Chunker  # noqa: F401  (the role, defined in the kernel; re-exported)
-from ragkit.protocols import SplitsAtAsciiEdges, SplitsAtWordEnds
+from ragkit.protocols import ChunksBySpans, SplitsAtAsciiEdges, SplitsAtWordEnds, provides
 from ragkit.tokenizers import (
     ASCII_EDGE,
     LAST_ASCII_EDGE,
@@ -69,11 +69,28 @@ def doc_metadata(doc: Document) -> dict[str, Any]:
 def make_chunks(doc: Document, spans: Sequence[Span], tokens: Sequence[int]) -> list[Chunk]:
     """Chunks for ``spans`` of ``doc``, numbered in order, carrying the document's metadata
     (``doc_metadata``); a ``Chunks`` list, which draws itself over ``doc``'s text in Jupyter."""
+    return Chunks(_span_chunks(doc, zip(spans, tokens, strict=True)), [doc])
+
+
+def chunks_of(doc: Document, triples: Sequence[tuple[int, int, int]]) -> list[Chunk]:
+    """``make_chunks`` from ``(start, end, tokens)`` triples (what ``chunk_spans`` returns)."""
+    return Chunks(_span_chunks(doc, (((s, e), n) for s, e, n in triples)), [doc])
+
+
+def _span_chunks(doc: Document, spans: Iterable[tuple[Span, int]]) -> Iterator[Chunk]:
     meta = doc_metadata(doc)
-    return Chunks((
-        Chunk(doc.id, s, e, doc.text[s:e], i, {**meta, "tokens": int(n)})
-        for i, ((s, e), n) in enumerate(zip(spans, tokens, strict=True))
-    ), [doc])
+    for i, ((s, e), n) in enumerate(spans):
+        yield Chunk(doc.id, s, e, doc.text[s:e], i, {**meta, "tokens": int(n)})
+
+
+def iter_chunks(chunker: Any, doc: Document) -> Iterable[Chunk]:
+    """``chunker.chunk(doc)``, but made one chunk at a time as they are taken when the chunker
+    gives spans (``ChunksBySpans``): the chunks of a huge document are then never all held (their
+    texts are copies: ~115 MB for a 50 MB file). The chunking itself, and any error it raises,
+    happens here, before the first chunk is taken."""
+    if not provides(chunker, ChunksBySpans):
+        return chunker.chunk(doc)
+    return _span_chunks(doc, (((s, e), n) for s, e, n in chunker.chunk_spans(doc)))
 
 
 def cut_points(text: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from ragkit.chunkers.base import (
     ChunkMany,
     TokenizerByName,
     check_size,
-    make_chunks,
+    chunks_of,
     token_windows,
 )
 from ragkit.tokenizers import check_tokenizer_name
@@ -33,6 +33,10 @@ class FixedChunker(ChunkMany, TokenizerByName):
         check_tokenizer_name(self.tokenizer)
 
     def chunk(self, doc: Document) -> list[Chunk]:
+        return chunks_of(doc, self.chunk_spans(doc))
+
+    def chunk_spans(self, doc: Document) -> list[tuple[int, int, int]]:
+        """The ``(start, end, tokens)`` of ``chunk(doc)``'s chunks (``ChunksBySpans``)."""
         text = doc.text
         listener = progress.listener()  # a big document reports how far it is (the CLI's bar)
         report = None
@@ -47,4 +51,4 @@ class FixedChunker(ChunkMany, TokenizerByName):
 
         windows = token_windows(text, 0, len(text), self._tok, self.chunk_size, self.overlap,
                                 report)
-        return make_chunks(doc, [(s, e) for s, e, _ in windows], [n for *_, n in windows])
+        return windows

@@ -53,17 +53,21 @@ def chunk_many(chunker: Any, docs: Iterable[Document], *, workers: int = 1) -> l
     return list(iter_chunk_many(chunker, docs, workers=workers))
 
 
-def iter_chunk_many(chunker: Any, docs: Iterable[Document], *,
-                    workers: int = 1) -> Iterator[list[Chunk]]:
-    """``chunk_many`` lazily: each document's chunks as soon as its batch is done, in order."""
-    for result in iter_chunk_results(chunker, docs, workers=workers):
+def iter_chunk_many(chunker: Any, docs: Iterable[Document], *, workers: int = 1,
+                    lazy: bool = False) -> Iterator[list[Chunk]]:
+    """``chunk_many`` lazily: each document's chunks as soon as its batch is done, in order.
+
+    ``lazy=True`` gives each document's chunks as an iterable that makes them as they are taken
+    where the chunker gives spans (``ragkit.chunkers.base.iter_chunks``): a caller that writes
+    them out one at a time never holds a huge document's chunks all at once."""
+    for result in iter_chunk_results(chunker, docs, workers=workers, lazy=lazy):
         if isinstance(result, RagkitError):
             raise result
         yield result
 
 
-def iter_chunk_results(chunker: Any, docs: Iterable[Document], *,
-                       workers: int = 1) -> Iterator[list[Chunk] | RagkitError]:
+def iter_chunk_results(chunker: Any, docs: Iterable[Document], *, workers: int = 1,
+                       lazy: bool = False) -> Iterator[list[Chunk] | RagkitError]:
     """Each document's chunks, or the ``RagkitError`` its chunking raised (the other documents
     go on), in input order; other errors propagate.
 
@@ -75,7 +79,7 @@ def iter_chunk_results(chunker: Any, docs: Iterable[Document], *,
     check_workers(workers)
     if workers == 1:
         for doc in docs:
-            yield _chunk_one(chunker, doc)
+            yield _chunk_one(chunker, doc, lazy)
         return
     spec = _spec(chunker, workers)
     warm = _running(spec, workers) is not None or (
@@ -89,7 +93,7 @@ def iter_chunk_results(chunker: Any, docs: Iterable[Document], *,
     second = next(batches, None) if first is not None else None
     if second is None:  # one batch: no pool
         for doc in first or ():
-            yield _chunk_one(chunker, doc)
+            yield _chunk_one(chunker, doc, lazy)
         return
     pool = _pool(chunker, spec, workers)
     pending: collections.deque = collections.deque()
@@ -97,28 +101,37 @@ def iter_chunk_results(chunker: Any, docs: Iterable[Document], *,
         for batch in itertools.chain((first, second), batches):
             pending.append((batch, pool.submit(_chunk_batch, batch)))
             while len(pending) > workers:
-                yield from _rebuilt(*pending.popleft())
+                yield from _rebuilt(*pending.popleft(), lazy)
         while pending:
-            yield from _rebuilt(*pending.popleft())
+            yield from _rebuilt(*pending.popleft(), lazy)
     finally:
         for _, future in pending:  # the caller stopped early: drop what was not started
             future.cancel()
 
 
-def _chunk_one(chunker: Any, doc: Document) -> list[Chunk] | RagkitError:
+def _chunk_one(chunker: Any, doc: Document, lazy: bool = False) -> Any:
+    from ragkit.chunkers.base import iter_chunks
+
     try:
-        return chunker.chunk(doc)
+        return iter_chunks(chunker, doc) if lazy else chunker.chunk(doc)
     except RagkitError as exc:
         return exc
 
 
-def _rebuilt(batch: list[Document], future: Any) -> Iterator[list[Chunk] | RagkitError]:
-    """The chunks of ``batch`` from a worker's spans, rebuilt against the parent's documents."""
+def _rebuilt(batch: list[Document], future: Any, lazy: bool = False) -> Iterator[Any]:
+    """The chunks of ``batch`` from a worker's spans, rebuilt against the parent's documents
+    (as they are taken, with ``lazy``)."""
     for doc, rows in zip(batch, future.result(), strict=True):
         if isinstance(rows, RagkitError):
             yield rows
         else:
-            yield [Chunk(doc.id, s, e, doc.text[s:e], i, meta) for s, e, i, meta in rows]
+            chunks = _from_rows(doc, rows)
+            yield chunks if lazy else list(chunks)
+
+
+def _from_rows(doc: Document, rows: list[tuple[int, int, int, Any]]) -> Iterator[Chunk]:
+    for s, e, i, meta in rows:
+        yield Chunk(doc.id, s, e, doc.text[s:e], i, meta)
 
 
 def _stream_batches(docs: Iterator[Document], least: int) -> Iterator[list[Document]]:
@@ -262,9 +275,18 @@ def _start_worker(chunker_or_spec: Any, parent: int) -> None:
 def _chunk_batch(batch: list[Document]) -> list[list[tuple[int, int, int, Any]] | RagkitError]:
     """Each document's chunks as ``(start, end, index, metadata)`` (the text goes back only once,
     in the parent's copy of the document), or the ``RagkitError`` it raised."""
+    from ragkit.chunkers.base import doc_metadata
+    from ragkit.protocols import ChunksBySpans, provides
+
+    spans = provides(_WORKER_CHUNKER, ChunksBySpans)  # then no chunk text is made here
     out: list[Any] = []
     for doc in batch:
         try:
+            if spans:
+                meta = doc_metadata(doc)
+                out.append([(s, e, i, {**meta, "tokens": int(n)}) for i, (s, e, n)
+                            in enumerate(_WORKER_CHUNKER.chunk_spans(doc))])
+                continue
             chunks = _WORKER_CHUNKER.chunk(doc)
         except RagkitError as exc:
             out.append(_portable(exc))

@@ -9,8 +9,8 @@ from typing import Any
 from ragkit.chunkers.base import (
     TokenizerByName,
     check_size,
+    chunks_of,
     grapheme_starts,
-    make_chunks,
     on_boundary,
     pack,
     token_windows,
@@ -49,6 +49,10 @@ class SentenceChunker(TokenizerByName):
             )
 
     def chunk(self, doc: Document) -> list[Chunk]:
+        return chunks_of(doc, self.chunk_spans(doc))
+
+    def chunk_spans(self, doc: Document) -> list[tuple[int, int, int]]:
+        """The ``(start, end, tokens)`` of ``chunk(doc)``'s chunks (``ChunksBySpans``)."""
         text = doc.text
         if not text.strip():
             return []
@@ -60,7 +64,7 @@ class SentenceChunker(TokenizerByName):
             else:
                 pieces.extend(token_windows(text, s, e, self._tok, self.chunk_size))
         merged = pack(text, pieces, self.chunk_size, self._tok.count, overlap_pieces=self.overlap)
-        return make_chunks(doc, [(s, e) for s, e, _ in merged], [n for *_, n in merged])
+        return merged
 
 
 def sentence_spans(

@@ -84,7 +84,10 @@ def cmd_chunk(args: argparse.Namespace) -> int:
             bar.update(int(total_bytes + fraction * pending[n_docs]) - bar.n)
 
     with component_progress.listening(listen if bar is not None else None):
-        for chunks in iter_chunk_many(chunker, sized(docs), workers=workers):
+        # lazy: a document's chunks are made as they are written out (its spans first), so a
+        # huge one's chunks are never all held (~115 MB of texts for a 50 MB file)
+        for chunks in iter_chunk_many(chunker, sized(docs), workers=workers,
+                                      lazy=args.format != "html"):
             total_bytes += pending[n_docs] if len(pending) > n_docs else 0
             n_docs += 1
             if args.format == "html":

@@ -195,6 +195,16 @@ class Chunker(Protocol):
 
 
 @runtime_checkable
+class ChunksBySpans(Protocol):
+    """A chunker that can give its chunks as ``(start, end, tokens)`` triples without making
+    them: ``chunk(doc)`` is then exactly those spans' chunks, numbered in order, each with the
+    document's metadata plus ``tokens`` (``ragkit.chunkers.base.make_chunks``). Callers that take
+    a huge document's chunks one at a time (``iter_chunks``) never hold them all."""
+
+    def chunk_spans(self, doc: Document) -> list[tuple[int, int, int]]: ...
+
+
+@runtime_checkable
 class HasChunkSize(Protocol):
     """A chunker with a size budget (``chunk_size``, in its own unit: tokens, characters...)."""
 

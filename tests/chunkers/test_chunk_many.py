@@ -172,3 +172,17 @@ def test_a_worker_whose_parent_died_before_it_started_exits():
     child = subprocess.run([sys.executable, "-c", code], timeout=120,
                            cwd=Path(__file__).parents[2])
     assert child.returncode == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("chunker", [
+    FixedChunker(chunk_size=64, overlap=16),
+    RecursiveChunker(chunk_size=48, overlap=8),
+], ids=["fixed", "recursive"])
+def test_lazy_chunks_are_the_eager_ones(chunker, workers, small_batches):
+    """``lazy=True`` (what ``ragkit chunk`` uses) hands out iterators that make each document's
+    chunks as they are taken, on one process or several; what they make is ``chunk(d)``."""
+    docs = _docs()
+    lazy = list(pool.iter_chunk_many(chunker, docs, workers=workers, lazy=True))
+    assert all(not isinstance(cs, list) for cs in lazy)  # nothing made before it is taken
+    assert [list(cs) for cs in lazy] == [chunker.chunk(d) for d in docs]
