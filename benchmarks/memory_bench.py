@@ -18,6 +18,7 @@ of an older commit), alternating with this one, so before and after share the ma
 
     python benchmarks/memory_bench.py [--big-mb 50] [--folder-mb 300] [--file-mb 5]
         [--embedders hash] [--stores memory,chroma] [--skip-chunk | --skip-index] [--before DIR]
+        [--ascii]
 """
 
 from __future__ import annotations
@@ -42,15 +43,18 @@ EMBEDDERS = {"hash": {"name": "hash", "dim": 384},
              "minilm": {"name": "sentence-transformers", "model": "all-MiniLM-L6-v2"}}
 
 
-def write_text(path: Path, mb: float, seed: int, *, one_line: bool) -> None:
+def write_text(path: Path, mb: float, seed: int, *, one_line: bool,
+               ascii_only: bool = False) -> None:
     """About ``mb`` MB of sentences of 5-25 words; paragraphs of 3-12 sentences unless
-    ``one_line`` (then not a single newline)."""
+    ``one_line`` (then not a single newline). ``ascii_only`` leaves out the non-ASCII words, so
+    Python holds the text at 1 byte a char instead of 2."""
     rng = random.Random(seed)
+    words = [w for w in WORDS if w.isascii()] if ascii_only else WORDS
     target = int(mb * 1e6)
     with open(path, "w", encoding="utf-8") as f:
         done = 0
         while done < target:
-            sentences = [" ".join(rng.choices(WORDS, k=rng.randint(5, 25))).capitalize() + "."
+            sentences = [" ".join(rng.choices(words, k=rng.randint(5, 25))).capitalize() + "."
                          for _ in range(rng.randint(3, 12))]
             piece = " ".join(sentences) + (" " if one_line else "\n\n")
             f.write(piece)
@@ -89,6 +93,9 @@ def main() -> None:
     p.add_argument("--skip-index", action="store_true",
                    help="only `ragkit chunk` (a 1 GB folder indexes for hours on a small machine)")
     p.add_argument("--before", type=Path, help="another copy of ragkit to run side by side")
+    p.add_argument("--ascii", action="store_true",
+                   help="generate ASCII-only text (1 byte a char in Python; default: a few "
+                        "non-ASCII words, so 2 bytes a char)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     trees = [("after", ROOT, {})]
@@ -106,7 +113,8 @@ def main() -> None:
         write_text(tiny / "tiny.txt", 0.001, 0, one_line=True)
         if "big" in args.only:
             (tmp / "big").mkdir()
-            write_text(tmp / "big" / "big.txt", args.big_mb, 1, one_line=True)
+            write_text(tmp / "big" / "big.txt", args.big_mb, 1, one_line=True,
+                       ascii_only=args.ascii)
             inputs["big"] = (tmp / "big" / "big.txt", args.big_mb)
         if "folder" in args.only:
             folder = tmp / "folder"
@@ -114,7 +122,8 @@ def main() -> None:
             for i in range(n):
                 sub = folder / f"part{i % 8}"
                 sub.mkdir(parents=True, exist_ok=True)
-                write_text(sub / f"doc{i:04d}.md", args.file_mb, 100 + i, one_line=False)
+                write_text(sub / f"doc{i:04d}.md", args.file_mb, 100 + i, one_line=False,
+                           ascii_only=args.ascii)
             inputs["folder"] = (folder, args.file_mb)
         py = sys.executable
         for emb in args.embedders:
