@@ -7,7 +7,7 @@ The corpus is ``chunk_throughput.py``'s (info manuals, then Python's doc topics,
 MB); every chunker has a 512-token cl100k budget. Each pass calls ``chunk_many`` once. The
 process keeps its worker pool between calls (as ``ragkit index`` does between batches), so by
 default only a chunker's first pass with N workers starts them (forked from this process, which
-has the tokenizer loaded, where that is safe; see ``ragkit/chunkers/pool.py``) and the best pass
+has the tokenizer loaded, where that is safe; see ``chunkers/parallel.py``) and the best pass
 measures the work; ``--cold`` stops the pool before every pass, so every pass pays the start-up,
 as one ``ragkit chunk --workers N`` command does. Passes run round-robin over the worker counts,
 ``--repeats`` times; the best counts. Every pass's output is checked against one worker's (same
