@@ -69,18 +69,26 @@ def doc_metadata(doc: Document) -> dict[str, Any]:
 def make_chunks(doc: Document, spans: Sequence[Span], tokens: Sequence[int]) -> list[Chunk]:
     """Chunks for ``spans`` of ``doc``, numbered in order, carrying the document's metadata
     (``doc_metadata``); a ``Chunks`` list, which draws itself over ``doc``'s text in Jupyter."""
-    return Chunks(_span_chunks(doc, zip(spans, tokens, strict=True)), [doc])
+    return chunks_of(doc, ((s, e, n) for (s, e), n in zip(spans, tokens, strict=True)))
 
 
-def chunks_of(doc: Document, triples: Sequence[tuple[int, int, int]]) -> list[Chunk]:
+def chunks_of(doc: Document, triples: Iterable[tuple[int, int, int]]) -> list[Chunk]:
     """``make_chunks`` from ``(start, end, tokens)`` triples (what ``chunk_spans`` returns)."""
-    return Chunks(_span_chunks(doc, (((s, e), n) for s, e, n in triples)), [doc])
+    return Chunks(_span_chunks(doc, triples), [doc])
 
 
-def _span_chunks(doc: Document, spans: Iterable[tuple[Span, int]]) -> Iterator[Chunk]:
+def span_rows(doc: Document,
+              triples: Iterable[tuple[int, int, int]]) -> Iterator[tuple[int, int, int, dict]]:
+    """``(start, end, index, metadata)`` of the chunks of ``(start, end, tokens)`` triples: what
+    a chunk is made of but its text (chunking workers send these back)."""
     meta = doc_metadata(doc)
-    for i, ((s, e), n) in enumerate(spans):
-        yield Chunk(doc.id, s, e, doc.text[s:e], i, {**meta, "tokens": int(n)})
+    for i, (s, e, n) in enumerate(triples):
+        yield s, e, i, {**meta, "tokens": int(n)}
+
+
+def _span_chunks(doc: Document, triples: Iterable[tuple[int, int, int]]) -> Iterator[Chunk]:
+    for s, e, i, meta in span_rows(doc, triples):
+        yield Chunk(doc.id, s, e, doc.text[s:e], i, meta)
 
 
 def iter_chunks(chunker: Any, doc: Document) -> Iterable[Chunk]:
@@ -90,7 +98,7 @@ def iter_chunks(chunker: Any, doc: Document) -> Iterable[Chunk]:
     happens here, before the first chunk is taken."""
     if not provides(chunker, ChunksBySpans):
         return chunker.chunk(doc)
-    return _span_chunks(doc, (((s, e), n) for s, e, n in chunker.chunk_spans(doc)))
+    return _span_chunks(doc, chunker.chunk_spans(doc))
 
 
 def cut_points(text: str, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:

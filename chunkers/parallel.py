@@ -275,7 +275,7 @@ def _start_worker(chunker_or_spec: Any, parent: int) -> None:
 def _chunk_batch(batch: list[Document]) -> list[list[tuple[int, int, int, Any]] | RagkitError]:
     """Each document's chunks as ``(start, end, index, metadata)`` (the text goes back only once,
     in the parent's copy of the document), or the ``RagkitError`` it raised."""
-    from ragkit.chunkers.base import doc_metadata
+    from ragkit.chunkers.base import span_rows
     from ragkit.protocols import ChunksBySpans, provides
 
     spans = provides(_WORKER_CHUNKER, ChunksBySpans)  # then no chunk text is made here
@@ -283,9 +283,7 @@ def _chunk_batch(batch: list[Document]) -> list[list[tuple[int, int, int, Any]] 
     for doc in batch:
         try:
             if spans:
-                meta = doc_metadata(doc)
-                out.append([(s, e, i, {**meta, "tokens": int(n)}) for i, (s, e, n)
-                            in enumerate(_WORKER_CHUNKER.chunk_spans(doc))])
+                out.append(list(span_rows(doc, _WORKER_CHUNKER.chunk_spans(doc))))
                 continue
             chunks = _WORKER_CHUNKER.chunk(doc)
         except RagkitError as exc:
